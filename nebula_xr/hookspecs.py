@@ -1,0 +1,114 @@
+"""Every hook a nebula-xr plugin can implement, in one place.
+
+A plugin is a module (or object) registered under the ``nebula_xr`` entry-point group;
+its entry-point name is what oned.conf names in ``executable`` (drivers) or in
+``SCHEDULER = [ plugin = ... ]``. Implementations are marked with
+``from nebula_xr import hookimpl``. The drivers shipped with nebula-xr are plugins
+like any other (``nebula-xr --list-plugins`` shows what is installed).
+
+Two families of hooks:
+
+* *Who handles this?* hooks (``firstresult=True``): the daemon asks every plugin to
+  build the driver or scheduler oned.conf names; the plugin whose name matches answers
+  with an object, the others return None. The first non-None answer wins.
+* *Events* (broadcast): every plugin that implements them is told, in registration
+  order, that something happened. They must return quickly and never block: they run
+  on the reactor. A lease scheduler (Haizea-style) follows the cluster through them.
+
+This module is the reference: ``docs/plugins.md`` repeats each signature, and a test
+fails when the two disagree.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from nebula_xr import PROJECT_NAME
+
+if TYPE_CHECKING:
+    from nebula_xr.drivers.base import (
+        DriverConfig,
+        DriverContext,
+        InformationDriver,
+        TransferDriver,
+        VirtualMachineDriver,
+    )
+    from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+# --- drivers -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def nebula_xr_im_driver(config: DriverConfig, context: DriverContext) -> InformationDriver | None:
+    """Build the information (host monitoring) driver of one ``IM_MAD`` entry.
+
+    Called once per ``IM_MAD`` at start-up. ``config.plugin`` is the entry-point name
+    oned.conf selected; return a :class:`~nebula_xr.drivers.base.InformationDriver`
+    when this plugin is that one, else None. The first non-None result wins.
+    """
+
+
+@hookspec(firstresult=True)
+def nebula_xr_vmm_driver(
+    config: DriverConfig, context: DriverContext
+) -> VirtualMachineDriver | None:
+    """Build the virtual machine driver of one ``VM_MAD`` entry.
+
+    Called once per ``VM_MAD`` at start-up. ``config.type`` carries the 1.2 ``type``
+    (xen, kvm...). Return a :class:`~nebula_xr.drivers.base.VirtualMachineDriver` when
+    ``config.plugin`` names this plugin, else None. The first non-None result wins.
+    """
+
+
+@hookspec(firstresult=True)
+def nebula_xr_tm_driver(config: DriverConfig, context: DriverContext) -> TransferDriver | None:
+    """Build the transfer driver of one ``TM_MAD`` entry.
+
+    Called once per ``TM_MAD`` at start-up. Return a
+    :class:`~nebula_xr.drivers.base.TransferDriver` when ``config.plugin`` names this
+    plugin, else None. The first non-None result wins.
+    """
+
+
+# --- scheduling ----------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> Scheduler | None:
+    """Build the scheduler oned.conf selects with ``SCHEDULER = [ plugin = ... ]``.
+
+    Called once at start-up unless the scheduler is switched off (``plugin = "none"``,
+    for an external mm_sched or Haizea). ``context`` gives the clock, read-only views of
+    the pools and the user actions (deploy, migrate, suspend, resume, shutdown...), so a
+    scheduler can place VMs and also enact leases. Return a
+    :class:`~nebula_xr.scheduling.Scheduler` when ``config.plugin`` names this plugin,
+    else None. The first non-None result wins.
+    """
+
+
+# --- events --------------------------------------------------------------------------
+
+
+@hookspec
+def nebula_xr_vm_state_changed(vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
+    """A VM changed ``state`` or ``lcm_state`` (a new VM arrives with previous state INIT).
+
+    ``vm`` is a snapshot taken after the change. Called after the change is queued for
+    the database, on the reactor: do not block.
+    """
+
+
+@hookspec
+def nebula_xr_host_state_changed(host: HostView, previous_state: int) -> None:
+    """A host changed state (INIT, MONITORING, MONITORED, ERROR, DISABLED), or was
+    added (previous state -1) or deleted (``host.state`` is -1)."""
+
+
+@hookspec
+def nebula_xr_host_monitored(host: HostView) -> None:
+    """A host's monitoring succeeded: ``host.attributes`` and its capacity are fresh."""

@@ -1,0 +1,124 @@
+"""What a scheduler plugin sees and can do.
+
+A scheduler gets a :class:`SchedulerContext`: the reactor clock, frozen views of VMs
+and hosts, and the same user actions the XML-RPC API offers (answered exactly as the
+API answers them). It is told about changes through the event hooks of
+:mod:`nebula_xr.hookspecs`. A placement scheduler (``sched_rank``) runs a cycle every
+``interval`` seconds; a lease scheduler can also suspend, resume and shut VMs down
+at planned times using ``context.clock.callLater``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nebula_xr.template import Template
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """``SCHEDULER = [ plugin = "sched_rank", interval = 30, ... ]`` from oned.conf."""
+
+    plugin: str
+    #: Seconds between two scheduling cycles.
+    interval: float = 30.0
+    #: Every key of the vector, upper-case.
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostShares:
+    """A host's capacity bookkeeping (host_shares): CPU in percent, memory in KB."""
+
+    max_cpu: int = 0
+    max_mem: int = 0
+    max_disk: int = 0
+    cpu_usage: int = 0
+    mem_usage: int = 0
+    disk_usage: int = 0
+    running_vms: int = 0
+
+
+@dataclass(frozen=True)
+class HostView:
+    """A host as it was when the view was taken."""
+
+    hid: int
+    name: str
+    state: int
+    im_mad: str
+    vm_mad: str
+    tm_mad: str
+    managed: bool
+    last_mon_time: int
+    #: Monitored attributes (upper-case names, string values): what REQUIREMENTS see.
+    attributes: dict[str, str]
+    shares: HostShares
+
+
+@dataclass(frozen=True)
+class VMView:
+    """A VM as it was when the view was taken."""
+
+    vid: int
+    name: str
+    state: int
+    lcm_state: int
+    stime: int
+    etime: int
+    deploy_id: str
+    template: Template
+    #: Host of the current history record, or None if never placed.
+    hid: int | None
+    host_name: str | None
+    #: Capacity the VM reserves on its host: CPU percent, memory KB.
+    cpu_demand: int
+    memory_demand: int
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """The answer of a user action: ``ok`` and the 1.2 error message when not ok."""
+
+    ok: bool
+    message: str = ""
+
+
+class SchedulerContext(Protocol):
+    """The daemon as a scheduler sees it."""
+
+    #: IReactorTime: ``seconds()`` and ``callLater()``; a ``task.Clock`` in tests.
+    clock: Any
+
+    def log(self, message: str) -> None:
+        """Write an informational line to the scheduler log (oned.log)."""
+
+    def hosts(self) -> list[HostView]:
+        """Every host, in id order."""
+
+    def vms(self, states: tuple[int, ...] | None = None) -> list[VMView]:
+        """VMs in id order, only those in ``states`` when given."""
+
+    def deploy(self, vid: int, hid: int) -> RequestResult:
+        """``one.vmdeploy``: place a PENDING VM on a host."""
+
+    def migrate(self, vid: int, hid: int, live: bool) -> RequestResult:
+        """``one.vmmigrate``: move a RUNNING VM (live or save/restore)."""
+
+    def action(self, action: str, vid: int) -> RequestResult:
+        """``one.vmaction``: shutdown, hold, release, stop, cancel, suspend, resume, finalize."""
+
+
+class Scheduler:
+    """Base class of scheduler plugins: ``start`` and ``stop`` bracket its life."""
+
+    def __init__(self, config: SchedulerConfig, context: SchedulerContext) -> None:
+        self.config = config
+        self.context = context
+
+    def start(self) -> None:
+        """Begin scheduling (e.g. start a cycle timer)."""
+
+    def stop(self) -> None:
+        """Stop scheduling; cancel any pending timers."""
