@@ -1,0 +1,3 @@
+from nebula_xr.daemon import main
+
+main()

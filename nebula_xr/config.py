@@ -1,0 +1,200 @@
+"""oned.conf: the 1.2 keys, their defaults, and the 1.2 file layout (templates.md §6).
+
+With ``ONE_LOCATION`` set everything lives under it (``var/one.db``, ``var/oned.log``,
+``etc/``); without it, the system-wide paths of a packaged 1.2 install are used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nebula_xr.drivers.base import INFORMATION, TRANSFER, VIRTUAL_MACHINE
+from nebula_xr.scheduling import SchedulerConfig
+from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.vnet import parse_mac_prefix
+
+#: 1.2 driver executables, accepted as names of the shipped plugins so that an
+#: unmodified 1.2 oned.conf starts.
+EXECUTABLE_ALIASES = {
+    "one_im_ssh": "im_xen",
+    "one_vmm_xen": "vmm_xen",
+    "one_tm": "tm_nfs",
+}
+
+DRIVER_KEYS = {"IM_MAD": INFORMATION, "VM_MAD": VIRTUAL_MACHINE, "TM_MAD": TRANSFER}
+
+
+class ConfigError(Exception):
+    """oned.conf cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a 1.2 installation keeps its files."""
+
+    var_dir: Path
+    etc_dir: Path
+    log_dir: Path
+    lock_file: Path
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> Layout:
+        environ = os.environ if environ is None else environ
+        location = environ.get("ONE_LOCATION")
+        if location:
+            root = Path(location)
+            return cls(root / "var", root / "etc", root / "var", root / "var" / ".lock")
+        return cls(
+            Path("/var/lib/one"), Path("/etc/one"), Path("/var/log/one"), Path("/var/lock/one")
+        )
+
+    @property
+    def database(self) -> Path:
+        return self.var_dir / "one.db"
+
+
+@dataclass(frozen=True)
+class DriverEntry:
+    """An IM_MAD / VM_MAD / TM_MAD vector, before its plugin is loaded."""
+
+    kind: str
+    name: str
+    plugin: str
+    arguments: str
+    default: str
+    type: str
+    options: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Config:
+    layout: Layout
+    host_monitoring_interval: int = 300
+    vm_polling_interval: int = 300
+    manager_timer: float = 30.0
+    vm_dir: str = ""
+    port: int = 2633
+    listen_address: str = "0.0.0.0"
+    debug_level: int = 1
+    network_size: int = 254
+    mac_prefix: int = 1
+    #: WAL lets the 1.2 clients read while the daemon writes; off for SQLite 3.6 readers.
+    db_wal: bool = True
+    #: Seconds after which any driver action fails (per-driver ``timeout`` overrides).
+    driver_timeout: float = 300.0
+    drivers: tuple[DriverEntry, ...] = ()
+    scheduler: SchedulerConfig | None = field(
+        default_factory=lambda: SchedulerConfig(plugin="sched_rank")
+    )
+
+
+def _int(template: Template, key: str, default: int) -> int:
+    value = template.get_string(key)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError as error:
+        raise ConfigError(f"{key} must be an integer, not {value!r}") from error
+
+
+def _float(value: str | None, key: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        result = float(value)
+    except ValueError as error:
+        raise ConfigError(f"{key} must be a number, not {value!r}") from error
+    if not result > 0:
+        raise ConfigError(f"{key} must be positive, not {value!r}")
+    return result
+
+
+def _driver(kind: str, key: str, vector: dict[str, str]) -> DriverEntry:
+    name = vector.get("NAME")
+    executable = vector.get("EXECUTABLE")
+    if not name or not executable:
+        raise ConfigError(f"{key} needs a name and an executable: {vector}")
+    arguments = vector.get("ARGUMENTS", "")
+    plugin = EXECUTABLE_ALIASES.get(Path(executable).name, executable)
+    if plugin == "tm_nfs" and Path(arguments).stem == "tm_ssh":
+        # 1.2 used one executable (one_tm) for every TM and told them apart by arguments.
+        plugin = "tm_ssh"
+    return DriverEntry(
+        kind=kind,
+        name=name,
+        plugin=plugin,
+        arguments=arguments,
+        default=vector.get("DEFAULT", ""),
+        type=vector.get("TYPE", "").lower(),
+        options=dict(vector),
+    )
+
+
+def _scheduler(template: Template) -> SchedulerConfig | None:
+    vector = template.get_vector("SCHEDULER")
+    single = template.get_string("SCHEDULER")
+    if vector is None:
+        plugin, vector = (single or "sched_rank"), {}
+    else:
+        plugin = vector.get("PLUGIN") or vector.get("NAME") or "sched_rank"
+    if plugin.lower() in ("none", "no", "off", "external"):
+        return None
+    interval = _float(vector.get("INTERVAL"), "SCHEDULER interval", 30.0)
+    return SchedulerConfig(plugin=plugin, interval=interval, options=dict(vector))
+
+
+def parse_config(text: str, layout: Layout) -> Config:
+    """Build the configuration from oned.conf text (1.2 template syntax)."""
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        template = Template.parse(text)
+    except TemplateSyntaxError as error:
+        raise ConfigError(f"Error parsing configuration file: {error}") from error
+    drivers: list[DriverEntry] = []
+    for key, kind in DRIVER_KEYS.items():
+        for value in template.get_all(key):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a vector attribute")
+            drivers.append(_driver(kind, key, value))
+    names = [(entry.kind, entry.name) for entry in drivers]
+    duplicates = {name for kind, name in names if names.count((kind, name)) > 1}
+    if duplicates:
+        raise ConfigError(f"driver names must be unique: {sorted(duplicates)}")
+    debug_level = _int(template, "DEBUG_LEVEL", 1)
+    if not 0 <= debug_level <= 3:
+        debug_level = 0  # 1.2: out of range means ERROR only
+    port = _int(template, "PORT", 2633)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"PORT must be a TCP port, not {port}")
+    journal = (template.get_string("DB_JOURNAL") or "wal").lower()
+    if journal not in ("wal", "delete"):
+        raise ConfigError(f"DB_JOURNAL must be wal or delete, not {journal!r}")
+    return Config(
+        layout=layout,
+        host_monitoring_interval=_int(template, "HOST_MONITORING_INTERVAL", 300),
+        vm_polling_interval=_int(template, "VM_POLLING_INTERVAL", 300),
+        manager_timer=_float(template.get_string("MANAGER_TIMER"), "MANAGER_TIMER", 30.0),
+        vm_dir=template.get_string("VM_DIR") or f"{layout.var_dir}/",
+        port=port,
+        listen_address=template.get_string("LISTEN_ADDRESS") or "0.0.0.0",
+        debug_level=debug_level,
+        network_size=_int(template, "NETWORK_SIZE", 254),
+        mac_prefix=parse_mac_prefix(template.get_string("MAC_PREFIX")),
+        db_wal=journal == "wal",
+        driver_timeout=_float(template.get_string("DRIVER_TIMEOUT"), "DRIVER_TIMEOUT", 300.0),
+        drivers=tuple(drivers),
+        scheduler=_scheduler(template),
+    )
+
+
+def load_config(path: Path, layout: Layout | None = None) -> Config:
+    layout = layout or Layout.from_environment()
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as error:
+        raise ConfigError(f"Can not read configuration file {path}: {error.strerror}") from error
+    return parse_config(text, layout)

@@ -1,0 +1,403 @@
+"""The daemon: assembles the pipeline and runs it as a Twisted MultiService.
+
+request manager → dispatch manager → life-cycle manager → VMM/TM managers → drivers,
+with driver outcomes flowing back the same way as events. Around it: one.db, the
+information manager's and the VM poll's timers, the scheduler plugin, and the XML-RPC
+listener. Services start in that order and stop in reverse, so the listener is the
+last thing to open and the first to close.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+
+from nebula_xr import __version__
+from nebula_xr.config import Config, ConfigError, DriverEntry, Layout, load_config
+from nebula_xr.database import Database, DatabaseError
+from nebula_xr.dispatch_manager import DispatchManager
+from nebula_xr.drivers.base import (
+    INFORMATION,
+    TRANSFER,
+    VIRTUAL_MACHINE,
+    Driver,
+    DriverConfig,
+    DriverContext,
+)
+from nebula_xr.information_manager import InformationManager
+from nebula_xr.lifecycle_manager import LifeCycleManager
+from nebula_xr.log import Log
+from nebula_xr.model import Host, VirtualMachine
+from nebula_xr.plugin_manager import PluginError, PluginManager
+from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
+from nebula_xr.request_manager import RequestManager
+from nebula_xr.scheduling import Scheduler
+from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.transfer_manager import TransferManager
+from nebula_xr.transport.xmlrpc import MethodRegistry, make_factory
+from nebula_xr.views import DaemonSchedulerContext, host_view, vm_view
+from nebula_xr.virtual_machine_manager import VirtualMachineManager
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is for the user."""
+
+
+class _ListenerService(Service):
+    """The XML-RPC listener; ``port`` is the bound port once started (PORT = 0 works)."""
+
+    def __init__(self, reactor: Any, port: int, interface: str, factory: Any) -> None:
+        self.reactor = reactor
+        self.requested_port = port
+        self.interface = interface
+        self.factory = factory
+        self.listening: Any = None
+
+    @property
+    def port(self) -> int:
+        return self.listening.getHost().port
+
+    def startService(self) -> None:
+        super().startService()
+        self.listening = self.reactor.listenTCP(
+            self.requested_port, self.factory, interface=self.interface
+        )
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        return self.listening.stopListening() if self.listening is not None else None
+
+
+class _SchedulerService(Service):
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def startService(self) -> None:
+        super().startService()
+        self.scheduler.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.scheduler.stop()
+
+
+class _DriverService(Service):
+    """Stops the drivers (their connections and processes) when the daemon stops."""
+
+    def __init__(self, drivers: list[Driver]) -> None:
+        self.drivers = drivers
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        stopping = [d for d in (driver.stop() for driver in self.drivers) if d is not None]
+        return DeferredList(stopping, consumeErrors=True)
+
+
+class Daemon(MultiService):
+    def __init__(
+        self,
+        config: Config,
+        plugins: PluginManager,
+        *,
+        reactor: Any = None,
+        clock: Any = None,
+        log: Log | None = None,
+        frontend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.plugins = plugins
+        self.reactor = reactor
+        self.clock = clock or reactor
+        layout = config.layout
+        layout.var_dir.mkdir(parents=True, exist_ok=True)
+        self.vm_dir = lambda vid: layout.var_dir / str(vid)
+        self.log = log or Log(
+            layout.log_dir / "oned.log", config.debug_level, lambda vid: self.vm_dir(vid) / "vm.log"
+        )
+        self.frontend = frontend or socket.gethostname()
+        self.db = Database(
+            layout.database, wal=config.db_wal, reactor=reactor, on_error=self._db_error
+        )
+        self._build()
+
+    def _db_error(self, message: str) -> None:
+        self.log.error("ONE", message)
+
+    # -- assembly -------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        config, log, clock = self.config, self.log, self.clock
+        try:
+            self.db.open()
+        except DatabaseError as error:
+            raise StartupError(str(error)) from error
+        self.vms = VirtualMachinePool(self.db, config.layout.var_dir)
+        self.hosts = HostPool(self.db)
+        self.networks = VirtualNetworkPool(self.db, config.mac_prefix, config.network_size)
+        for pool in (self.vms, self.hosts, self.networks):
+            pool.load()
+
+        drivers = self._make_drivers()
+        timeouts = {kind: {} for kind in (INFORMATION, VIRTUAL_MACHINE, TRANSFER)}
+        by_kind: dict[str, dict[str, Any]] = {kind: {} for kind in timeouts}
+        for driver in drivers:
+            by_kind[driver.config.kind][driver.config.name] = driver
+            timeouts[driver.config.kind][driver.config.name] = driver.config.timeout
+
+        self.lcm = LifeCycleManager(self.vms, self.hosts, clock, log)
+        self.vmm = VirtualMachineManager(
+            by_kind[VIRTUAL_MACHINE],
+            timeouts[VIRTUAL_MACHINE],
+            self.vms,
+            clock,
+            log,
+            config.vm_polling_interval,
+        )
+        self.tm = TransferManager(
+            by_kind[TRANSFER], timeouts[TRANSFER], self.vms, clock, log, self.frontend
+        )
+        self.dm = DispatchManager(
+            self.vms, self.hosts, self.networks, self.lcm, clock, log, config.vm_dir
+        )
+        self.lcm.vmm, self.lcm.tm, self.lcm.dm = self.vmm, self.tm, self.dm
+        self.vmm.lcm = self.tm.lcm = self.lcm
+        self.im = InformationManager(
+            by_kind[INFORMATION],
+            timeouts[INFORMATION],
+            self.hosts,
+            clock,
+            log,
+            config.host_monitoring_interval,
+            on_monitored=self._host_monitored,
+        )
+        self.rm = RequestManager(
+            self.dm,
+            self.vms,
+            self.hosts,
+            self.networks,
+            self.db,
+            clock,
+            log,
+            on_host_added=self.im.host_added,
+        )
+        self._listen_to_pools()
+
+        self.registry = MethodRegistry()
+        self.rm.register(self.registry)
+
+        services: list[Service] = [_DriverService(drivers)]
+        for tick in (self.im.monitor_due, self.vmm.poll_due):
+            timer = TimerService(config.manager_timer, tick)
+            timer.clock = clock
+            services.append(timer)
+        if config.scheduler is not None:
+            context = DaemonSchedulerContext(self.dm, self.vms, self.hosts, clock, log)
+            try:
+                scheduler = self.plugins.make_scheduler(config.scheduler, context)
+            except PluginError as error:
+                raise StartupError(str(error)) from error
+            services.append(_SchedulerService(scheduler))
+        access_log = lambda line: log.debug("ReM", line)  # noqa: E731
+        factory = make_factory(self.registry, reactor=self.reactor, access_log=access_log)
+        self.listener = _ListenerService(self.reactor, config.port, config.listen_address, factory)
+        services.append(self.listener)
+        for service in services:
+            service.setServiceParent(self)
+
+    def _make_drivers(self) -> list[Driver]:
+        layout = self.config.layout
+        context = DriverContext(
+            reactor=self.reactor,
+            var_dir=layout.var_dir,
+            etc_dir=layout.etc_dir,
+            frontend=self.frontend,
+            vm_log=lambda vid, message: self.log.vm(vid, "MAD", 2, message),
+            log=lambda message: self.log.info("MAD", message),
+        )
+        drivers = []
+        for entry in self.config.drivers:
+            try:
+                driver = self.plugins.make_driver(self._driver_config(entry), context)
+            except (PluginError, ConfigError) as error:
+                raise StartupError(str(error)) from error
+            self.log.info("ONE", f"Loaded driver {entry.name} from plugin {entry.plugin}")
+            drivers.append(driver)
+        return drivers
+
+    def _driver_config(self, entry: DriverEntry) -> DriverConfig:
+        defaults = Template(replace=True)
+        etc_dir = self.config.layout.etc_dir
+        config = DriverConfig(
+            name=entry.name,
+            kind=entry.kind,
+            plugin=entry.plugin,
+            arguments=entry.arguments,
+            type=entry.type,
+            options=entry.options,
+            timeout=self.config.driver_timeout,
+        )
+        if entry.default:
+            path = config.resolve(entry.default, etc_dir)
+            try:
+                text = path.read_text(encoding="utf-8")
+                defaults = Template.parse(
+                    text if text.endswith("\n") else text + "\n", replace=True
+                )
+            except (OSError, TemplateSyntaxError) as error:
+                raise ConfigError(
+                    f"Can not load defaults {path} of driver {entry.name}: {error}"
+                ) from error
+        timeout = entry.options.get("TIMEOUT")
+        try:
+            seconds = float(timeout) if timeout is not None else self.config.driver_timeout
+        except ValueError as error:
+            raise ConfigError(f"timeout of driver {entry.name} must be a number") from error
+        return replace(config, defaults=defaults, timeout=seconds)
+
+    def _listen_to_pools(self) -> None:
+        plugins = self.plugins
+        if plugins.has_listeners("nebula_xr_vm_state_changed"):
+
+            def vm_changed(vm: VirtualMachine, state: int, lcm: int) -> None:
+                plugins.vm_state_changed(vm_view(vm), state, lcm)
+
+            self.vms.listeners.append(vm_changed)
+        if plugins.has_listeners("nebula_xr_host_state_changed"):
+
+            def host_changed(host: Host, previous: int) -> None:
+                deleted = self.hosts.get(host.oid) is None
+                plugins.host_state_changed(host_view(host, -1 if deleted else None), previous)
+
+            self.hosts.listeners.append(host_changed)
+
+    def _host_monitored(self, host: Host) -> None:
+        self.plugins.host_monitored(host_view(host))
+
+    # -- running --------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    def stopService(self) -> Deferred:
+        stopped = super().stopService()
+
+        def close(result: object) -> object:
+            self.db.close()
+            self.log.close()
+            return result
+
+        return stopped.addBoth(close)
+
+
+class _Lock:
+    """1.2's lock file, held with flock so that a crashed daemon does not block a restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.close()
+            raise StartupError(
+                f"Error: Could not lock {self.path}: another nebula-xr/oned is running"
+            ) from error
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)
+            self._file.close()
+            self._file = None
+
+
+def _default_conf(layout: Layout) -> Path:
+    return layout.etc_dir / "oned.conf"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--conf",
+    "conf_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="oned.conf to use (default: $ONE_LOCATION/etc/oned.conf or /etc/one/oned.conf).",
+)
+@click.option("--list-plugins", is_flag=True, help="List installed plugins and exit.")
+@click.version_option(__version__, prog_name="nebula-xr")
+def main(conf_path: Path | None, list_plugins: bool) -> None:
+    """Run the nebula-xr daemon: OpenNebula 1.2's oned, XML-RPC on PORT/RPC2."""
+    plugins = PluginManager()
+    try:
+        plugins.load()
+    except Exception as error:  # a broken third-party plugin must be named, not traced
+        raise click.ClickException(f"Error loading plugins: {error}") from error
+    if list_plugins:
+        for info in plugins.installed():
+            origin = f"{info.distribution} {info.version}".strip()
+            click.echo(f"{info.name:<14} {origin:<24} {', '.join(info.hooks)}")
+        return
+    layout = Layout.from_environment()
+    conf_path = conf_path or _default_conf(layout)
+    try:
+        # Driver configuration files are relative to oned.conf's directory, the etc dir.
+        layout = replace(layout, etc_dir=conf_path.resolve().parent)
+        config = load_config(conf_path, layout)
+        lock = _Lock(layout.lock_file)
+        lock.acquire()
+    except (ConfigError, StartupError) as error:
+        raise click.ClickException(str(error)) from error
+    try:
+        _run(config, plugins)
+    finally:
+        lock.release()
+
+
+def _run(config: Config, plugins: PluginManager) -> None:
+    from twisted.internet import reactor
+
+    try:
+        daemon = Daemon(config, plugins, reactor=reactor)
+    except StartupError as error:
+        raise click.ClickException(str(error)) from error
+
+    def started() -> None:
+        try:
+            daemon.startService()
+        except Exception as error:  # e.g. the port is taken
+            click.echo(f"Error: can not start: {error}", err=True)
+            reactor.stop()
+            return
+        address = f"{config.listen_address}:{daemon.port}"
+        click.echo(f"nebula-xr {__version__}: XML-RPC on http://{address}/RPC2", err=True)
+        daemon.log.info("ONE", f"nebula-xr started, XML-RPC on {address}/RPC2")
+
+    reactor.callWhenRunning(started)
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run(installSignalHandlers=False)
+    sys.stderr.flush()

@@ -1,0 +1,220 @@
+"""The dispatch manager (DM): accepts or refuses user requests, owns VM states.
+
+Every request is checked here, synchronously, in the order and with the messages of
+1.2 (xmlrpc-api.md §2): that check decides the XML-RPC answer. Accepted work goes to the
+life-cycle manager; "accepted" does not mean "done". The LCM reports back when a VM
+leaves ACTIVE (``suspend_success``, ``stop_success``, ``done``, ``failed``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nebula_xr.lifecycle_manager import LifeCycleManager
+from nebula_xr.log import Log
+from nebula_xr.model import History, LCMState, VirtualMachine, VMState
+from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
+from nebula_xr.scheduling import RequestResult
+from nebula_xr.template import Template
+from nebula_xr.vnet import LeaseError, ip_to_number, number_to_ip
+
+OK = RequestResult(True)
+
+ACTIONS = ("shutdown", "hold", "release", "stop", "cancel", "suspend", "resume", "finalize")
+
+
+class AllocationError(Exception):
+    """The VM could not be created (its network leases could not be obtained)."""
+
+
+class DispatchManager:
+    def __init__(
+        self,
+        vms: VirtualMachinePool,
+        hosts: HostPool,
+        networks: VirtualNetworkPool,
+        lcm: LifeCycleManager,
+        clock: Any,
+        log: Log,
+        vm_dir: str,
+    ) -> None:
+        self.vms = vms
+        self.hosts = hosts
+        self.networks = networks
+        self.lcm = lcm
+        self.clock = clock
+        self.log = log
+        self.vm_dir = vm_dir
+
+    def now(self) -> int:
+        return int(self.clock.seconds())
+
+    # -- requests -----------------------------------------------------------------------
+
+    def allocate(self, template: Template) -> VirtualMachine:
+        """Create a PENDING VM: default NAME, network leases, rows. Raises AllocationError."""
+        vid = self.vms.next_oid()
+        if template.get_string("NAME") is None:
+            template.add("NAME", f"one-{vid}")
+        taken: list[tuple[Any, int]] = []
+        nics: list[dict[str, str]] = []
+        try:
+            for nic in template.get_all("NIC"):
+                nics.append(self._lease_nic(vid, nic, taken) if isinstance(nic, dict) else nic)
+        except LeaseError as error:
+            for network, ip in taken:
+                self.networks.release(network, ip)
+            raise AllocationError(str(error)) from error
+        if nics:
+            template.remove("NIC")
+            for nic in nics:
+                template.add("NIC", nic)
+        vm = self.vms.allocate(template, self.now())
+        self.log.vm(vm.oid, "DiM", 2, "New VM state is PENDING")
+        return vm
+
+    def _lease_nic(
+        self, vid: int, nic: dict[str, str], taken: list[tuple[Any, int]]
+    ) -> dict[str, str]:
+        name = nic.get("NETWORK")
+        network = self.networks.by_name(name) if name is not None else None
+        if network is None:
+            return nic  # 1.2: an unknown network leaves the NIC as written
+        lease = self.networks.lease(network, vid, nic.get("IP"))
+        taken.append((network, lease.ip))
+        leased = dict(nic)
+        leased.update(
+            NETWORK=network.name,
+            MAC=lease.mac,
+            BRIDGE=network.bridge,
+            VNID=str(network.oid),
+            IP=number_to_ip(lease.ip),
+        )
+        return leased
+
+    def deploy(self, vid: int, hid: int) -> RequestResult:
+        return self._place(vid, hid, VMState.PENDING, None)
+
+    def migrate(self, vid: int, hid: int, live: bool) -> RequestResult:
+        return self._place(vid, hid, VMState.ACTIVE, live)
+
+    def _place(self, vid: int, hid: int, state: VMState, live: bool | None) -> RequestResult:
+        host = self.hosts.get(hid)
+        if host is None:
+            return RequestResult(False, f"The host {hid} does not exists")
+        if not host.managed:
+            return RequestResult(False, f"Not managed hosts (id:{hid}) not supported")
+        vm = self.vms.get(vid)
+        if vm is None:
+            return RequestResult(False, f"The virtual machine {vid} does not exists")
+        wrong = RequestResult(False, f"Can not deploy VM {vid}, wrong state")
+        if vm.state is not state:
+            return wrong
+        if live is not None:
+            if vm.lcm_state is not LCMState.RUNNING:
+                return wrong
+            # 1.2 accepted a migration onto the VM's own host; with tm_ssh the final
+            # "rm -rf" of the move then destroyed the images.
+            if vm.current is not None and vm.current.hid == hid:
+                return wrong
+        seq = vm.current.seq + 1 if vm.current is not None else 0
+        record = History(vid, seq, host.name, self.vm_dir, hid, host.vm_mad, host.tm_mad)
+        self.vms.add_history(vm, record)
+        if live is None:
+            self.vms.transition(vm, state=VMState.ACTIVE)
+            self.lcm.deploy(vid)
+        elif live:
+            self.lcm.live_migrate(vid)
+        else:
+            self.lcm.migrate(vid)
+        return OK
+
+    def action(self, action: str, vid: int) -> RequestResult:
+        if action not in ACTIONS:
+            return RequestResult(False, "Unknown action")
+        vm = self.vms.get(vid)
+        if vm is None:
+            return RequestResult(False, "Virtual machine does not exist")
+        running = vm.state is VMState.ACTIVE and vm.lcm_state is LCMState.RUNNING
+        wrong = RequestResult(False, "Wrong state to perform action")
+        if action in ("shutdown", "stop", "cancel", "suspend"):
+            if not running:
+                return wrong
+            getattr(self.lcm, action)(vid)
+        elif action == "hold":
+            if vm.state is not VMState.PENDING:
+                return wrong
+            self._set(vm, VMState.HOLD)
+        elif action == "release":
+            if vm.state is not VMState.HOLD:
+                return wrong
+            self._set(vm, VMState.PENDING)
+        elif action == "resume":
+            if vm.state is VMState.STOPPED:
+                self._set(vm, VMState.PENDING)
+            elif vm.state is VMState.SUSPENDED:
+                self._set(vm, VMState.ACTIVE)
+                self.lcm.restore(vid)
+            else:
+                return wrong
+        else:  # finalize
+            if vm.state in (VMState.ACTIVE, VMState.DONE):
+                return wrong
+            self._finish(vm, VMState.DONE)
+        return OK
+
+    # -- events (from the LCM) ----------------------------------------------------------
+
+    def suspend_success(self, vid: int) -> None:
+        self._leave_active(vid, VMState.SUSPENDED)
+
+    def stop_success(self, vid: int) -> None:
+        self._leave_active(vid, VMState.STOPPED)
+
+    def done(self, vid: int) -> None:
+        vm = self.vms.get(vid)
+        if vm is not None and vm.state is VMState.ACTIVE:
+            self._finish(vm, VMState.DONE)
+
+    def failed(self, vid: int) -> None:
+        vm = self.vms.get(vid)
+        if vm is not None:
+            # Leases are kept until the VM is finalized, as in 1.2.
+            self._finish(vm, VMState.FAILED)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _leave_active(self, vid: int, state: VMState) -> None:
+        vm = self.vms.get(vid)
+        if vm is not None and vm.state is VMState.ACTIVE:
+            self._set(vm, state)
+
+    def _set(self, vm: VirtualMachine, state: VMState) -> None:
+        self.log.vm(vm.oid, "DiM", 2, f"New VM state is {state.name}")
+        self.vms.transition(vm, state=state)
+
+    def _finish(self, vm: VirtualMachine, state: VMState) -> None:
+        vm.etime = self.now()
+        if state is VMState.DONE:
+            self._release_leases(vm)
+        self._set(vm, state)
+
+    def _release_leases(self, vm: VirtualMachine) -> None:
+        for nic in vm.template.vectors("NIC"):
+            network = self.networks.get(_int(nic.get("VNID")))
+            if network is None or "IP" not in nic:
+                continue
+            try:
+                ip = ip_to_number(nic["IP"])
+            except ValueError:
+                continue
+            lease = network.leases.get(ip)
+            if lease is not None and lease.vid == vm.oid:
+                self.networks.release(network, ip)
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text) if text is not None else -1
+    except ValueError:
+        return -1

@@ -1,0 +1,110 @@
+"""The information manager (IM): monitors hosts through their IM drivers.
+
+Each timer tick takes the (at most ten) longest-unmonitored hosts that are not DISABLED
+and asks the driver named by the host's ``im_mad`` for fresh attributes
+(lifecycle.md §8). A reply updates ``host_attributes`` and the capacity maxima; a
+failure, or no answer within the driver's timeout, puts the host in ERROR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.python.failure import Failure
+
+from nebula_xr.drivers.base import InformationDriver
+from nebula_xr.drivers.invoke import invoke
+from nebula_xr.log import Log
+from nebula_xr.model import Host, HostState, leading_int
+from nebula_xr.pools import HostPool
+
+#: A host stuck in MONITORING this long is given another chance (1.2's value).
+MONITORING_EXPIRY = 600
+HOSTS_PER_TICK = 10
+
+
+class InformationManager:
+    def __init__(
+        self,
+        drivers: dict[str, InformationDriver],
+        timeouts: dict[str, float],
+        hosts: HostPool,
+        clock: Any,
+        log: Log,
+        interval: int,
+        on_monitored: Callable[[Host], None] | None = None,
+    ) -> None:
+        self.drivers = drivers
+        self.timeouts = timeouts
+        self.hosts = hosts
+        self.clock = clock
+        self.log = log
+        self.interval = interval
+        self.on_monitored = on_monitored
+        #: Hosts added while the daemon runs are monitored at the next tick (1.2
+        #: waited a whole interval because last_mon_time starts at creation time).
+        self._never_monitored: set[int] = set()
+
+    def host_added(self, host: Host) -> None:
+        self._never_monitored.add(host.oid)
+
+    def monitor_due(self) -> None:
+        now = int(self.clock.seconds())
+        candidates = sorted(
+            (host for host in self.hosts if host.state is not HostState.DISABLED),
+            key=lambda host: (host.last_mon_time, host.oid),
+        )[:HOSTS_PER_TICK]
+        for host in candidates:
+            if host.state is HostState.MONITORING:
+                if now - host.last_mon_time >= MONITORING_EXPIRY:
+                    self.hosts.set_state(host, HostState.INIT)
+                continue
+            due = now - host.last_mon_time >= self.interval
+            if due or host.oid in self._never_monitored:
+                self._monitor(host)
+
+    def _monitor(self, host: Host) -> None:
+        self._never_monitored.discard(host.oid)
+        driver = self.drivers.get(host.im_mad)
+        if driver is None:
+            self.log.error("InM", f"Could not find information driver {host.im_mad}")
+            self.hosts.set_state(host, HostState.ERROR)
+            return
+        self.log.debug("InM", f"Monitoring host {host.name} ({host.oid})")
+        self.hosts.set_state(host, HostState.MONITORING)
+        hid = host.oid
+
+        def failed(message: str, _failure: Failure) -> None:
+            self._answered(hid, None, message)
+
+        invoke(
+            self.clock,
+            self.timeouts.get(host.im_mad, 300.0),
+            driver.monitor,
+            hid,
+            host.name,
+            on_success=lambda attributes: self._answered(hid, attributes, ""),
+            on_failure=failed,
+        )
+
+    def _answered(self, hid: int, attributes: dict[str, str] | None, message: str) -> None:
+        host = self.hosts.get(hid)
+        if host is None:
+            return
+        host.last_mon_time = int(self.clock.seconds())
+        if attributes is None or not isinstance(attributes, dict):
+            self.log.error("InM", f"Error monitoring host {hid} : {message}")
+            state = HostState.ERROR
+        else:
+            for name, value in attributes.items():
+                host.attributes[str(name).upper()] = str(value)
+            host.shares.max_cpu = leading_int(host.attributes.get("TOTALCPU"))
+            host.shares.max_mem = leading_int(host.attributes.get("TOTALMEMORY"))
+            state = HostState.MONITORED
+        if host.state is HostState.DISABLED:
+            self.hosts.save(host)
+        else:
+            self.hosts.set_state(host, state)
+        if state is HostState.MONITORED and self.on_monitored is not None:
+            self.on_monitored(host)

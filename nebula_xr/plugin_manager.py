@@ -1,0 +1,133 @@
+"""A typed facade over pluggy: the only place the daemon calls hooks.
+
+Plugins come from the ``nebula_xr`` entry-point group (the shipped drivers included).
+:meth:`PluginManager.load` also runs pluggy's ``check_pending`` so that a misspelt
+hook implementation fails at start-up instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from nebula_xr import PROJECT_NAME, hookspecs
+from nebula_xr.drivers.base import (
+    INFORMATION,
+    TRANSFER,
+    VIRTUAL_MACHINE,
+    Driver,
+    DriverConfig,
+    DriverContext,
+)
+from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
+
+_KIND_NAMES = {
+    INFORMATION: "information (IM)",
+    VIRTUAL_MACHINE: "VM (VMM)",
+    TRANSFER: "transfer (TM)",
+}
+
+
+class PluginError(Exception):
+    """A plugin named in oned.conf is not installed or does not do what it is asked."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    hooks: tuple[str, ...]
+
+
+class PluginManager:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+
+    def load(self) -> None:
+        """Register every installed plugin and check their hook implementations."""
+        self.pm.load_setuptools_entrypoints(PROJECT_NAME)
+        self.pm.check_pending()
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register a plugin object directly (embedding, tests)."""
+        self.pm.register(plugin, name)
+        self.pm.check_pending()
+
+    def installed(self) -> list[PluginInfo]:
+        distributions = {plugin_name: dist for plugin_name, dist in self.pm.list_plugin_distinfo()}
+        result = []
+        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
+            if plugin is None:
+                continue
+            dist = distributions.get(plugin)
+            hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()))
+            result.append(
+                PluginInfo(
+                    name=name,
+                    distribution=dist.project_name if dist is not None else "",
+                    version=dist.version if dist is not None else "",
+                    hooks=hooks,
+                )
+            )
+        return result
+
+    def _names(self) -> str:
+        return ", ".join(info.name for info in self.installed()) or "none"
+
+    def _require(self, plugin: str, what: str) -> None:
+        if self.pm.get_plugin(plugin) is None:
+            raise PluginError(
+                f"No plugin named {plugin!r} for the {what}; installed plugins: {self._names()}"
+            )
+
+    # -- drivers --------------------------------------------------------------------------
+
+    def make_driver(self, config: DriverConfig, context: DriverContext) -> Driver:
+        what = f"{_KIND_NAMES[config.kind]} driver {config.name!r}"
+        self._require(config.plugin, what)
+        hook = {
+            INFORMATION: self.pm.hook.nebula_xr_im_driver,
+            VIRTUAL_MACHINE: self.pm.hook.nebula_xr_vmm_driver,
+            TRANSFER: self.pm.hook.nebula_xr_tm_driver,
+        }[config.kind]
+        driver = hook(config=config, context=context)
+        if driver is None:
+            raise PluginError(f"Plugin {config.plugin!r} does not provide the {what}")
+        return driver
+
+    def make_scheduler(self, config: SchedulerConfig, context: SchedulerContext) -> Scheduler:
+        self._require(config.plugin, "scheduler")
+        scheduler = self.pm.hook.nebula_xr_scheduler(config=config, context=context)
+        if scheduler is None:
+            raise PluginError(f"Plugin {config.plugin!r} does not provide a scheduler")
+        return scheduler
+
+    # -- events ---------------------------------------------------------------------------
+
+    def vm_state_changed(self, vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
+        self.pm.hook.nebula_xr_vm_state_changed(
+            vm=vm, previous_state=previous_state, previous_lcm_state=previous_lcm_state
+        )
+
+    def host_state_changed(self, host: HostView, previous_state: int) -> None:
+        self.pm.hook.nebula_xr_host_state_changed(host=host, previous_state=previous_state)
+
+    def host_monitored(self, host: HostView) -> None:
+        self.pm.hook.nebula_xr_host_monitored(host=host)
+
+    def has_listeners(self, hook_name: str) -> bool:
+        """Whether any plugin implements an event hook (views are skipped otherwise)."""
+        caller: Any = getattr(self.pm.hook, hook_name)
+        return bool(caller.get_hookimpls())
+
+
+def distribution_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""

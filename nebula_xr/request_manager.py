@@ -1,0 +1,176 @@
+"""The request manager (RM): the twelve OpenNebula 1.2 XML-RPC methods.
+
+Each method parses its arguments, asks the dispatch manager or a pool, and answers
+``[true, value]`` or ``[false, "message"]`` with 1.2's exact messages
+(xmlrpc-api.md §2). Methods that change anything answer only once the change is
+durable in one.db. The session argument is accepted and ignored, as in 1.2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from nebula_xr.database import Database
+from nebula_xr.dispatch_manager import AllocationError, DispatchManager
+from nebula_xr.log import Log
+from nebula_xr.model import HostState
+from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
+from nebula_xr.scheduling import RequestResult
+from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.transport.xmlrpc import MethodRegistry
+from nebula_xr.vnet import NetworkTemplateError
+
+Reply = list[Any]
+
+
+def _result(result: RequestResult) -> Reply:
+    return [True] if result.ok else [False, result.message]
+
+
+class RequestManager:
+    def __init__(
+        self,
+        dm: DispatchManager,
+        vms: VirtualMachinePool,
+        hosts: HostPool,
+        networks: VirtualNetworkPool,
+        db: Database,
+        clock: Any,
+        log: Log,
+        on_host_added: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.dm = dm
+        self.vms = vms
+        self.hosts = hosts
+        self.networks = networks
+        self.db = db
+        self.clock = clock
+        self.log = log
+        self.on_host_added = on_host_added
+
+    def register(self, registry: MethodRegistry) -> None:
+        methods: tuple[tuple[str, Callable[..., Any], str, str], ...] = (
+            ("one.vmallocate", self.vm_allocate, "A:ss", "Allocates a virtual machine"),
+            ("one.vmdeploy", self.vm_deploy, "A:sii", "Deploys a virtual machine on a host"),
+            ("one.vmaction", self.vm_action, "A:ssi", "Performs an action on a virtual machine"),
+            ("one.vmmigrate", self.vm_migrate, "A:siib", "Migrates a virtual machine"),
+            ("one.vmget_info", self.vm_info, "A:si", "Returns virtual machine information"),
+            ("one.hostallocate", self.host_allocate, "A:sssssb", "Allocates a host"),
+            ("one.hostinfo", self.host_info, "A:si", "Returns host information"),
+            ("one.hostdelete", self.host_delete, "A:si", "Deletes a host"),
+            ("one.hostenable", self.host_enable, "A:sib", "Enables or disables a host"),
+            ("one.vnallocate", self.vn_allocate, "A:ss", "Allocates a virtual network"),
+            ("one.vninfo", self.vn_info, "A:si", "Returns virtual network information"),
+            ("one.vndelete", self.vn_delete, "A:si", "Deletes a virtual network"),
+        )
+        for name, handler, signature, help_text in methods:
+            registry.register(name, handler, signature, help_text)
+
+    def _durable(self, reply: Reply, on_error: Reply) -> Deferred:
+        """Answer ``reply`` once every change made so far is committed to one.db."""
+
+        def failed(failure: Any) -> Reply:
+            self.log.error("ReM", f"Database write failed: {failure.getErrorMessage()}")
+            return on_error
+
+        return self.db.committed().addCallbacks(lambda _: reply, failed)
+
+    # -- virtual machines -------------------------------------------------------------
+
+    def vm_allocate(self, _session: str, text: str) -> Deferred | Reply:
+        try:
+            template = Template.parse(text + "\n")
+        except TemplateSyntaxError as error:
+            self.log.error("ReM", f"Error parsing VM template: {error}")
+            return [False, "Error parsing VM template"]
+        failure = [False, "Error inserting VM in the database, check oned.log"]
+        try:
+            vm = self.dm.allocate(template)
+        except AllocationError as error:
+            self.log.error("ReM", f"Error allocating VM: {error}")
+            return failure
+        return self._durable([True, vm.oid], failure)
+
+    def vm_deploy(self, _session: str, vid: int, hid: int) -> Deferred | Reply:
+        result = self.dm.deploy(vid, hid)
+        if not result.ok:
+            return _result(result)
+        return self._durable([True], [False, f"Can not deploy VM {vid}, can not insert history"])
+
+    def vm_action(self, _session: str, action: str, vid: int) -> Deferred | Reply:
+        result = self.dm.action(action, vid)
+        if not result.ok:
+            return _result(result)
+        return self._durable([True], [False, "Error writing the database, check oned.log"])
+
+    def vm_migrate(self, _session: str, vid: int, hid: int, live: bool) -> Deferred | Reply:
+        result = self.dm.migrate(vid, hid, live)
+        if not result.ok:
+            return _result(result)
+        return self._durable([True], [False, f"Can not deploy VM {vid}, can not insert history"])
+
+    def vm_info(self, _session: str, vid: int) -> Reply:
+        vm = self.vms.get(vid)
+        if vm is None:
+            return [False, f"Error getting vm with VID = {vid}"]
+        return [True, vm.info_text()]
+
+    # -- hosts --------------------------------------------------------------------------
+
+    def host_allocate(
+        self, _session: str, name: str, im: str, vmm: str, tm: str, managed: bool
+    ) -> Deferred:
+        host = self.hosts.allocate(name, im, vmm, tm, managed, int(self.clock.seconds()))
+        if self.on_host_added is not None:
+            self.on_host_added(host)
+        error = f"Can not allocate host {name} in the HostPool, returned error code [-1]"
+        return self._durable([True, host.oid], [False, error])
+
+    def host_info(self, _session: str, hid: int) -> Reply:
+        host = self.hosts.get(hid)
+        if host is None:
+            return [False, f"Error getting host with HID = {hid}"]
+        return [True, host.info_text()]
+
+    def host_delete(self, _session: str, hid: int) -> Deferred | Reply:
+        host = self.hosts.get(hid)
+        if host is None:
+            return [False, f"Error getting host with HID = {hid}"]
+        self.hosts.delete(host)
+        return self._durable([True], [False])
+
+    def host_enable(self, _session: str, hid: int, enable: bool) -> Deferred | Reply:
+        host = self.hosts.get(hid)
+        if host is None:
+            return [False, f"Error getting host with HID = {hid}"]
+        self.hosts.set_state(host, HostState.INIT if enable else HostState.DISABLED)
+        return self._durable([True], [False, "Error writing the database, check oned.log"])
+
+    # -- virtual networks ---------------------------------------------------------------
+
+    def vn_allocate(self, _session: str, text: str) -> Deferred | Reply:
+        failure = [False, f"Error allocating VN with template: \n{text}"]
+        try:
+            # 1.2 did not append the newline here, so a last line without one failed.
+            template = Template.parse(text + "\n")
+            network = self.networks.allocate(template)
+        except (TemplateSyntaxError, NetworkTemplateError, ValueError) as error:
+            self.log.error("ReM", f"Error allocating virtual network: {error}")
+            return failure
+        return self._durable([True, network.oid], failure)
+
+    def vn_info(self, _session: str, nid: int) -> Reply:
+        network = self.networks.get(nid)
+        if network is None:
+            return [False, f"Error getting Virtual Network with NID = {nid}"]
+        return [True, network.info_text()]
+
+    def vn_delete(self, _session: str, nid: int) -> Deferred | Reply:
+        network = self.networks.get(nid)
+        if network is None:
+            return [False, f"Error getting Virtual Network with NID = {nid}"]
+        self.networks.delete(network)
+        return self._durable([True], [False])
