@@ -294,7 +294,7 @@ class Cluster:
         # daemonized QEMUs that get reparented to it.
         (hdir / "init.sh").write_text("\n".join([
             "set -e",
-            f"hostname {host}",
+            f"echo {host} > /proc/sys/kernel/hostname",
             f"mount --bind {hdir}/run /run",
             f"mount --bind {hdir}/root /root",
             f"mount --bind {hdir}/vm {self.vm_dir}",
@@ -313,11 +313,16 @@ class Cluster:
         _run(["ip", "-n", host, "link", "set", "lo", "up"])
 
     def start_host(self, host: str, timeout: float = 10.0) -> None:
-        """(Re)start the processes of ``host`` (after :meth:`kill_host`), wait for its sshd."""
+        """(Re)start the processes of ``host`` (after :meth:`kill_host`), wait for its sshd.
+
+        Like a reboot, this loses the domains the host ran (/run is a tmpfs on real hosts);
+        the toolstack's config, command log and console logs stay.
+        """
         self._check_host(host)
         if netns_pids(host):
             raise ClusterError(f"{host} is running")
         hdir = self.host_dir(host)
+        shutil.rmtree(self.xen_dir(host) / "domains", ignore_errors=True)
         with open(hdir / "init.log", "ab") as log:
             self._inits[host] = subprocess.Popen(
                 ["ip", "netns", "exec", host, "unshare", "--mount", "--uts", "--pid", "--fork",

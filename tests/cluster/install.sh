@@ -8,8 +8,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=$here/build
 # python3: the fake Xen toolstack runs with Debian's interpreter inside the fake hosts, where
 # the per-host /root hides any pyenv.
-packages=(iproute2 openssh-server openssh-client qemu-system-x86 qemu-utils busybox-static cpio
-          python3)
+packages=(iproute2 mount openssh-server openssh-client qemu-system-x86 qemu-utils busybox-static
+          cpio python3)
 # Guest modules, in dependency order (insmod has no resolver): the power button and evdev let
 # busybox acpid turn an ACPI power-button press (QMP system_powerdown) into a poweroff.
 guest_modules=(kernel/drivers/input/evdev.ko kernel/drivers/acpi/button.ko)
@@ -38,17 +38,17 @@ if [ ! -s "$build/vmlinuz" ]; then
     kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
     [ -n "$kpkg" ] || { echo "install.sh: no cloud kernel package found" >&2; exit 1; }
     rm -rf "$build/kernel" "$build"/*.deb
-    # apt-get download writes into the current directory; _apt cannot write there, which only
-    # costs a warning.
-    (cd "$build" && apt-get download -q "$kpkg" 2>&1 | grep -v 'unsandboxed' || true)
+    # Downloaded as root: the _apt user may not be allowed to write into the work tree.
+    (cd "$build" && apt-get -q -o APT::Sandbox::User=root download "$kpkg")
     dpkg -x "$build"/"$kpkg"_*.deb "$build/kernel"
     rm -f "$build"/*.deb
     cp "$build"/kernel/boot/vmlinuz-* "$build/vmlinuz.tmp"
     mv "$build/vmlinuz.tmp" "$build/vmlinuz"
 fi
 
-# Rebuilt whenever guest-init.sh changes.
-if [ ! -s "$build/initrd.gz" ] || [ "$here/guest-init.sh" -nt "$build/initrd.gz" ]; then
+# Rebuilt whenever guest-init.sh or the kernel (whose modules it carries) changes.
+if [ ! -s "$build/initrd.gz" ] || [ "$here/guest-init.sh" -nt "$build/initrd.gz" ] \
+        || [ "$build/vmlinuz" -nt "$build/initrd.gz" ]; then
     root=$build/initramfs
     rm -rf "$root"
     mkdir -p "$root"/{bin,dev,proc,sys,etc/acpi/PWRF,lib/modules}
