@@ -262,3 +262,20 @@ def test_qemu_guest_survives_live_migration_and_save_restore(qemu_cluster: Clust
     xm(c, "node03", "shutdown one-7")
     down = wait_for(lambda: "one-7" not in domains(c, "node03"), timeout=20)
     print(f"graceful shutdown (ACPI power button): {down:.2f} s")
+
+
+def test_fast_mode_parallel_commands_and_xl_syntax(fast_cluster: Cluster) -> None:
+    c = fast_cluster
+    files = " ".join(deployment(c, vid, memory=64, with_disk=False) for vid in range(10, 20))
+    c.run("node01", f"for f in {files}; do xm create $f > /dev/null & done; wait", check=True)
+    listed = domains(c, "node01")
+    assert sorted(int(listed[f"one-{vid}"][0]) for vid in range(10, 20)) == list(range(1, 11))
+
+    proc = c.run("node02", f"xl create {c.shared_dir}/10/images/deployment.0")
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert proc.stderr == f"Parsing config from {c.shared_dir}/10/images/deployment.0\n"
+    assert c.run("node02", "xl list", check=True).stdout.startswith(
+        "Name                                        ID   Mem VCPUs\tState\tTime(s)\n")
+    proc = c.run("node02", "xl migrate one-10 node03")
+    assert proc.returncode == 0 and proc.stderr.endswith("Migration successful.\n")
+    assert "one-10" in domains(c, "node03")

@@ -110,6 +110,12 @@ class Cluster:
         self._dead: set[str] = set()
         self._inits: dict[str, subprocess.Popen] = {}
 
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
     # -- paths ---------------------------------------------------------------------------------
 
     def _path(self, *parts: str) -> Path:

@@ -75,6 +75,10 @@ class Host:
     def __init__(self, state_dir: str = STATE_DIR) -> None:
         self.dir = state_dir
         self.name = socket.gethostname()
+        # Only the fake hosts have this directory; elsewhere behave like a host without xend.
+        if not os.path.isdir(state_dir):
+            raise XenError("Unable to connect to xend: No such file or directory. "
+                           "Is xend running?")
         for sub in ("domains", "console"):
             os.makedirs(os.path.join(state_dir, sub), exist_ok=True)
         self.config = dict(DEFAULTS)
@@ -195,7 +199,7 @@ def parse_deployment(path: str) -> dict[str, Any]:
     return values
 
 
-def domain_record(host: Host, config_file: str, values: dict[str, Any]) -> dict[str, Any]:
+def domain_record(config_file: str, values: dict[str, Any]) -> dict[str, Any]:
     """A new domain's record from its deployment file."""
     if "name" not in values:
         raise XenError("Missing name in config file.")
@@ -298,7 +302,7 @@ class Toolstack:
 
     def create(self, config_file: str, paused: bool = False) -> dict[str, Any]:
         config_file = os.path.abspath(config_file)
-        rec = domain_record(self.host, config_file, parse_deployment(config_file))
+        rec = domain_record(config_file, parse_deployment(config_file))
         self.admit(rec)
         rec["paused"] = paused
         self.backend.start(rec)
