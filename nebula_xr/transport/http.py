@@ -1,0 +1,597 @@
+"""A small, strict HTTP/1.1 server protocol carrying one POST endpoint.
+
+twisted.web costs more per request than the XML-RPC call it would carry, so this
+protocol speaks only what XML-RPC clients (xmlrpc-c, Ruby Net::HTTP, Python's
+xmlrpc.client, curl) need: POST of a body to one path, persistent connections,
+pipelining (answers strictly in request order, whatever order the handler's
+Deferreds fire in), ``Content-Length`` and chunked request bodies and
+``Expect: 100-continue``. Anything else gets a proper error status, after which the
+connection is closed: we half-close and keep discarding input for a moment, so the
+peer reads the error instead of a reset caused by the bytes it was still sending.
+
+Memory per connection is bounded: the header block, chunk-size lines and the body
+are limited (:class:`Limits`), and reading stops while too many answers are
+outstanding or while the peer does not read what we write.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nebula_xr import __version__
+
+_log = logging.getLogger(__name__)
+
+#: Takes a complete request body; returns the response body, now or later.
+Handler = Callable[[bytes], "bytes | Deferred[bytes]"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_bytes: int = 16 * 1024  # request line plus header fields (also chunked trailers)
+    header_count: int = 100
+    body_bytes: int = 32 * 1024 * 1024
+    chunk_line: int = 1024  # a chunk-size line with its extensions
+    pipeline: int = 16  # requests being answered before we stop reading
+    idle_timeout: float = 60.0
+    linger: float = 2.0  # how long a closing connection keeps draining the peer's input
+
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    411: b"Length Required",
+    413: b"Content Too Large",
+    417: b"Expectation Failed",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    505: b"HTTP Version Not Supported",
+}
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_KEEP_ALIVE_11 = b""
+_KEEP_ALIVE_10 = b"Connection: keep-alive\r\n"
+_CLOSE = b"Connection: close\r\n"
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+_TARGET = re.compile(rb"[!-~]+")
+_ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*([^?#]*)")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+# Control characters are invalid anywhere in a header block; CR and LF only as CRLF.
+_BAD_CRLF_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_BAD_LF_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+
+# Parser states.
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _CLOSING = range(7)
+
+
+class HTTPError(Exception):
+    """A request we refuse with ``status``; the connection closes after the answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Pending:
+    """A response slot in request order; ``data`` is None until the handler answers."""
+
+    __slots__ = ("conn", "data", "line")
+
+    def __init__(self, conn: bytes, line: str, data: bytes | None = None) -> None:
+        self.conn = conn
+        self.line = line
+        self.data = data
+
+
+@implementer(IPushProducer)
+class HTTPChannel(Protocol):
+    """One client connection. Registered as the transport's producer for back-pressure."""
+
+    factory: HTTPServerFactory
+
+    def __init__(self) -> None:
+        self._state = _HEAD
+        self._buf = b""
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._remaining = 0
+        self._trailer_len = 0
+        self._queue: deque[_Pending] = deque()
+        # The request being read: its keep-alive decision as a response header, and
+        # whether it is a HEAD request (error answers must then carry no body).
+        self._conn = _KEEP_ALIVE_11
+        self._head_only = False
+        self._line = ""
+        self._parsing = False
+        self._write_blocked = False
+        self._reading_paused = False
+        self._closed = False
+        self._gone = False
+        self._peer = "-"
+        self._last = 0.0
+        self._timer: Any = None
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        # Nagle would hold a pipelined answer until the client ACKs the previous one.
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
+        transport.registerProducer(self, True)
+        peer = transport.getPeer()
+        self._peer = getattr(peer, "host", str(peer))
+        clock = self.factory.clock
+        self._last = clock.seconds()
+        self._timer = clock.callLater(self.factory.limits.idle_timeout, self._idle_check)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._gone = True
+        self._queue.clear()
+        self._buf = b""
+        self._body = []
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _idle_check(self) -> None:
+        """Close a connection that has been silent for the idle timeout.
+
+        A request still being answered keeps the connection; one half received is
+        answered 408. The timer is re-armed instead of being reset on every read,
+        which keeps reads cheap.
+        """
+        limits = self.factory.limits
+        clock = self.factory.clock
+        idle_for = clock.seconds() - self._last
+        if self._queue or idle_for < limits.idle_timeout:
+            delay = max(limits.idle_timeout - idle_for, 0.001)
+            self._timer = clock.callLater(delay, self._idle_check)
+            return
+        self._timer = None
+        if self._state != _HEAD or self._buf.strip(b"\r\n"):
+            self._fail(408, "Timed out waiting for the request")
+            self._maybe_close()
+        else:
+            self.transport.loseConnection()
+
+    # -- back-pressure (IPushProducer, called by the transport) --------------------------
+
+    def pauseProducing(self) -> None:
+        self._write_blocked = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self._write_blocked = False
+        self._resume()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost does the cleanup."""
+
+    def _blocked(self) -> bool:
+        return self._write_blocked or len(self._queue) >= self.factory.limits.pipeline
+
+    def _update_reading(self) -> None:
+        pause = self._blocked() and self._state != _CLOSING
+        if pause != self._reading_paused and not self._gone:
+            self._reading_paused = pause
+            if pause:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
+            else:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _resume(self) -> None:
+        if self._parsing or self._gone:
+            return
+        if self._buf and self._state != _CLOSING and not self._blocked():
+            data, self._buf = self._buf, b""
+            self._parse(data)
+        self._update_reading()
+        self._maybe_close()
+
+    # -- input ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last = self.factory.clock.seconds()
+        if self._state == _CLOSING:
+            return  # draining a connection we are closing
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        self._parse(data)
+        if self._queue:
+            self._update_reading()
+        self._maybe_close()
+
+    def _parse(self, data: bytes) -> None:
+        self._parsing = True
+        try:
+            self._parse_loop(data)
+        except HTTPError as error:
+            self._fail(error.status, error.message)
+        finally:
+            self._parsing = False
+
+    def _parse_loop(self, data: bytes) -> None:
+        limits = self.factory.limits
+        pos = 0
+        end = len(data)
+        while pos < end and not self._blocked():
+            state = self._state
+            if state == _HEAD:
+                pos = self._parse_head(data, pos)
+                if pos < 0:
+                    return
+            elif state == _BODY:
+                take = min(self._remaining, end - pos)
+                self._remaining -= take
+                if not self._remaining and not self._body:
+                    body = data[pos : pos + take]  # the usual case: the whole body at once
+                else:
+                    self._body.append(data[pos : pos + take])
+                    body = b"".join(self._body) if not self._remaining else b""
+                pos += take
+                if not self._remaining:
+                    self._body = []
+                    self._complete(body)
+            elif state == _CHUNK_SIZE:
+                i = data.find(b"\n", pos, pos + limits.chunk_line)
+                if i < 0:
+                    if end - pos >= limits.chunk_line:
+                        raise HTTPError(400, "Chunk size line too long")
+                    break
+                size_text = data[pos:i].rstrip(b"\r").split(b";", 1)[0].strip(b" \t")
+                if not _HEX.fullmatch(size_text):
+                    raise HTTPError(400, "Invalid chunk size")
+                pos = i + 1
+                size = int(size_text, 16)
+                if size == 0:
+                    self._trailer_len = 0
+                    self._state = _TRAILER
+                elif self._body_len + size > limits.body_bytes:
+                    raise HTTPError(413, "Request body too large")
+                else:
+                    self._remaining = size
+                    self._state = _CHUNK_DATA
+            elif state == _CHUNK_DATA:
+                take = min(self._remaining, end - pos)
+                self._body.append(data[pos : pos + take])
+                self._body_len += take
+                self._remaining -= take
+                pos += take
+                if not self._remaining:
+                    self._state = _CHUNK_END
+            elif state == _CHUNK_END:
+                if data.startswith(b"\r\n", pos):
+                    pos += 2
+                elif data.startswith(b"\n", pos):
+                    pos += 1
+                elif end - pos == 1 and data[pos] == 0x0D:
+                    break  # the LF has not arrived yet
+                else:
+                    raise HTTPError(400, "Chunk data not followed by CRLF")
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILER:
+                # Trailer fields are allowed and ignored; bounded like the header block.
+                i = data.find(b"\n", pos, pos + limits.header_bytes + 1)
+                if i < 0:
+                    if self._trailer_len + end - pos > limits.header_bytes:
+                        raise HTTPError(431, "Chunked trailer too large")
+                    break
+                line = data[pos:i].rstrip(b"\r")
+                self._trailer_len += i + 1 - pos
+                pos = i + 1
+                if self._trailer_len > limits.header_bytes:
+                    raise HTTPError(431, "Chunked trailer too large")
+                if not line:
+                    body = b"".join(self._body)
+                    self._body = []
+                    self._complete(body)
+            else:  # _CLOSING: nothing after a closing request is read
+                return
+        if pos < end and self._state != _CLOSING:
+            self._buf = data[pos:]
+
+    def _parse_head(self, data: bytes, pos: int) -> int:
+        """Parse one request head at ``pos``; the position after it, or -1 for more data."""
+        limits = self.factory.limits
+        end = len(data)
+        # RFC 9112 §2.2: empty lines before a request line are ignored (some clients
+        # send a CRLF after a POST body).
+        while pos < end and data[pos] in (0x0D, 0x0A):
+            pos += 1
+        if pos == end:
+            return end
+        stop = pos + limits.header_bytes
+        crlf = data.find(b"\r\n\r\n", pos, stop + 4)
+        lf = data.find(b"\n\n", pos, crlf if crlf >= 0 else stop + 2)
+        if lf >= 0:
+            head = data[pos:lf]
+            if _BAD_LF_HEAD.search(head):
+                raise HTTPError(400, "Invalid character in request head")
+            lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
+            after = lf + 2
+        elif crlf >= 0:
+            head = data[pos:crlf]
+            if _BAD_CRLF_HEAD.search(head):
+                raise HTTPError(400, "Invalid character in request head")
+            lines = head.split(b"\r\n")
+            after = crlf + 4
+        else:
+            if end - pos > limits.header_bytes:
+                raise HTTPError(431, "Request head too large")
+            self._buf = data[pos:]
+            return -1
+        self._request_head(lines, data, after)
+        return after
+
+    def _request_head(self, lines: list[bytes], data: bytes, after: int) -> None:
+        factory = self.factory
+        limits = factory.limits
+        parts = lines[0].split(b" ")
+        if len(parts) != 3:
+            raise HTTPError(400, "Malformed request line")
+        method, target, version = parts
+        self._head_only = method == b"HEAD"
+        if factory.access_log is not None:
+            self._line = lines[0].decode("latin-1")
+        if version == b"HTTP/1.1":
+            http10 = False
+        elif version == b"HTTP/1.0":
+            http10 = True
+        else:
+            match = _VERSION.fullmatch(version)
+            if match is None:
+                raise HTTPError(400, "Malformed HTTP version")
+            if match.group(1) != b"1":
+                raise HTTPError(505, "Only HTTP/1.x is supported")
+            http10 = False  # a later 1.x minor version is answered as 1.1
+        if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+            raise HTTPError(400, "Malformed request line")
+        if len(lines) - 1 > limits.header_count:
+            raise HTTPError(431, "Too many header fields")
+
+        length: bytes | None = None
+        coding: bytes | None = None
+        connection = b""
+        expect: bytes | None = None
+        hosts = 0
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise HTTPError(400, "Malformed header field")
+            value = value.strip(b" \t")
+            name = name.lower()
+            if name == b"content-length":
+                if length is not None and value != length:
+                    raise HTTPError(400, "Conflicting Content-Length fields")
+                length = value
+            elif name == b"transfer-encoding":
+                coding = value if coding is None else coding + b"," + value
+            elif name == b"connection":
+                connection += b"," + value.lower()
+            elif name == b"host":
+                hosts += 1
+            elif name == b"expect":
+                expect = value.lower()
+
+        if hosts > 1 or (hosts == 0 and not http10):
+            raise HTTPError(400, "An HTTP/1.1 request needs exactly one Host field")
+        tokens = connection.replace(b" ", b"").replace(b"\t", b"").split(b",")
+        if http10:
+            self._conn = _KEEP_ALIVE_10 if b"keep-alive" in tokens else _CLOSE
+        else:
+            self._conn = _CLOSE if b"close" in tokens else _KEEP_ALIVE_11
+
+        chunked = False
+        size = 0
+        if coding is not None:
+            # RFC 9112 §6.1/§6.3: framing we cannot trust is refused, never guessed.
+            if http10:
+                raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if length is not None:
+                raise HTTPError(400, "Both Transfer-Encoding and Content-Length")
+            codings = [c.strip(b" \t").lower() for c in coding.split(b",")]
+            if codings[-1] != b"chunked":
+                raise HTTPError(400, "Request body not chunked")
+            if len(codings) > 1:
+                raise HTTPError(501, "Only the chunked transfer coding is supported")
+            chunked = True
+        elif length is not None:
+            if not length.isdigit():
+                raise HTTPError(400, "Invalid Content-Length")
+            if len(length) > 15 or int(length) > limits.body_bytes:
+                raise HTTPError(413, "Request body too large")
+            size = int(length)
+
+        match = _ABSOLUTE.match(target)
+        path = (match.group(1) or b"/") if match else target.split(b"?", 1)[0]
+        if path != factory.path:
+            raise HTTPError(404, "Not found")
+        if method != b"POST":
+            raise HTTPError(405, "Only POST is allowed")
+        if not chunked and length is None:
+            raise HTTPError(411, "Content-Length required")
+
+        if expect is not None and not http10:
+            if expect != b"100-continue":
+                raise HTTPError(417, "Unsupported expectation")
+            # RFC 9110 §10.1.1: no need to ask for a body that is already arriving.
+            if (chunked or size) and after == len(data):
+                self._emit(_CONTINUE)
+
+        if chunked:
+            self._body_len = 0
+            self._state = _CHUNK_SIZE
+        elif size:
+            self._remaining = size
+            self._state = _BODY
+        else:
+            self._complete(b"")
+
+    # -- answers ------------------------------------------------------------------------
+
+    def _emit(self, data: bytes) -> None:
+        """Send ``data`` after everything answered before it."""
+        if self._queue:
+            self._queue.append(_Pending(b"", "", data))
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        # The transport buffers until the reactor's next turn and pauses us (the
+        # producer) synchronously when its buffer is full.
+        self.transport.write(data)
+        self._last = self.factory.clock.seconds()
+
+    def _complete(self, body: bytes) -> None:
+        conn = self._conn
+        self._state = _CLOSING if conn is _CLOSE else _HEAD
+        try:
+            result = self.factory.handler(body)
+        except Exception:
+            _log.exception("HTTP request handler failed")
+            result = None
+        if type(result) is bytes:
+            self._emit(self._ok(result, conn, self._line))
+            return
+        pending = _Pending(conn, self._line)
+        self._queue.append(pending)
+        if isinstance(result, Deferred):
+            result.addCallbacks(self._answer, self._crashed, (pending,), None, (pending,))
+        else:
+            self._crashed(Failure(TypeError(f"handler returned {type(result).__name__}")), pending)
+
+    def _answer(self, result: object, pending: _Pending) -> None:
+        if type(result) is not bytes:
+            self._crashed(Failure(TypeError(f"handler returned {type(result).__name__}")), pending)
+            return
+        pending.data = self._ok(result, pending.conn, pending.line)
+        self._drain()
+
+    def _crashed(self, failure: Failure, pending: _Pending) -> None:
+        _log.error("HTTP request handler failed: %s", failure.getTraceback())
+        if self.factory.access_log is not None:
+            self.factory.access_log(f'{self._peer} "{pending.line}" 500 -')
+        pending.data = self._error(500, "Internal error", pending.conn)
+        self._drain()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue and queue[0].data is not None:
+            self._write(queue.popleft().data)  # type: ignore[arg-type]
+        if not self._parsing:
+            self._resume()
+
+    def _maybe_close(self) -> None:
+        if self._state == _CLOSING and not self._queue and not self._closed and not self._gone:
+            self._close()
+
+    def _close(self) -> None:
+        """Half-close, then drain the peer's input until it closes or lingering ends."""
+        self._closed = True
+        self._buf = b""
+        self._body = []
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.loseWriteConnection()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resumeProducing()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.factory.clock.callLater(
+            self.factory.limits.linger, transport.loseConnection
+        )
+
+    def _fail(self, status: int, message: str) -> None:
+        if self.factory.access_log is not None:
+            self.factory.access_log(f'{self._peer} "{self._line}" {status} -')
+        self._state = _CLOSING
+        self._buf = b""
+        self._body = []
+        self._emit(self._error(status, message, _CLOSE))
+
+    def _ok(self, body: bytes, conn: bytes, line: str) -> bytes:
+        factory = self.factory
+        if factory.access_log is not None:
+            factory.access_log(f'{self._peer} "{line}" 200 {len(body)}')
+        return b"%sContent-Length: %d\r\n%s\r\n%s" % (factory.ok_head(), len(body), conn, body)
+
+    def _error(self, status: int, message: str, conn: bytes) -> bytes:
+        body = message.encode() + b"\n"
+        allow = b"Allow: POST\r\n" if status == 405 else b""
+        return b"HTTP/1.1 %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\n%s" % (
+            status,
+            _REASONS[status],
+            self.factory.common_head(),
+            b"Content-Length: %d\r\n%s%s\r\n%s"
+            % (len(body), allow, conn, b"" if self._head_only else body),
+        )
+
+
+class HTTPServerFactory(ServerFactory):
+    """Serves ``handler`` on POST ``path``; answers carry ``content_type``."""
+
+    protocol = HTTPChannel
+
+    def __init__(
+        self,
+        handler: Handler,
+        path: bytes = b"/RPC2",
+        reactor: IReactorTime | None = None,
+        *,
+        content_type: bytes = b"text/xml",
+        access_log: Callable[[str], None] | None = None,
+        limits: Limits = Limits(),  # noqa: B008 - frozen, shared safely
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor  # type: ignore[assignment]
+        self.handler = handler
+        self.path = path
+        self.clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.content_type = content_type
+        self.access_log = access_log
+        self.limits = limits
+        self._server = b"Server: nebula-xr/" + __version__.encode() + b"\r\n"
+        self._date_second = -1
+        self._common = b""
+        self._ok = b""
+
+    def common_head(self) -> bytes:
+        """``Server`` and ``Date`` fields; the date is formatted once per second."""
+        now = int(self.clock.seconds())
+        if now != self._date_second:
+            self._date_second = now
+            date = formatdate(now, usegmt=True).encode()
+            self._common = b"%sDate: %s\r\n" % (self._server, date)
+            self._ok = b"HTTP/1.1 200 OK\r\n%sContent-Type: %s\r\n" % (
+                self._common,
+                self.content_type,
+            )
+        return self._common
+
+    def ok_head(self) -> bytes:
+        self.common_head()
+        return self._ok
