@@ -69,6 +69,13 @@ class RequestManager:
         for name, handler, signature, help_text in methods:
             registry.register(name, handler, signature, help_text)
 
+    def _settled(self, reply: Reply) -> Deferred | Reply:
+        """Answer a read once the changes it may show are in one.db too, so that a
+        client that reads the file after the reply never sees an older state."""
+        if self.db.is_settled():
+            return reply
+        return self.db.committed().addBoth(lambda _: reply)
+
     def _durable(self, reply: Reply, on_error: Reply) -> Deferred:
         """Answer ``reply`` once every change made so far is committed to one.db."""
 
@@ -112,11 +119,11 @@ class RequestManager:
             return _result(result)
         return self._durable([True], [False, f"Can not deploy VM {vid}, can not insert history"])
 
-    def vm_info(self, _session: str, vid: int) -> Reply:
+    def vm_info(self, _session: str, vid: int) -> Deferred | Reply:
         vm = self.vms.get(vid)
         if vm is None:
             return [False, f"Error getting vm with VID = {vid}"]
-        return [True, vm.info_text()]
+        return self._settled([True, vm.info_text()])
 
     # -- hosts --------------------------------------------------------------------------
 
@@ -129,11 +136,11 @@ class RequestManager:
         error = f"Can not allocate host {name} in the HostPool, returned error code [-1]"
         return self._durable([True, host.oid], [False, error])
 
-    def host_info(self, _session: str, hid: int) -> Reply:
+    def host_info(self, _session: str, hid: int) -> Deferred | Reply:
         host = self.hosts.get(hid)
         if host is None:
             return [False, f"Error getting host with HID = {hid}"]
-        return [True, host.info_text()]
+        return self._settled([True, host.info_text()])
 
     def host_delete(self, _session: str, hid: int) -> Deferred | Reply:
         host = self.hosts.get(hid)
@@ -162,11 +169,11 @@ class RequestManager:
             return failure
         return self._durable([True, network.oid], failure)
 
-    def vn_info(self, _session: str, nid: int) -> Reply:
+    def vn_info(self, _session: str, nid: int) -> Deferred | Reply:
         network = self.networks.get(nid)
         if network is None:
             return [False, f"Error getting Virtual Network with NID = {nid}"]
-        return [True, network.info_text()]
+        return self._settled([True, network.info_text()])
 
     def vn_delete(self, _session: str, nid: int) -> Deferred | Reply:
         network = self.networks.get(nid)

@@ -214,8 +214,7 @@ class VirtualNetwork:
             return None
         if self.type is NetworkType.RANGED:
             del self.leases[ip]
-        else:
-            lease.used, lease.vid = False, -1
+        lease.used, lease.vid = False, -1
         return lease
 
     def pool_row(self) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +112,18 @@ class OneDaemon:
     def call(self, method: str, *args: Any) -> Any:
         with self.proxy() as proxy:
             return getattr(proxy, method)("sessionID", *args)
+
+    def raw_call(self, body: bytes) -> bytes:
+        """POST a hand-written XML-RPC body (for what xmlrpc.client refuses to send)."""
+        parts = urllib.parse.urlsplit(self.url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            connection.request("POST", parts.path, body, {"Content-Type": "text/xml"})
+            response = connection.getresponse()
+            assert response.status == 200, response.status
+            return response.read()
+        finally:
+            connection.close()
 
     def db(self) -> sqlite3.Connection:
         """A reader connection, as the 1.2 clients open the file."""

@@ -1,0 +1,127 @@
+"""The plugin system: documented hooks, entry points, third-party plugins, clear errors."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from nebula_xr import hookimpl, hookspecs
+from nebula_xr.plugin_manager import PluginManager
+from tests.oned import OneDaemon, wait_for, write_conf
+from tests.test_tutorial import history, wait_state
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = {
+    "im_dummy": "nebula_xr_plugins.dummy.im_dummy",
+    "vmm_dummy": "nebula_xr_plugins.dummy.vmm_dummy",
+    "tm_dummy": "nebula_xr_plugins.dummy.tm_dummy",
+    "im_xen": "nebula_xr_plugins.im_xen",
+    "vmm_xen": "nebula_xr_plugins.vmm_xen",
+    "tm_nfs": "nebula_xr_plugins.tm_nfs",
+    "tm_ssh": "nebula_xr_plugins.tm_ssh",
+    "sched_rank": "nebula_xr_plugins.sched_rank",
+}
+
+
+def _hookspecs() -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(function)
+        for name, function in vars(hookspecs).items()
+        if name.startswith("nebula_xr_") and callable(function)
+    }
+
+
+def test_every_hook_is_documented_with_its_signature() -> None:
+    documented = dict(
+        re.findall(r"^### `(nebula_xr_\w+)\(([^)]*)\)`", (ROOT / "docs/plugins.md").read_text(), re.M)
+    )
+    specs = _hookspecs()
+    assert set(documented) == set(specs)
+    for name, signature in specs.items():
+        assert documented[name].split(", ") == list(signature.parameters), name
+        assert inspect.getdoc(getattr(hookspecs, name)), f"{name} has no docstring"
+
+
+def test_shipped_drivers_are_entry_point_plugins() -> None:
+    entry_points = {ep.name: ep.value for ep in metadata.entry_points(group="nebula_xr")}
+    for name, module in SHIPPED.items():
+        assert entry_points.get(name) == module
+    manager = PluginManager()
+    manager.load()
+    installed = {info.name: info for info in manager.installed()}
+    assert set(SHIPPED) <= set(installed)
+    assert installed["im_dummy"].distribution == "nebula-xr"
+    assert installed["sched_rank"].hooks == ("nebula_xr_scheduler",)
+
+
+def test_list_plugins_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "nebula_xr", "--list-plugins"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in SHIPPED:
+        assert re.search(rf"^{name}\s+nebula-xr", out, re.M), out
+
+
+def test_misspelt_hook_fails_loudly() -> None:
+    class Broken:
+        @hookimpl
+        def nebula_xr_vm_state_chnaged(self, vm):  # the typo is the point
+            pass
+
+    manager = PluginManager()
+    with pytest.raises(Exception, match="unknown hook"):
+        manager.register(Broken(), "broken")
+
+
+def test_unknown_plugin_is_a_clear_startup_error(tmp_path) -> None:
+    write_conf(tmp_path, drivers='IM_MAD = [ name = "im_x", executable = "im_nowhere" ]\n')
+    with pytest.raises(RuntimeError) as error:
+        OneDaemon(tmp_path).start()
+    message = str(error.value)
+    assert "No plugin named 'im_nowhere'" in message
+    assert "im_dummy" in message and "sched_rank" in message
+    assert "Traceback" not in message
+
+
+@pytest.fixture(scope="session")
+def example_plugin():
+    """The tiny third-party package under tests/, installed the way users install plugins."""
+    try:
+        metadata.distribution("nebula-xr-example")
+    except metadata.PackageNotFoundError:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation",
+             str(ROOT / "tests" / "example_plugin")],
+            check=True,
+        )
+    yield
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "nebula-xr-example"], check=False)
+
+
+def test_pip_installed_plugin_is_used_by_naming_it(tmp_path, example_plugin) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "static.conf").write_text("TOTALCPU = 800\nTOTALMEMORY = 16777216\nFREECPU = 800\n")
+    drivers = (
+        'IM_MAD = [ name = "im_static", executable = "im_static", arguments = "static.conf" ]\n'
+        'VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" ]\n'
+        'TM_MAD = [ name = "tm_nfs", executable = "tm_dummy" ]\n'
+    )
+    write_conf(tmp_path, drivers=drivers, scheduler='SCHEDULER = [ plugin = "sched_lease" ]')
+    one = OneDaemon(tmp_path).start()
+    try:
+        assert one.call("one.hostallocate", "big", "im_static", "vmm_xen", "tm_nfs", True) == [True, 0]
+        wait_for(lambda: "TOTALCPU=800" in one.call("one.hostinfo", 0)[1])
+        template = "NAME = leased\nCPU = 1\nMEMORY = 32\nHAIZEA = [ DURATION = 1 ]\n"
+        assert one.call("one.vmallocate", template) == [True, 0]
+        wait_state(one, 0, 3, 3)  # deployed by the plugin's scheduler
+        wait_state(one, 0, 6)  # and shut down when its lease ended
+        assert history(one, 0)[0]["host_name"] == "big"
+    finally:
+        one.stop()
