@@ -24,6 +24,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
 
 from nebula_xr import __version__
+from nebula_xr.api14 import RequestManager14
 from nebula_xr.config import Config, ConfigError, DriverEntry, Layout, load_config
 from nebula_xr.database import Database, DatabaseError
 from nebula_xr.dispatch_manager import DispatchManager
@@ -46,6 +47,7 @@ from nebula_xr.scheduling import Scheduler
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.transfer_manager import TransferManager
 from nebula_xr.transport.xmlrpc import MethodRegistry, make_factory
+from nebula_xr.users import UserPool
 from nebula_xr.views import DaemonSchedulerContext, host_view, vm_view
 from nebula_xr.virtual_machine_manager import VirtualMachineManager
 
@@ -150,8 +152,10 @@ class Daemon(MultiService):
         self.vms = VirtualMachinePool(self.db, config.layout.var_dir)
         self.hosts = HostPool(self.db)
         self.networks = VirtualNetworkPool(self.db, config.mac_prefix, config.network_size)
-        for pool in (self.vms, self.hosts, self.networks):
+        self.users = UserPool(self.db)
+        for pool in (self.vms, self.hosts, self.networks, self.users):
             pool.load()
+        log.info("ONE", self.users.bootstrap())
 
         drivers = self._make_drivers()
         timeouts = {kind: {} for kind in (INFORMATION, VIRTUAL_MACHINE, TRANSFER)}
@@ -176,6 +180,7 @@ class Daemon(MultiService):
             self.vms, self.hosts, self.networks, self.lcm, clock, log, config.vm_dir
         )
         self.lcm.vmm, self.lcm.tm, self.lcm.dm = self.vmm, self.tm, self.dm
+        self.dm.tm = self.tm
         self.vmm.lcm = self.tm.lcm = self.lcm
         self.im = InformationManager(
             by_kind[INFORMATION],
@@ -198,8 +203,22 @@ class Daemon(MultiService):
         )
         self._listen_to_pools()
 
+        self.rm14 = RequestManager14(
+            self.dm,
+            self.vms,
+            self.hosts,
+            self.networks,
+            self.users,
+            self.vmm,
+            self.db,
+            clock,
+            log,
+            on_host_added=self.im.host_added,
+        )
+
         self.registry = MethodRegistry()
         self.rm.register(self.registry)
+        self.rm14.register(self.registry)
 
         services: list[Service] = [_DriverService(drivers)]
         for tick in (self.im.monitor_due, self.vmm.poll_due):

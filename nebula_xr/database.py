@@ -163,6 +163,19 @@ class LeaseRow(_Table):
         primary_key = peewee.CompositeKey("oid", "ip")
 
 
+class UserPoolRow(_Table):
+    """1.4's user table (api-1.4.md §2.5): an extra table, which 1.2 readers ignore."""
+
+    oid = _integer()
+    user_name = _text(unique=True)
+    password = _text()
+    enabled = _integer()
+
+    class Meta:
+        table_name = "user_pool"
+        primary_key = peewee.CompositeKey("oid", "user_name")
+
+
 #: The nine 1.2 tables, in the order 1.2 creates them.
 TABLES: tuple[type[_Table], ...] = (
     VMPoolRow,
@@ -293,11 +306,11 @@ class Database:
     # -- lifecycle --
 
     def open(self) -> None:
-        """Open the file and create the 1.2 tables that are missing."""
+        """Open the file and create the 1.2 tables (and 1.4's user table) that are missing."""
         database_proxy.initialize(self._db)
         try:
             self._db.connect(reuse_if_open=True)
-            self._db.create_tables(TABLES, safe=True)
+            self._db.create_tables((*TABLES, UserPoolRow), safe=True)
         except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
             raise DatabaseError(f"Can not open database {self.path}: {error}") from error
         self._writer = threading.Thread(target=self._write_loop, name="one.db writer", daemon=True)

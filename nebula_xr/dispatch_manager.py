@@ -8,7 +8,7 @@ leaves ACTIVE (``suspend_success``, ``stop_success``, ``done``, ``failed``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nebula_xr.lifecycle_manager import LifeCycleManager
 from nebula_xr.log import Log
@@ -17,6 +17,9 @@ from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.scheduling import RequestResult
 from nebula_xr.template import Template
 from nebula_xr.vnet import LeaseError, ip_to_number, number_to_ip
+
+if TYPE_CHECKING:
+    from nebula_xr.transfer_manager import TransferManager
 
 OK = RequestResult(True)
 
@@ -45,14 +48,19 @@ class DispatchManager:
         self.clock = clock
         self.log = log
         self.vm_dir = vm_dir
+        # Wired by the daemon: 1.4 finalize of a SUSPENDED VM deletes its images.
+        self.tm: TransferManager
 
     def now(self) -> int:
         return int(self.clock.seconds())
 
     # -- requests -----------------------------------------------------------------------
 
-    def allocate(self, template: Template) -> VirtualMachine:
-        """Create a PENDING VM: default NAME, network leases, rows. Raises AllocationError."""
+    def allocate(self, template: Template, uid: int = 0) -> VirtualMachine:
+        """Create a PENDING VM of user ``uid``: default NAME, network leases, rows.
+
+        Raises AllocationError.
+        """
         vid = self.vms.next_oid()
         if template.get_string("NAME") is None:
             template.add("NAME", f"one-{vid}")
@@ -69,7 +77,7 @@ class DispatchManager:
             template.remove("NIC")
             for nic in nics:
                 template.add("NIC", nic)
-        vm = self.vms.allocate(template, self.now())
+        vm = self.vms.allocate(template, self.now(), uid)
         self.log.vm(vm.oid, "DiM", 2, "New VM state is PENDING")
         return vm
 
@@ -92,22 +100,34 @@ class DispatchManager:
         )
         return leased
 
-    def deploy(self, vid: int, hid: int) -> RequestResult:
-        return self._place(vid, hid, VMState.PENDING, None)
+    def deploy(self, vid: int, hid: int, *, managed_only: bool = True) -> RequestResult:
+        """``managed_only``: refuse unmanaged hosts, as 1.2 does (1.4 has no such flag)."""
+        return self._place(vid, hid, VMState.PENDING, None, managed_only, "deploy")
 
-    def migrate(self, vid: int, hid: int, live: bool) -> RequestResult:
-        return self._place(vid, hid, VMState.ACTIVE, live)
+    def migrate(
+        self, vid: int, hid: int, live: bool, *, managed_only: bool = True, verb: str = "deploy"
+    ) -> RequestResult:
+        """``verb`` names the request in the wrong-state message: 1.2 said "deploy"."""
+        return self._place(vid, hid, VMState.ACTIVE, live, managed_only, verb)
 
-    def _place(self, vid: int, hid: int, state: VMState, live: bool | None) -> RequestResult:
+    def _place(
+        self,
+        vid: int,
+        hid: int,
+        state: VMState,
+        live: bool | None,
+        managed_only: bool,
+        verb: str,
+    ) -> RequestResult:
         host = self.hosts.get(hid)
         if host is None:
             return RequestResult(False, f"The host {hid} does not exists")
-        if not host.managed:
+        if managed_only and not host.managed:
             return RequestResult(False, f"Not managed hosts (id:{hid}) not supported")
         vm = self.vms.get(vid)
         if vm is None:
             return RequestResult(False, f"The virtual machine {vid} does not exists")
-        wrong = RequestResult(False, f"Can not deploy VM {vid}, wrong state")
+        wrong = RequestResult(False, f"Can not {verb} VM {vid}, wrong state")
         if vm.state is not state:
             return wrong
         if live is not None:
@@ -160,6 +180,38 @@ class DispatchManager:
         else:  # finalize
             if vm.state in (VMState.ACTIVE, VMState.DONE):
                 return wrong
+            self._finish(vm, VMState.DONE)
+        return OK
+
+    # -- 1.4 actions (api-1.4.md §3.3); one.vmaction keeps the 1.2 rules above ------------
+
+    def restart(self, vid: int) -> RequestResult:
+        vm = self.vms.get(vid)
+        if vm is None:
+            return RequestResult(False, "Virtual machine does not exist")
+        if vm.state is not VMState.ACTIVE or vm.lcm_state not in (
+            LCMState.BOOT,
+            LCMState.UNKNOWN,
+        ):
+            return RequestResult(False, "Wrong state to perform action")
+        self.lcm.restart(vid)
+        return OK
+
+    def finalize(self, vid: int) -> RequestResult:
+        """1.4 finalize: accepted in every state, ACTIVE VMs included."""
+        vm = self.vms.get(vid)
+        if vm is None:
+            return RequestResult(False, "Virtual machine does not exist")
+        if vm.state is VMState.ACTIVE:
+            self.lcm.delete(vid)
+        elif vm.state is VMState.FAILED:
+            # The end time is that of the failure.
+            self._release_leases(vm)
+            self._set(vm, VMState.DONE)
+        elif vm.state is not VMState.DONE:
+            if vm.state is VMState.SUSPENDED and vm.current is not None:
+                # The checkpoint and images wait on the host: nothing will resume them.
+                self.tm.delete(vm, vm.current)
             self._finish(vm, VMState.DONE)
         return OK
 

@@ -309,7 +309,7 @@ class LifeCycleManager:
 
     def monitor_suspend(self, vid: int) -> None:
         """The guest was found paused: treat it as suspended by the user."""
-        vm = self._vm(vid, "monitor_suspend", L.RUNNING)
+        vm = self._vm(vid, "monitor_suspend", L.RUNNING, L.UNKNOWN)
         if vm is None or vm.current is None:
             return
         cur = vm.current
@@ -321,7 +321,7 @@ class LifeCycleManager:
 
     def monitor_failure(self, vid: int) -> None:
         """The guest crashed."""
-        vm = self._vm(vid, "monitor_failure", L.RUNNING)
+        vm = self._vm(vid, "monitor_failure", L.RUNNING, L.UNKNOWN)
         if vm is None or vm.current is None:
             return
         cur = vm.current
@@ -331,12 +331,78 @@ class LifeCycleManager:
         self._release(vm, cur)
         self.dm.failed(vid)
 
-    def monitor_done(self, vid: int) -> None:
-        """The domain is gone from its host (the guest halted): run the epilog."""
-        vm = self._vm(vid, "monitor_done", L.RUNNING)
-        if vm is None or vm.current is None:
+    def monitor_unknown(self, vid: int) -> None:
+        """The domain is gone from its host.
+
+        1.2 took this for a halt and ran the epilog, which lost the VM when the host had
+        only rebooted; as 1.4 does, the VM keeps its host and capacity and stays polled
+        until it reappears, ``restart`` boots it again or ``finalize`` ends it.
+        """
+        vm = self._vm(vid, "monitor_unknown", L.RUNNING, L.UNKNOWN)
+        if vm is not None and vm.lcm_state is L.RUNNING:
+            self._set(vm, L.UNKNOWN)
+
+    def monitor_running(self, vid: int) -> None:
+        """A poll found the domain running: an UNKNOWN VM is back."""
+        vm = self._vm(vid, "monitor_running", L.RUNNING, L.UNKNOWN)
+        if vm is not None and vm.lcm_state is L.UNKNOWN:
+            self._set(vm, L.RUNNING)
+
+    # -- 1.4 actions --------------------------------------------------------------------
+
+    def restart(self, vid: int) -> None:
+        """Boot a VM stuck in BOOT or lost (UNKNOWN) again: a new DEPLOY on the same
+        host with the same history record, no prolog (api-1.4.md §5.2)."""
+        vm = self._vm(vid, "restart_action", L.BOOT, L.UNKNOWN)
+        if vm is not None:
+            self._set(vm, L.BOOT)
+            self.vmm.deploy(vm)
+
+    def delete(self, vid: int) -> None:
+        """1.4 ``finalize`` of an ACTIVE VM: abandon whatever runs, then DONE.
+
+        The domain is destroyed (on both hosts while migrating) and the VM directory
+        deleted, without waiting for the drivers: their late answers find the VM DONE and
+        are dropped. The records are closed with reason USER and the capacity released.
+        """
+        vm = self._vm(vid, "delete_action")
+        if vm is None or vm.lcm_state in (L.LCM_INIT, L.DELETE, L.FAILURE):
             return
-        vm.current.estime = vm.current.retime = self.now()
-        self.vms.save_history(vm.current)
-        self._set(vm, L.EPILOG)
-        self.tm.epilog(vm)
+        cur, prev, state, now = vm.current, vm.previous, vm.lcm_state, self.now()
+        self._set(vm, L.DELETE)
+        if cur is not None:
+            cur.etime, cur.reason = now, Reason.USER
+            if state in (L.PROLOG, L.PROLOG_RESUME, L.PROLOG_MIGRATE):
+                cur.petime = now
+            elif state in (L.EPILOG, L.EPILOG_STOP):
+                cur.eetime = now
+            else:
+                cur.retime = now
+            self.vms.save_history(cur)
+            self._release(vm, cur)
+        both = state in (L.MIGRATE, L.SAVE_MIGRATE) and prev is not None
+        if both:
+            prev.etime = prev.retime = now
+            prev.reason = Reason.USER
+            self.vms.save_history(prev)
+            self._release(vm, prev)
+        if cur is not None and state not in _NO_DOMAIN:
+            if state is not L.SAVE_MIGRATE:
+                self.vmm.cancel_domain(vm, cur)
+            if both:
+                self.vmm.cancel_domain(vm, prev)
+        # The images are where the last transfer left them.
+        if state is L.SAVE_MIGRATE:
+            doomed = [prev]
+        elif state is L.PROLOG_MIGRATE:
+            doomed = [cur, prev]
+        else:
+            doomed = [cur]
+        for record in doomed:
+            if record is not None:
+                self.tm.delete(vm, record)
+        self.dm.done(vid)
+
+
+#: LCM states in which no domain exists on the current host.
+_NO_DOMAIN = (L.PROLOG, L.PROLOG_RESUME, L.PROLOG_MIGRATE, L.EPILOG, L.EPILOG_STOP)

@@ -39,6 +39,10 @@ class LCMState(IntEnum):
     EPILOG = 11
     SHUTDOWN = 12
     CANCEL = 13
+    # 1.4 additions (api-1.4.md §5.1); 1.2 readers do not know them.
+    FAILURE = 14
+    DELETE = 15
+    UNKNOWN = 16
 
 
 class HostState(IntEnum):

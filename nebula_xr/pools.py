@@ -81,9 +81,9 @@ class VirtualMachinePool:
     def next_oid(self) -> int:
         return self._next_oid
 
-    def allocate(self, template: Template, now: int) -> VirtualMachine:
+    def allocate(self, template: Template, now: int, uid: int = 0) -> VirtualMachine:
         """Create a PENDING VM with the next id; ``template`` already holds NAME and leases."""
-        vm = VirtualMachine(oid=self._next_oid, template=template, stime=now)
+        vm = VirtualMachine(oid=self._next_oid, template=template, stime=now, uid=uid)
         self._next_oid += 1
         self.vms[vm.oid] = vm
         self.vm_dir(vm.oid).mkdir(mode=0o777, parents=True, exist_ok=True)
@@ -244,8 +244,9 @@ class VirtualNetworkPool:
             self.networks[oid] = network
         self._next_oid = _next_id(iter(self.networks))
 
-    def allocate(self, template: Template) -> VirtualNetwork:
-        """Create a network; raises NetworkTemplateError or ValueError (duplicate name)."""
+    def allocate(self, template: Template, uid: int = 0) -> VirtualNetwork:
+        """Create a network of user ``uid``; raises NetworkTemplateError or ValueError
+        (duplicate name)."""
         name = template.get_string("NAME") or ""
         if self.by_name(name) is not None:
             # 1.2 silently replaced the row (name is the key) and orphaned the old leases.
@@ -253,6 +254,7 @@ class VirtualNetworkPool:
         network = VirtualNetwork.from_template(
             self._next_oid, template, self.mac_prefix, self.default_size
         )
+        network.uid = uid
         self._next_oid += 1
         self.networks[network.oid] = network
         self.db.write(

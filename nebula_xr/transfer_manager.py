@@ -96,6 +96,31 @@ class TransferManager:
 
         self._transfer(vm, commands)
 
+    def delete(self, vm: VirtualMachine, record: History) -> None:
+        """Delete the VM directory on ``record``'s host (1.4 finalize of an ACTIVE or
+        SUSPENDED VM); nothing waits for the outcome, which is only logged."""
+        driver = self.drivers.get(record.tm_mad)
+        commands = [TransferCommand("DELETE", (f"{record.host_name}:{record.remote_dir}",))]
+        script = self.vms.vm_dir(vm.oid) / f"transfer.{record.seq}.delete"
+        try:
+            if driver is None:
+                raise TransferError(f"TM driver {record.tm_mad} not loaded")
+            script.write_text("".join(f"{line}\n" for line in commands), encoding="utf-8")
+        except (TransferError, OSError) as error:
+            self.log.vm(vm.oid, "TM", 0, f"Error preparing transfer: {error}")
+            return
+        log = self.log.vm
+        invoke(
+            self.clock,
+            self.timeouts.get(record.tm_mad, 300.0),
+            driver.transfer,
+            vm.oid,
+            script,
+            commands,
+            on_success=lambda _: log(vm.oid, "TM", 2, f"Executed {commands[0]}"),
+            on_failure=lambda message, _: log(vm.oid, "TM", 0, f"Error deleting: {message}"),
+        )
+
     def _prolog_commands(self, vm: VirtualMachine, cur: History) -> list[TransferCommand]:
         lines = []
         for index, disk in enumerate(_disks(vm)):

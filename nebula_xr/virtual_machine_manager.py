@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: POLL keys that update vm_pool columns; any other key goes into the VM template.
 _POLL_COLUMNS = {"USEDMEMORY": "memory", "USEDCPU": "cpu", "NETTX": "net_tx", "NETRX": "net_rx"}
+#: Polled LCM states: a VM gone from its host (UNKNOWN) is watched until it reappears.
+_POLLED = (LCMState.RUNNING, LCMState.UNKNOWN)
 
 
 class VirtualMachineManager:
@@ -196,6 +198,11 @@ class VirtualMachineManager:
             self.lcm.cancel_failure,
         )
 
+    def cancel_domain(self, vm: VirtualMachine, record: History) -> None:
+        """Destroy the domain on ``record``'s host for a VM being deleted (1.4
+        finalize); nothing waits for the outcome, which is only logged."""
+        self._run(vm, record, "CANCEL", lambda d, a: d.cancel(a), _ignore, _ignore)
+
     def poll(self, vm: VirtualMachine) -> None:
         # A failed poll is only logged (1.2 raised CANCEL_FAILURE here, a bug).
         self._run(
@@ -204,16 +211,16 @@ class VirtualMachineManager:
             "POLL",
             lambda d, a: d.poll(a),
             lambda info: self._polled(vm.oid, info),
-            lambda vid: None,
+            _ignore,
         )
 
     # -- polling --------------------------------------------------------------------------
 
     def poll_due(self) -> None:
-        """Timer tick: poll every RUNNING VM not polled for VM_POLLING_INTERVAL."""
+        """Timer tick: poll every RUNNING or UNKNOWN VM not polled for VM_POLLING_INTERVAL."""
         now = int(self.clock.seconds())
         for vm in list(self.vms):
-            if vm.state is not VMState.ACTIVE or vm.lcm_state is not LCMState.RUNNING:
+            if vm.state is not VMState.ACTIVE or vm.lcm_state not in _POLLED:
                 continue
             if now - vm.last_poll >= self.polling_interval:
                 vm.last_poll = now
@@ -235,11 +242,12 @@ class VirtualMachineManager:
                 self.vms.set_attribute(vm, key, value)
         self.vms.update(vm)
         # The state letter only matters while the VM is meant to be running.
-        if vm.state is VMState.ACTIVE and vm.lcm_state is LCMState.RUNNING:
+        if vm.state is VMState.ACTIVE and vm.lcm_state in _POLLED:
             event = {
+                "a": self.lcm.monitor_running,
                 "p": self.lcm.monitor_suspend,
                 "e": self.lcm.monitor_failure,
-                "d": self.lcm.monitor_done,
+                "d": self.lcm.monitor_unknown,
             }.get(state or "")
             if event is not None:
                 event(vid)
@@ -250,3 +258,7 @@ class VirtualMachineManager:
         if record is None or driver is None:
             return None
         return driver.console(self._action(vm, record))
+
+
+def _ignore(_outcome: object) -> None:
+    """Outcome of a driver action nobody waits for (the log already has it)."""

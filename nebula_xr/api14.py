@@ -1,0 +1,280 @@
+"""The OpenNebula 1.4 XML-RPC API, served beside the 1.2 one (api-1.4.md).
+
+The nineteen dotted methods (``one.vm.allocate`` ...) answer from the same pools and
+life cycle as the twelve 1.2 methods, with 1.4's checks, messages and XML documents
+(:mod:`nebula_xr.xmldoc`). Two nebula-xr methods complete them for the CLI:
+``nebula_xr.vm.history`` (every history record; 1.4 only shows the current one) and
+``nebula_xr.vm.console`` (how to reach a VM's console, as its VMM driver says).
+
+Sessions: no authentication is configured yet, so, as in 1.2, no session is refused.
+A 1.4 session ``user:hash`` naming a known user makes that user the caller (the owner
+of what it creates, the meaning of the pool filter -1); anything else is oneadmin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from nebula_xr import xmldoc
+from nebula_xr.database import Database
+from nebula_xr.dispatch_manager import ACTIONS, AllocationError, DispatchManager
+from nebula_xr.drivers.base import DriverError
+from nebula_xr.log import Log
+from nebula_xr.model import LCMState, VMState
+from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
+from nebula_xr.request_manager import Reply, RequestManager
+from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.transport.xmlrpc import MethodRegistry
+from nebula_xr.users import ADMIN, UserPool
+from nebula_xr.virtual_machine_manager import VirtualMachineManager
+from nebula_xr.vnet import NetworkTemplateError
+
+
+def _pool_filter(flag: int, caller: int) -> Callable[[int], bool]:
+    """Which owners a pool call lists: ≤ -2 everyone, -1 the caller, ≥ 0 that uid."""
+    if flag <= -2:
+        return lambda uid: True
+    wanted = caller if flag == -1 else flag
+    return lambda uid: uid == wanted
+
+
+class RequestManager14(RequestManager):
+    """The 1.4 request manager; it shares the 1.2 one's pools and commit discipline."""
+
+    def __init__(
+        self,
+        dm: DispatchManager,
+        vms: VirtualMachinePool,
+        hosts: HostPool,
+        networks: VirtualNetworkPool,
+        users: UserPool,
+        vmm: VirtualMachineManager,
+        db: Database,
+        clock: Any,
+        log: Log,
+        on_host_added: Callable[[Any], None] | None = None,
+    ) -> None:
+        super().__init__(dm, vms, hosts, networks, db, clock, log, on_host_added)
+        self.users = users
+        self.vmm = vmm
+
+    def register(self, registry: MethodRegistry) -> None:
+        # Help strings as xmlrpc-c announced them in 1.4 (userpool.info's sic included).
+        methods: tuple[tuple[str, Callable[..., Any], str, str], ...] = (
+            (
+                "one.vm.allocate",
+                self.vm_allocate14,
+                "A:ss",
+                "Allocates a virtual machine in the pool",
+            ),
+            ("one.vm.deploy", self.vm_deploy14, "A:sii", "Deploys a virtual machine"),
+            ("one.vm.action", self.vm_action14, "A:ssi", "Performs an action on a virtual machine"),
+            ("one.vm.migrate", self.vm_migrate14, "A:siib", "Migrates a virtual machine"),
+            ("one.vm.info", self.vm_info14, "A:si", "Returns virtual machine information"),
+            ("one.vmpool.info", self.vm_pool_info, "A:si", "Returns the virtual machine pool"),
+            ("one.host.allocate", self.host_allocate14, "A:sssss", "Allocates a host in the pool"),
+            ("one.host.info", self.host_info14, "A:si", "Returns host information"),
+            ("one.host.delete", self.host_delete, "A:si", "Deletes a host from the pool"),
+            ("one.host.enable", self.host_enable, "A:sib", "Enables or disables a host"),
+            ("one.hostpool.info", self.host_pool_info, "A:s", "Returns the host pool information"),
+            ("one.vn.allocate", self.vn_allocate14, "A:ss", "Creates a virtual network"),
+            ("one.vn.info", self.vn_info14, "A:si", "Returns virtual network information"),
+            ("one.vn.delete", self.vn_delete, "A:si", "Deletes a virtual network"),
+            (
+                "one.vnpool.info",
+                self.vn_pool_info,
+                "A:si",
+                "Returns the virtual network pool information",
+            ),
+            ("one.user.allocate", self.user_allocate, "A:sss", "Creates a new user"),
+            ("one.user.info", self.user_info, "A:si", "Returns the Info of the user"),
+            ("one.user.delete", self.user_delete, "A:si", "Deletes a user account"),
+            ("one.userpool.info", self.user_pool_info, "A:s", "Creates a new user"),
+            ("nebula_xr.vm.history", self.vm_history, "A:si", "Returns the history of a VM"),
+            (
+                "nebula_xr.vm.console",
+                self.vm_console,
+                "A:si",
+                "Returns how to reach the console of a VM",
+            ),
+        )
+        for name, handler, signature, help_text in methods:
+            registry.register(name, handler, signature, help_text)
+
+    def caller(self, session: str) -> int:
+        """The uid a session stands for (never refused: no authentication is configured)."""
+        name, colon, _password = session.partition(":")
+        user = self.users.by_name(name) if colon else None
+        return user.oid if user is not None else ADMIN
+
+    # -- virtual machines ---------------------------------------------------------------
+
+    def vm_allocate14(self, session: str, text: str) -> Deferred | Reply:
+        uid = self.caller(session)
+        try:
+            template = Template.parse(text + "\n")
+        except TemplateSyntaxError as error:
+            self.log.error("ReM", f"Error parsing VM template: {error}")
+            return [False, "Error parsing VM template"]
+        failure = [False, "Error inserting VM in the database, check oned.log"]
+        try:
+            self._check_networks(template, uid)
+            vm = self.dm.allocate(template, uid)
+        except AllocationError as error:
+            self.log.error("ReM", f"Error allocating VM: {error}")
+            return failure
+        return self._durable([True, vm.oid], failure)
+
+    def _check_networks(self, template: Template, uid: int) -> None:
+        """1.4 fails a NIC naming an unknown network (1.2 kept it as written) or another
+        user's network: users may use their own networks and oneadmin's (§3.17)."""
+        for nic in template.vectors("NIC"):
+            name = nic.get("NETWORK")
+            if name is None:
+                continue
+            network = self.networks.by_name(name)
+            if network is None:
+                raise AllocationError(f"no network named {name}")
+            if uid != ADMIN and network.uid not in (uid, ADMIN):
+                raise AllocationError(f"network {name} is not usable by user {uid}")
+
+    def vm_deploy14(self, _session: str, vid: int, hid: int) -> Deferred | Reply:
+        # 1.4 hosts have no "managed" flag: a host added unmanaged through 1.2 is usable.
+        result = self.dm.deploy(vid, hid, managed_only=False)
+        if not result.ok:
+            return [False, result.message]
+        return self._durable([True], [False, f"Can not deploy VM {vid}, can not insert history"])
+
+    def vm_action14(self, _session: str, action: str, vid: int) -> Deferred | Reply:
+        # 1.4 looks the VM up before the action name; 1.2 did it the other way round.
+        if self.vms.get(vid) is None:
+            return [False, f"The virtual machine {vid} does not exists"]
+        if action == "restart":
+            result = self.dm.restart(vid)
+        elif action == "finalize":
+            result = self.dm.finalize(vid)
+        elif action in ACTIONS:
+            result = self.dm.action(action, vid)
+        else:
+            return [False, "Unknown action"]
+        if not result.ok:
+            return [False, result.message]
+        return self._durable([True], [False, "Error writing the database, check oned.log"])
+
+    def vm_migrate14(self, _session: str, vid: int, hid: int, live: bool) -> Deferred | Reply:
+        result = self.dm.migrate(vid, hid, live, managed_only=False, verb="migrate")
+        if not result.ok:
+            return [False, result.message]
+        return self._durable([True], [False, f"Can not migrate VM {vid}, can not insert history"])
+
+    def vm_info14(self, _session: str, vid: int) -> Reply:
+        vm = self.vms.get(vid)
+        if vm is None:
+            return [False, f"Error getting vm with VID = {vid}"]
+        return [True, xmldoc.vm_document(vm)]
+
+    def vm_pool_info(self, session: str, flag: int) -> Reply:
+        wanted = _pool_filter(flag, self.caller(session))
+        vms = (
+            vm
+            for vm in sorted(self.vms, key=lambda vm: vm.oid)
+            if vm.state is not VMState.DONE and wanted(vm.uid)
+        )
+        return [True, xmldoc.vm_pool_document(vms, self.users.name_of)]
+
+    def vm_history(self, _session: str, vid: int) -> Reply:
+        vm = self.vms.get(vid)
+        if vm is None:
+            return [False, f"Error getting vm with VID = {vid}"]
+        return [True, xmldoc.history_document(vm)]
+
+    def vm_console(self, _session: str, vid: int) -> Reply:
+        """``[true, argv, banner]``: the command to run, with a terminal, on the client."""
+        vm = self.vms.get(vid)
+        if vm is None:
+            return [False, f"Error getting vm with VID = {vid}"]
+        if vm.state is not VMState.ACTIVE or vm.lcm_state is not LCMState.RUNNING:
+            return [False, f"VM {vid} is not running"]
+        try:
+            command = self.vmm.console(vm)
+        except DriverError as error:
+            return [False, f"Can not reach the console of VM {vid}: {error}"]
+        if command is None:
+            return [False, f"The virtualization driver of VM {vid} offers no console"]
+        return [True, list(command.argv), command.banner]
+
+    # -- hosts --------------------------------------------------------------------------
+
+    def host_allocate14(self, session: str, name: str, im: str, vmm: str, tm: str) -> Deferred:
+        return self.host_allocate(session, name, im, vmm, tm, True)
+
+    def host_info14(self, _session: str, hid: int) -> Reply:
+        host = self.hosts.get(hid)
+        if host is None:
+            return [False, f"Error getting host with HID = {hid}"]
+        return [True, xmldoc.host_document(host)]
+
+    def host_pool_info(self, _session: str) -> Reply:
+        hosts = sorted(self.hosts, key=lambda host: host.oid)
+        return [True, xmldoc.host_pool_document(hosts)]
+
+    # -- virtual networks ---------------------------------------------------------------
+
+    def vn_allocate14(self, session: str, text: str) -> Deferred | Reply:
+        uid = self.caller(session)
+        failure = [False, f"Error allocating VN with template: \n{text}"]
+        try:
+            # The 1.4 grammar needs no final newline; the 1.2 one we parse does.
+            template = Template.parse(text + "\n")
+            network = self.networks.allocate(template, uid)
+        except (TemplateSyntaxError, NetworkTemplateError, ValueError) as error:
+            self.log.error("ReM", f"Error allocating virtual network: {error}")
+            return failure
+        return self._durable([True, network.oid], failure)
+
+    def vn_info14(self, _session: str, nid: int) -> Reply:
+        network = self.networks.get(nid)
+        if network is None:
+            return [False, f"Error getting Virtual Network with NID = {nid}"]
+        return [True, xmldoc.vnet_document(network)]
+
+    def vn_pool_info(self, session: str, flag: int) -> Reply:
+        wanted = _pool_filter(flag, self.caller(session))
+        networks = (
+            network
+            for network in sorted(self.networks, key=lambda network: network.oid)
+            if wanted(network.uid)
+        )
+        return [True, xmldoc.vnet_pool_document(networks, self.users.name_of)]
+
+    # -- users --------------------------------------------------------------------------
+
+    def user_allocate(self, _session: str, name: str, password: str) -> Deferred | Reply:
+        if self.users.taken(name):
+            return [False, "Existing user, cannot duplicate"]
+        failure = [False, "Error allocating user"]
+        if not name or ":" in name:
+            return failure  # it could never log in: sessions split at the first ':'
+        user = self.users.allocate(name, password)
+        return self._durable([True, user.oid], failure)
+
+    def user_info(self, _session: str, uid: int) -> Reply:
+        user = self.users.get(uid)
+        if user is None:
+            return [False, "Error getting user"]
+        return [True, xmldoc.user_document(user)]
+
+    def user_delete(self, _session: str, uid: int) -> Deferred | Reply:
+        if uid == ADMIN:
+            return [False, "User oneadmin cannot be deleted"]
+        user = self.users.get(uid)
+        if user is None:
+            return [False, f"Error retrieving user {uid}"]
+        self.users.delete(user)
+        return self._durable([True], [False, f"Error deleting user {uid}"])
+
+    def user_pool_info(self, _session: str) -> Reply:
+        return [True, xmldoc.user_pool_document(self.users)]

@@ -1,0 +1,281 @@
+"""The XML documents of the 1.4 API (api-1.4.md §4), built with lxml.
+
+Element names and order are exactly 1.4's; every document is one line without an XML
+declaration. Unlike 1.4, text is escaped (lxml does it), so a ``REQUIREMENTS`` with
+``&``, ``<`` or ``>`` no longer produces XML that breaks Haizea and the Ruby clients.
+Info documents and pool elements differ on purpose (pools carry no TEMPLATE but the
+owner's USERNAME), as in 1.4.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from lxml import etree
+
+from nebula_xr.model import History, Host, VirtualMachine, leading_int
+from nebula_xr.template import Template
+from nebula_xr.users import User
+from nebula_xr.vnet import NetworkType, VirtualNetwork, number_to_ip
+
+#: Owner uid → user name ('' when the user is gone).
+UserNames = Callable[[int], str]
+
+# Characters XML 1.0 cannot carry even escaped; templates may hold any of them.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _text(value: object) -> str:
+    text = str(value)
+    return _NOT_XML.sub("\ufffd", text) if _NOT_XML.search(text) else text
+
+
+def _add(parent: etree._Element, tag: str, value: object = None) -> etree._Element:
+    try:
+        element = etree.SubElement(parent, tag)
+    except ValueError:
+        # A template attribute name that is no XML name (NET:1, 2ND): keep it readable.
+        safe = _NOT_NAME.sub("_", tag)
+        element = etree.SubElement(parent, safe if safe[:1].isalpha() else f"_{safe}")
+    # An empty text keeps empty elements as <X></X>, the way 1.4 writes them.
+    element.text = "" if value is None else _text(value)
+    return element
+
+
+def _root(tag: str) -> etree._Element:
+    element = etree.Element(tag)
+    element.text = ""
+    return element
+
+
+def _fields(parent: etree._Element, fields: Iterable[tuple[str, object]]) -> None:
+    for tag, value in fields:
+        _add(parent, tag, value)
+
+
+def _serialize(root: etree._Element) -> str:
+    return etree.tostring(root, encoding="unicode")
+
+
+def _template(
+    parent: etree._Element, template: Template, extra: tuple[str, str] | None = None
+) -> None:
+    """``<TEMPLATE>``: attributes by name (repeated names in template order), vectors
+    as sub-elements by key; ``extra`` is inserted in its sorted place if absent."""
+    element = _add(parent, "TEMPLATE")
+    attributes = template.sorted_attributes()
+    if extra is not None and template.get(extra[0]) is None:
+        attributes = sorted([*attributes, extra], key=lambda attribute: attribute[0])
+    for name, value in attributes:
+        if isinstance(value, str):
+            _add(element, name, value)
+        else:
+            vector = _add(element, name)
+            for key in sorted(value):
+                _add(vector, key, value[key])
+
+
+# -- virtual machines --------------------------------------------------------------------
+
+
+def _history(parent: etree._Element, record: History) -> None:
+    _fields(
+        _add(parent, "HISTORY"),
+        (
+            ("SEQ", record.seq),
+            ("HOSTNAME", record.host_name),
+            ("HID", record.hid),
+            ("STIME", record.stime),
+            ("ETIME", record.etime),
+            ("PSTIME", record.pstime),
+            ("PETIME", record.petime),
+            ("RSTIME", record.rstime),
+            ("RETIME", record.retime),
+            ("ESTIME", record.estime),
+            ("EETIME", record.eetime),
+            ("REASON", int(record.reason)),
+        ),
+    )
+
+
+def _vm(element: etree._Element, vm: VirtualMachine, username: str | None) -> None:
+    _fields(element, (("ID", vm.oid), ("UID", vm.uid)))
+    if username is not None:
+        _add(element, "USERNAME", username)
+    _fields(
+        element,
+        (
+            ("NAME", vm.name),
+            ("LAST_POLL", vm.last_poll),
+            ("STATE", int(vm.state)),
+            ("LCM_STATE", int(vm.lcm_state)),
+            ("STIME", vm.stime),
+            ("ETIME", vm.etime),
+            ("DEPLOY_ID", vm.deploy_id),
+            ("MEMORY", vm.memory),
+            ("CPU", vm.cpu),
+            ("NET_TX", vm.net_tx),
+            ("NET_RX", vm.net_rx),
+        ),
+    )
+
+
+def vm_document(vm: VirtualMachine) -> str:
+    """``<VM>`` of one.vm.info: template (with 1.4's VMID) and the current record."""
+    element = _root("VM")
+    _vm(element, vm, None)
+    _template(element, vm.template, ("VMID", str(vm.oid)))
+    if vm.current is not None:
+        _history(element, vm.current)
+    return _serialize(element)
+
+
+def vm_pool_document(vms: Iterable[VirtualMachine], username: UserNames) -> str:
+    """``<VM_POOL>`` of one.vmpool.info: no templates, owner names, current records."""
+    root = _root("VM_POOL")
+    for vm in vms:
+        element = _add(root, "VM")
+        _vm(element, vm, username(vm.uid))
+        if vm.current is not None:
+            _history(element, vm.current)
+    return _serialize(root)
+
+
+def history_document(vm: VirtualMachine) -> str:
+    """``<HISTORY_RECORDS>``: every record of the VM by seq (a nebula-xr addition; 1.4
+    only shows the current one)."""
+    root = _root("HISTORY_RECORDS")
+    for record in vm.history:
+        _history(root, record)
+    return _serialize(root)
+
+
+# -- hosts -------------------------------------------------------------------------------
+
+
+def _host(element: etree._Element, host: Host) -> None:
+    _fields(
+        element,
+        (
+            ("ID", host.oid),
+            ("NAME", host.name),
+            ("STATE", int(host.state)),
+            ("IM_MAD", host.im_mad),
+            ("VM_MAD", host.vm_mad),
+            ("TM_MAD", host.tm_mad),
+            ("LAST_MON_TIME", host.last_mon_time),
+        ),
+    )
+    shares, monitored = host.shares, host.attributes.get
+    _fields(
+        _add(element, "HOST_SHARE"),
+        (
+            ("HID", host.oid),
+            ("DISK_USAGE", shares.disk_usage),
+            ("MEM_USAGE", shares.mem_usage),
+            ("CPU_USAGE", shares.cpu_usage),
+            ("MAX_DISK", shares.max_disk),
+            ("MAX_MEM", shares.max_mem),
+            ("MAX_CPU", shares.max_cpu),
+            ("FREE_DISK", 0),
+            ("FREE_MEM", leading_int(monitored("FREEMEMORY"))),
+            ("FREE_CPU", leading_int(monitored("FREECPU"))),
+            ("USED_DISK", 0),
+            ("USED_MEM", leading_int(monitored("USEDMEMORY"))),
+            ("USED_CPU", leading_int(monitored("USEDCPU"))),
+            ("RUNNING_VMS", shares.running_vms),
+        ),
+    )
+
+
+def host_document(host: Host) -> str:
+    """``<HOST>`` of one.host.info, with the monitored attributes as TEMPLATE."""
+    element = _root("HOST")
+    _host(element, host)
+    _template(element, Template(host.attributes.items()))
+    return _serialize(element)
+
+
+def host_pool_document(hosts: Iterable[Host]) -> str:
+    root = _root("HOST_POOL")
+    for host in hosts:
+        _host(_add(root, "HOST"), host)
+    return _serialize(root)
+
+
+# -- virtual networks --------------------------------------------------------------------
+
+
+def vnet_document(network: VirtualNetwork) -> str:
+    """``<VNET>`` of one.vn.info: the template as written and the leases by IP (RANGED
+    networks only list leased addresses)."""
+    element = _root("VNET")
+    _fields(
+        element,
+        (
+            ("ID", network.oid),
+            ("UID", network.uid),
+            ("NAME", network.name),
+            ("TYPE", int(network.type)),
+            ("BRIDGE", network.bridge),
+        ),
+    )
+    _template(element, network.template)
+    leases = _add(element, "LEASES")
+    for ip in sorted(network.leases):
+        lease = network.leases[ip]
+        if network.type is NetworkType.RANGED and not lease.used:
+            continue
+        _fields(
+            _add(leases, "LEASE"),
+            (
+                ("IP", number_to_ip(lease.ip)),
+                ("MAC", lease.mac),
+                ("USED", int(lease.used)),
+                ("VID", lease.vid),
+            ),
+        )
+    return _serialize(element)
+
+
+def vnet_pool_document(networks: Iterable[VirtualNetwork], username: UserNames) -> str:
+    root = _root("VNET_POOL")
+    for network in networks:
+        _fields(
+            _add(root, "VNET"),
+            (
+                ("ID", network.oid),
+                ("UID", network.uid),
+                ("USERNAME", username(network.uid)),
+                ("NAME", network.name),
+                ("TYPE", int(network.type)),
+                ("BRIDGE", network.bridge),
+                ("TOTAL_LEASES", sum(lease.used for lease in network.leases.values())),
+            ),
+        )
+    return _serialize(root)
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+def _user(element: etree._Element, user: User, enabled: str) -> etree._Element:
+    _fields(
+        element,
+        (("ID", user.oid), ("NAME", user.name), ("PASSWORD", user.password), ("ENABLED", enabled)),
+    )
+    return element
+
+
+def user_document(user: User) -> str:
+    return _serialize(_user(_root("USER"), user, "1" if user.enabled else "0"))
+
+
+def user_pool_document(users: Iterable[User]) -> str:
+    """``<USER_POOL>``: ENABLED reads True or (sic, as 1.4) Fase here."""
+    root = _root("USER_POOL")
+    for user in users:
+        _user(_add(root, "USER"), user, "True" if user.enabled else "Fase")
+    return _serialize(root)
