@@ -38,6 +38,19 @@ INTERNAL = (
 )
 
 
+#: Strings a method returns, by name, and what a client receives.
+ILLEGAL_TEXTS = {
+    "controls": "a\x00b\x1fc\x0bd\r\ne\tf",
+    "noncharacters": "a\ufffeb\uffffc é",
+    "surrogate": "a\ud800b\x01c",
+}
+RECEIVED_TEXTS = {
+    "controls": "a\ufffdb\ufffdc\ufffdd\r\ne\tf",
+    "noncharacters": "a\ufffdb\ufffdc é",
+    "surrogate": "a\ufffdb\ufffdc",
+}
+
+
 def _raise(error: Exception) -> Callable[..., Any]:
     def handler(*_args: Any) -> Any:
         raise error
@@ -61,7 +74,7 @@ def build_registry() -> MethodRegistry:
         lambda text: task.deferLater(reactor, 0.01, lambda: [True, text]),
         "A:s",
     )
-    registry.register("text.illegal", lambda: "a\x00b\x1fc\ud800d\ufffee\r\nf", "s:")
+    registry.register("text.illegal", lambda text: ILLEGAL_TEXTS[text], "s:s")
     registry.register("fail.raise", _raise(RuntimeError("secret detail")), "A:")
     registry.register("fail.fault", _raise(Fault(42, "custom & <fault>")), "A:")
     registry.register("fail.deferred", lambda: fail(RuntimeError("secret detail")), "A:")
@@ -172,9 +185,10 @@ async def test_base64_and_datetime_round_trip(address: tuple[str, int]) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_answers_are_always_well_formed(address: tuple[str, int]) -> None:
+@pytest.mark.parametrize("text", ILLEGAL_TEXTS)
+async def test_answers_are_always_well_formed(address: tuple[str, int], text: str) -> None:
     # CR survives as a character reference; what XML cannot carry becomes U+FFFD.
-    assert await call(address, "text.illegal") == "a\ufffdb\ufffdc\ufffdd\ufffde\r\nf"
+    assert await call(address, "text.illegal", text) == RECEIVED_TEXTS[text]
 
 
 @pytest_twisted.ensureDeferred

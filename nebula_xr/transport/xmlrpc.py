@@ -387,6 +387,7 @@ def parse_call(data: bytes) -> tuple[str, list[Any]]:
 # -- serialisation ----------------------------------------------------------------------
 
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_XML_BYTES = bytes(c for c in range(256) if c in (0x09, 0x0A, 0x0D) or c >= 0x20)
 _RESPONSE_HEAD = '<?xml version="1.0" encoding="UTF-8"?>\r\n<methodResponse>\r\n<params>\r\n<param>'
 _TRUE = "<value><boolean>1</boolean></value>"
 _FALSE = "<value><boolean>0</boolean></value>"
@@ -402,9 +403,24 @@ def _escape(text: str) -> str:
         text = text.replace(">", "&gt;")
     if "\r" in text:
         text = text.replace("\r", "&#13;")
-    if _XML_ILLEGAL.search(text):
-        text = _XML_ILLEGAL.sub("\ufffd", text)
     return text
+
+
+def _encode(document: str) -> bytes:
+    """UTF-8 of a document, with the characters XML 1.0 cannot carry replaced.
+
+    Markup never holds such characters, so checking the whole encoded document at
+    once (cheaper than a regular expression per string) finds those of the strings.
+    """
+    try:
+        data = document.encode()
+    except UnicodeEncodeError:  # lone surrogates
+        return _XML_ILLEGAL.sub("\ufffd", document).encode()
+    if data.translate(None, _XML_BYTES) or (
+        not data.isascii() and (_NONCHARACTERS[0] in data or _NONCHARACTERS[1] in data)
+    ):
+        return _XML_ILLEGAL.sub("\ufffd", document).encode()
+    return data
 
 
 def _dump(value: Any, out: list[str]) -> None:
@@ -467,19 +483,19 @@ def dump_response(value: Any) -> bytes:
     out = [_RESPONSE_HEAD]
     _dump(value, out)
     out.append(_RESPONSE_TAIL)
-    return "".join(out).encode("utf-8")
+    return _encode("".join(out))
 
 
 def dump_fault(fault: Fault) -> bytes:
     """The methodResponse document carrying ``fault``."""
-    return (
+    return _encode(
         '<?xml version="1.0" encoding="UTF-8"?>\r\n<methodResponse>\r\n<fault>\r\n'
         "<value><struct>"
         f"<member><name>faultCode</name><value><i4>{fault.code}</i4></value></member>"
         "<member><name>faultString</name>"
         f"<value><string>{_escape(fault.message)}</string></value></member>"
         "</struct></value>\r\n</fault>\r\n</methodResponse>\r\n"
-    ).encode()
+    )
 
 
 # -- registry ---------------------------------------------------------------------------
