@@ -39,7 +39,9 @@ def _hookspecs() -> dict[str, inspect.Signature]:
 
 def test_every_hook_is_documented_with_its_signature() -> None:
     documented = dict(
-        re.findall(r"^### `(nebula_xr_\w+)\(([^)]*)\)`", (ROOT / "docs/plugins.md").read_text(), re.M)
+        re.findall(
+            r"^### `(nebula_xr_\w+)\(([^)]*)\)`", (ROOT / "docs/plugins.md").read_text(), re.M
+        )
     )
     specs = _hookspecs()
     assert set(documented) == set(specs)
@@ -62,7 +64,10 @@ def test_shipped_drivers_are_entry_point_plugins() -> None:
 
 def test_list_plugins_command() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "nebula_xr", "--list-plugins"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "nebula_xr", "--list-plugins"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for name in SHIPPED:
         assert re.search(rf"^{name}\s+nebula-xr", out, re.M), out
@@ -96,12 +101,21 @@ def example_plugin():
         metadata.distribution("nebula-xr-example")
     except metadata.PackageNotFoundError:
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation",
-             str(ROOT / "tests" / "example_plugin")],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-build-isolation",
+                str(ROOT / "tests" / "example_plugin"),
+            ],
             check=True,
         )
     yield
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "nebula-xr-example"], check=False)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "uninstall", "-q", "-y", "nebula-xr-example"], check=False
+    )
 
 
 def test_pip_installed_plugin_is_used_by_naming_it(tmp_path, example_plugin) -> None:
@@ -116,7 +130,10 @@ def test_pip_installed_plugin_is_used_by_naming_it(tmp_path, example_plugin) -> 
     write_conf(tmp_path, drivers=drivers, scheduler='SCHEDULER = [ plugin = "sched_lease" ]')
     one = OneDaemon(tmp_path).start()
     try:
-        assert one.call("one.hostallocate", "big", "im_static", "vmm_xen", "tm_nfs", True) == [True, 0]
+        assert one.call("one.hostallocate", "big", "im_static", "vmm_xen", "tm_nfs", True) == [
+            True,
+            0,
+        ]
         wait_for(lambda: "TOTALCPU=800" in one.call("one.hostinfo", 0)[1])
         template = "NAME = leased\nCPU = 1\nMEMORY = 32\nHAIZEA = [ DURATION = 1 ]\n"
         assert one.call("one.vmallocate", template) == [True, 0]

@@ -16,11 +16,11 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
-from nebula_xr.template import Template, TemplateSyntaxError
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from nebula_xr.drivers.base import Driver, DriverConfig, DriverContext, DriverError
+from nebula_xr.template import Template, TemplateSyntaxError
 
 #: Keys that configure a dummy driver rather than describe a host.
 CONTROL_KEYS = {"FAIL_HOSTS", "DELAY", "POLL"}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from nebula_xr_plugins.dummy import CONTROL_KEYS, DummyDriver
 from twisted.internet.defer import Deferred
 
 from nebula_xr import hookimpl
 from nebula_xr.drivers.base import DriverConfig, DriverContext, InformationDriver
+from nebula_xr_plugins.dummy import CONTROL_KEYS, DummyDriver
 
 #: What a small Xen 3 host of the time reported: CPU in percent, memory in KB.
 DEFAULT_ATTRIBUTES = {

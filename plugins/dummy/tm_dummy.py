@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nebula_xr_plugins.dummy import DummyDriver
 from twisted.internet.defer import Deferred
 
 from nebula_xr import hookimpl
 from nebula_xr.drivers.base import DriverConfig, DriverContext, TransferCommand, TransferDriver
+from nebula_xr_plugins.dummy import DummyDriver
 
 
 class DummyTransferDriver(DummyDriver, TransferDriver):

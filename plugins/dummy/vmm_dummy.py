@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nebula_xr_plugins.dummy import DummyDriver
 from twisted.internet.defer import Deferred
 
 from nebula_xr import hookimpl
 from nebula_xr.drivers.base import DriverConfig, DriverContext, VirtualMachineDriver, VMAction
 from nebula_xr.model import leading_int
+from nebula_xr_plugins.dummy import DummyDriver
 
 
 class DummyVirtualMachineDriver(DummyDriver, VirtualMachineDriver):

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nebula_xr.expressions import ExpressionError, compile_requirements, rank
 from twisted.internet import task
 
 from nebula_xr import hookimpl
+from nebula_xr.expressions import ExpressionError, compile_requirements, rank
 from nebula_xr.model import HostState, VMState, leading_int
 from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
 
