@@ -127,7 +127,8 @@ class Daemon(MultiService):
         self.reactor = reactor
         self.clock = clock or reactor
         layout = config.layout
-        layout.var_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (layout.var_dir, layout.log_dir):
+            directory.mkdir(parents=True, exist_ok=True)
         self.vm_dir = lambda vid: layout.var_dir / str(vid)
         self.log = log or Log(
             layout.log_dir / "oned.log", config.debug_level, lambda vid: self.vm_dir(vid) / "vm.log"
@@ -290,23 +291,26 @@ class Daemon(MultiService):
         return replace(config, defaults=defaults, timeout=seconds)
 
     def _listen_to_pools(self) -> None:
-        plugins = self.plugins
+        # Events are snapshots delivered on the next turn, so a plugin acting on one
+        # (a scheduler deploying a new VM) never re-enters the manager that caused it.
+        plugins, clock = self.plugins, self.clock
         if plugins.has_listeners("nebula_xr_vm_state_changed"):
 
             def vm_changed(vm: VirtualMachine, state: int, lcm: int) -> None:
-                plugins.vm_state_changed(vm_view(vm), state, lcm)
+                clock.callLater(0, plugins.vm_state_changed, vm_view(vm), state, lcm)
 
             self.vms.listeners.append(vm_changed)
         if plugins.has_listeners("nebula_xr_host_state_changed"):
 
             def host_changed(host: Host, previous: int) -> None:
                 deleted = self.hosts.get(host.oid) is None
-                plugins.host_state_changed(host_view(host, -1 if deleted else None), previous)
+                view = host_view(host, -1 if deleted else None)
+                clock.callLater(0, plugins.host_state_changed, view, previous)
 
             self.hosts.listeners.append(host_changed)
 
     def _host_monitored(self, host: Host) -> None:
-        self.plugins.host_monitored(host_view(host))
+        self.clock.callLater(0, self.plugins.host_monitored, host_view(host))
 
     # -- running --------------------------------------------------------------------------
 

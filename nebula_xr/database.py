@@ -136,12 +136,14 @@ class HostSharesRow(_Table):
 class NetworkPoolRow(_Table):
     oid = _integer()
     uid = _integer()
-    name = peewee.TextField(primary_key=True)
+    name = _text()
     type = _integer()
     bridge = _text()
 
     class Meta:
         table_name = "network_pool"
+        # A table constraint keeps `name` third: peewee moves a column key first.
+        primary_key = peewee.CompositeKey("name")
 
 
 class VNTemplateRow(_AttributeRow):
@@ -339,6 +341,10 @@ class Database:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.reactor.callLater(0, self._flush)
+
+    def is_settled(self) -> bool:
+        """True when nothing written so far is still waiting for its commit."""
+        return not self._pending and (self._last is None or self._last.done)
 
     def committed(self) -> Deferred:
         """A Deferred firing once every operation queued so far is durable in the file.

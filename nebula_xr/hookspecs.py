@@ -12,8 +12,10 @@ Two families of hooks:
   build the driver or scheduler oned.conf names; the plugin whose name matches answers
   with an object, the others return None. The first non-None answer wins.
 * *Events* (broadcast): every plugin that implements them is told, in registration
-  order, that something happened. They must return quickly and never block: they run
-  on the reactor. A lease scheduler (Haizea-style) follows the cluster through them.
+  order, that something happened. Each event carries a snapshot taken when it happened
+  and is delivered on the next reactor turn, in order, so a plugin may act on it (call
+  the scheduler context's actions) safely. Implementations must return quickly and
+  never block. A lease scheduler (Haizea-style) follows the cluster through them.
 
 This module is the reference: ``docs/plugins.md`` repeats each signature, and a test
 fails when the two disagree.
@@ -98,8 +100,7 @@ def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> S
 def nebula_xr_vm_state_changed(vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
     """A VM changed ``state`` or ``lcm_state`` (a new VM arrives with previous state INIT).
 
-    ``vm`` is a snapshot taken after the change. Called after the change is queued for
-    the database, on the reactor: do not block.
+    ``vm`` is a snapshot taken right after the change.
     """
 
 
