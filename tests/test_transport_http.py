@@ -543,6 +543,39 @@ async def test_body_limit() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_client_that_half_closes_gets_its_answers() -> None:
+    later: list[Deferred[bytes]] = []
+
+    def handler(body: bytes) -> bytes | Deferred[bytes]:
+        if body != b"slow":
+            return body
+        d: Deferred[bytes] = Deferred()
+        later.append(d)
+        return d
+
+    server = Server(handler, limits=Limits(pipeline=2))
+    try:
+
+        def conversation() -> tuple[list[bytes], bool]:
+            client = Client(server.address)
+            try:
+                bodies = [b"1", b"slow", b"2", b"3", b"4"]
+                client.send(b"".join(request(body) for body in bodies) + request(b"cut")[:-1])
+                client.sock.shutdown(socket.SHUT_WR)
+                return [client.response().body for _ in bodies], client.closed()
+            finally:
+                client.close()
+
+        answers = deferToThread(conversation)
+        await wait_until(lambda: bool(later))
+        await spin(0.05)
+        later[0].callback(b"slow")
+        assert await answers == ([b"1", b"slow", b"2", b"3", b"4"], True)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_truncated_body_then_close_leaves_the_server_working(server: Server) -> None:
     def truncated(client: Client) -> bool:
         client.send(request(b"x" * 100)[:-50])

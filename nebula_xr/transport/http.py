@@ -25,7 +25,7 @@ from email.utils import formatdate
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -102,9 +102,13 @@ class _Pending:
         self.data = data
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class HTTPChannel(Protocol):
-    """One client connection. Registered as the transport's producer for back-pressure."""
+    """One client connection. Registered as the transport's producer for back-pressure.
+
+    Half-closeable: a client that shuts down its sending side after its requests (as
+    ``nc`` does) still gets the answers to the complete ones.
+    """
 
     factory: HTTPServerFactory
 
@@ -126,6 +130,7 @@ class HTTPChannel(Protocol):
         self._reading_paused = False
         self._closed = False
         self._gone = False
+        self._peer_done = False  # the client sends nothing more
         self._peer = "-"
         self._last = 0.0
         self._timer: Any = None
@@ -152,6 +157,16 @@ class HTTPChannel(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def readConnectionLost(self) -> None:
+        self._peer_done = True
+        if self._closed:
+            self.transport.loseConnection()
+        else:
+            self._resume()
+
+    def writeConnectionLost(self) -> None:
+        """Our half-close went through; the peer's EOF or lingering ends the connection."""
 
     def _idle_check(self) -> None:
         """Close a connection that has been silent for the idle timeout.
@@ -192,7 +207,7 @@ class HTTPChannel(Protocol):
 
     def _update_reading(self) -> None:
         pause = self._blocked() and self._state != _CLOSING
-        if pause != self._reading_paused and not self._gone:
+        if pause != self._reading_paused and not self._gone and not self._peer_done:
             self._reading_paused = pause
             if pause:
                 self.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -205,6 +220,8 @@ class HTTPChannel(Protocol):
         if self._buf and self._state != _CLOSING and not self._blocked():
             data, self._buf = self._buf, b""
             self._parse(data)
+        if self._peer_done and not self._blocked():
+            self._state = _CLOSING  # what is left can never be completed
         self._update_reading()
         self._maybe_close()
 
@@ -515,6 +532,9 @@ class HTTPChannel(Protocol):
         self._body = []
         transport: Any = self.transport
         transport.unregisterProducer()
+        if self._peer_done:
+            transport.loseConnection()
+            return
         transport.loseWriteConnection()
         if self._reading_paused:
             self._reading_paused = False
