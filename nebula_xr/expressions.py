@@ -270,10 +270,12 @@ def compile_glob(pattern: str) -> Callable[[str], bool]:
 
 # --------------------------------------------------------------------------------------
 # Lexer (host_parser.l). A NAME and a quoted string are the same token (STRING), so a
-# quoted left operand names an attribute too. Characters 1.2 silently drops are errors.
+# quoted left operand names an attribute too. Characters 1.2 silently drops are errors,
+# except line breaks: 1.2 dropped them, so a REQUIREMENTS written over several lines
+# worked, and treating them as blanks keeps such templates working.
 
 _INTEGER, _STRING, _END = "INTEGER", "STRING", "$end"
-_BLANKS = re.compile(r"[ \t]*")
+_BLANKS = re.compile(r"[ \t\r\n]*")
 _TOKEN = re.compile(
     r'(?P<int>-?[0-9]+)|(?P<name>[A-Za-z][0-9A-Za-z_]*)|"(?P<str>[^"]*)"|(?P<op>[!&|=><()*+/^-])'
 )

@@ -120,6 +120,12 @@ def test_requirements_left_to_right(expression: str, expected: bool) -> None:
     assert requirements_match(expression, HOST) is expected
 
 
+def test_line_breaks_are_blanks() -> None:
+    # 1.2 dropped them, so REQUIREMENTS written over several lines matched.
+    assert requirements_match("FREECPU > 50 &\r\n HOSTNAME = \"n*\"\n", HOST) is True
+    assert rank("FREECPU\n+ 1", HOST) == int(HOST["FREECPU"]) + 1
+
+
 @pytest.mark.parametrize(
     "expression",
     [
@@ -130,7 +136,6 @@ def test_requirements_left_to_right(expression: str, expected: bool) -> None:
         'HOSTNAME = "node',
         'REQUIREMENTS = "FREECPU > 50 & HOSTNAME = \\"n*\\""',
         "FREECPU >= 50",
-        "FREECPU > 50\n",
         "FREECPU > 50 & ",
         "FREECPU > 50 FREECPU < 100",
         'FREECPU > "50"',
