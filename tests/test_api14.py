@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from nebula_xr_plugins.dummy.vmm_dummy import DummyVirtualMachineDriver
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, maybeDeferred
 
@@ -22,6 +21,7 @@ from nebula_xr.config import Layout, load_config
 from nebula_xr.daemon import Daemon
 from nebula_xr.drivers.base import ConsoleCommand, VMAction
 from nebula_xr.plugin_manager import PluginManager
+from nebula_xr_plugins.dummy.vmm_dummy import DummyVirtualMachineDriver
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.test_tutorial import TUTORIAL, add_hosts
 
