@@ -703,7 +703,7 @@ def _respond(value: Any) -> bytes:
     try:
         return dump_response(value)
     except Exception:
-        _log.exception("XML-RPC method returned a value that cannot be sent: %r", value)
+        _log.exception("XML-RPC method returned a value that cannot be sent")
         return dump_fault(Fault(INTERNAL_ERROR, _INTERNAL))
 
 
