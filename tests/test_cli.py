@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -19,8 +21,11 @@ from xmlrpc.server import SimpleXMLRPCServer
 
 import pytest
 
+from tests.cluster.cluster import Cluster
+from tests.cluster.fixtures import cluster_fixture, qemu_cluster_fixture  # noqa: F401
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.test_api14 import FIXED, RANGED
+from tests.test_cluster_infra import deployment, xm
 from tests.test_tutorial import TUTORIAL
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
@@ -396,3 +401,39 @@ def test_console_runs_what_the_driver_says(tmp_path: Path) -> None:
         )
     finally:
         missing.close()
+
+
+def test_console_reaches_a_qemu_guest(qemu_cluster: Cluster, tmp_path: Path) -> None:
+    """On the namespace cluster, the command a Xen driver answers (ssh -t to the host, then
+    the toolstack's console) attaches this terminal to the guest's serial console.
+
+    The stand-in oned answers what vmm_xen's console() is to return; once vmm_xen exists
+    this can deploy through a real daemon instead.
+    """
+    c = qemu_cluster
+    xm(c, "node01", f"create {deployment(c, 7, with_disk=False)}")
+    wait_for(lambda: "GUEST-BOOTED" in c.console_log("node01", "one-7"), timeout=90)
+    ssh = c.ssh_command("node01")[:-1]  # ssh -F <config>
+    stand_in = _ConsoleServer([*ssh, "-t", "node01", "sudo /usr/sbin/xm console one-7"])
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [str(SCRIPTS / "onevm"), "console", "3"],
+            env=User(stand_in.url, tmp_path).env,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+        )
+        seen = b""
+        deadline = time.monotonic() + 30
+        while seen.count(b"tick") < 3 and time.monotonic() < deadline:
+            if select.select([controller], [], [], 1)[0]:
+                seen += os.read(controller, 65536)
+        assert seen.count(b"tick") >= 3, seen
+        # Ctrl-] detaches, as with xm console (the fake reads its tty line by line)
+        os.write(controller, b"\x1d\r")
+        assert process.wait(timeout=20) == 0
+    finally:
+        os.close(controller)
+        os.close(terminal)
+        stand_in.close()

@@ -57,7 +57,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
 
 
 def _options() -> list[click.Option]:
-    common = {"expose_value": False, "is_eager": True, "callback": _remember}
+    common = {"expose_value": False, "callback": _remember}
     return [
         click.Option(
             ["--endpoint"],

@@ -179,7 +179,12 @@ class VirtualMachineDriver(Driver):
         raise NotImplementedError
 
     def console(self, vm: VMAction) -> ConsoleCommand | None:
-        """How to reach the console of the running VM, or None if it has none."""
+        """How to reach the console of the running VM, or None if it has none.
+
+        ``onevm console`` asks for it (XML-RPC ``nebula_xr.vm.console``) and runs the
+        argv on the user's machine with the terminal attached, e.g. ``ssh -t <host>
+        sudo xm console <deploy id>``. Called on the reactor: answer without blocking.
+        """
         return None
 
 
