@@ -61,6 +61,23 @@ class LifeCycleManager:
             host.shares.remove(*vm.reservation())
             self.hosts.save(host)
 
+    def _leave_host(
+        self,
+        vm: VirtualMachine,
+        record: History,
+        times: tuple[str, ...],
+        reason: Reason | None,
+        now: int | None = None,
+    ) -> None:
+        """The VM left ``record``'s host: stamp ``times``, set ``reason``, free the host."""
+        now = self.now() if now is None else now
+        for name in times:
+            setattr(record, name, now)
+        if reason is not None:
+            record.reason = reason
+        self.vms.save_history(record)
+        self._release(vm, record)
+
     def _set(self, vm: VirtualMachine, lcm: LCMState) -> None:
         self.log.vm(vm.oid, "LCM", 2, f"New VM state is {lcm.name}")
         self.vms.transition(vm, lcm=lcm)
@@ -172,11 +189,7 @@ class LifeCycleManager:
         vm = self._vm(vid, "prolog_failure", L.PROLOG, L.PROLOG_MIGRATE, L.PROLOG_RESUME)
         if vm is None or vm.current is None:
             return
-        cur = vm.current
-        cur.petime = cur.etime = self.now()
-        cur.reason = Reason.ERROR
-        self.vms.save_history(cur)
-        self._release(vm, cur)
+        self._leave_host(vm, vm.current, ("petime", "etime"), Reason.ERROR)
         self.dm.failed(vid)
 
     def deploy_success(self, vid: int) -> None:
@@ -184,16 +197,10 @@ class LifeCycleManager:
         if vm is None or vm.current is None:
             return
         if vm.lcm_state is L.MIGRATE:
-            now = self.now()
-            cur, prev = vm.current, vm.previous
-            cur.rstime = now
-            if prev is not None:
-                prev.etime = prev.retime = now
-                prev.reason = Reason.USER
-                self.vms.save_history(cur, prev)
-                self._release(vm, prev)
-            else:
-                self.vms.save_history(cur)
+            now = vm.current.rstime = self.now()
+            self.vms.save_history(vm.current)
+            if vm.previous is not None:
+                self._leave_host(vm, vm.previous, ("etime", "retime"), Reason.USER, now)
         self._set(vm, L.RUNNING)
 
     def deploy_failure(self, vid: int) -> None:
@@ -204,11 +211,7 @@ class LifeCycleManager:
         if vm.lcm_state is L.MIGRATE and vm.previous is not None:
             self._back_on_previous_host(vm, now)
             return
-        cur = vm.current
-        cur.retime = cur.etime = now
-        cur.reason = Reason.ERROR
-        self.vms.save_history(cur)
-        self._release(vm, cur)
+        self._leave_host(vm, vm.current, ("retime", "etime"), Reason.ERROR)
         self.dm.failed(vid)
 
     def save_success(self, vid: int) -> None:
@@ -218,22 +221,14 @@ class LifeCycleManager:
         now = self.now()
         cur = vm.current
         if vm.lcm_state is L.SAVE_MIGRATE:
-            prev = vm.previous
             cur.pstime = now
-            if prev is not None:
-                prev.etime = prev.retime = now
-                prev.reason = Reason.USER
-                self.vms.save_history(cur, prev)
-                self._release(vm, prev)
-            else:
-                self.vms.save_history(cur)
+            self.vms.save_history(cur)
+            if vm.previous is not None:
+                self._leave_host(vm, vm.previous, ("etime", "retime"), Reason.USER, now)
             self._set(vm, L.PROLOG_MIGRATE)
             self.tm.prolog_migrate(vm)
         elif vm.lcm_state is L.SAVE_SUSPEND:
-            cur.retime = cur.etime = now
-            cur.reason = Reason.STOP_RESUME
-            self.vms.save_history(cur)
-            self._release(vm, cur)
+            self._leave_host(vm, cur, ("retime", "etime"), Reason.STOP_RESUME)
             self.dm.suspend_success(vid)
         else:
             cur.estime = cur.retime = now
@@ -272,10 +267,7 @@ class LifeCycleManager:
         if vm is None or vm.current is None:
             return
         # No epilog: the images stay on the host, and retime stays unset, as in 1.2.
-        vm.current.etime = self.now()
-        vm.current.reason = Reason.CANCEL
-        self.vms.save_history(vm.current)
-        self._release(vm, vm.current)
+        self._leave_host(vm, vm.current, ("etime",), Reason.CANCEL)
         self.dm.done(vid)
 
     def cancel_failure(self, vid: int) -> None:
@@ -288,9 +280,7 @@ class LifeCycleManager:
         vm = self._vm(vid, "epilog_success", L.EPILOG, L.EPILOG_STOP)
         if vm is None or vm.current is None:
             return
-        vm.current.eetime = vm.current.etime = self.now()
-        self.vms.save_history(vm.current)
-        self._release(vm, vm.current)
+        self._leave_host(vm, vm.current, ("eetime", "etime"), None)
         if vm.lcm_state is L.EPILOG_STOP:
             self.dm.stop_success(vid)
         else:
@@ -300,11 +290,7 @@ class LifeCycleManager:
         vm = self._vm(vid, "epilog_failure", L.EPILOG, L.EPILOG_STOP)
         if vm is None or vm.current is None:
             return
-        cur = vm.current
-        cur.eetime = cur.etime = self.now()
-        cur.reason = Reason.ERROR
-        self.vms.save_history(cur)
-        self._release(vm, cur)
+        self._leave_host(vm, vm.current, ("eetime", "etime"), Reason.ERROR)
         self.dm.failed(vid)
 
     def monitor_suspend(self, vid: int) -> None:
@@ -312,11 +298,7 @@ class LifeCycleManager:
         vm = self._vm(vid, "monitor_suspend", L.RUNNING, L.UNKNOWN)
         if vm is None or vm.current is None:
             return
-        cur = vm.current
-        cur.retime = cur.etime = self.now()
-        cur.reason = Reason.STOP_RESUME
-        self.vms.save_history(cur)
-        self._release(vm, cur)
+        self._leave_host(vm, vm.current, ("retime", "etime"), Reason.STOP_RESUME)
         self.dm.suspend_success(vid)
 
     def monitor_failure(self, vid: int) -> None:
@@ -324,11 +306,7 @@ class LifeCycleManager:
         vm = self._vm(vid, "monitor_failure", L.RUNNING, L.UNKNOWN)
         if vm is None or vm.current is None:
             return
-        cur = vm.current
-        cur.retime = cur.etime = self.now()
-        cur.reason = Reason.ERROR
-        self.vms.save_history(cur)
-        self._release(vm, cur)
+        self._leave_host(vm, vm.current, ("retime", "etime"), Reason.ERROR)
         self.dm.failed(vid)
 
     def monitor_unknown(self, vid: int) -> None:
