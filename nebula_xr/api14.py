@@ -114,19 +114,7 @@ class RequestManager14(RequestManager):
 
     def vm_allocate14(self, session: str, text: str) -> Deferred | Reply:
         uid = self.caller(session)
-        try:
-            template = Template.parse(text + "\n")
-        except TemplateSyntaxError as error:
-            self.log.error("ReM", f"Error parsing VM template: {error}")
-            return [False, "Error parsing VM template"]
-        failure = [False, "Error inserting VM in the database, check oned.log"]
-        try:
-            self._check_networks(template, uid)
-            vm = self.dm.allocate(template, uid)
-        except AllocationError as error:
-            self.log.error("ReM", f"Error allocating VM: {error}")
-            return failure
-        return self._durable([True, vm.oid], failure)
+        return self._allocate_vm(text, uid, lambda template: self._check_networks(template, uid))
 
     def _check_networks(self, template: Template, uid: int) -> None:
         """1.4 fails a NIC naming an unknown network (1.2 kept it as written) or another

@@ -88,6 +88,12 @@ class RequestManager:
     # -- virtual machines -------------------------------------------------------------
 
     def vm_allocate(self, _session: str, text: str) -> Deferred | Reply:
+        return self._allocate_vm(text, 0)
+
+    def _allocate_vm(
+        self, text: str, uid: int, check: Callable[[Template], None] | None = None
+    ) -> Deferred | Reply:
+        """Parse (with the newline 1.2 appends), ``check``, allocate; AllocationError fails."""
         try:
             template = Template.parse(text + "\n")
         except TemplateSyntaxError as error:
@@ -95,7 +101,9 @@ class RequestManager:
             return [False, "Error parsing VM template"]
         failure = [False, "Error inserting VM in the database, check oned.log"]
         try:
-            vm = self.dm.allocate(template)
+            if check is not None:
+                check(template)
+            vm = self.dm.allocate(template, uid)
         except AllocationError as error:
             self.log.error("ReM", f"Error allocating VM: {error}")
             return failure
