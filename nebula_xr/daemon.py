@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import socket
 import sys
 from dataclasses import replace
@@ -420,7 +419,7 @@ def _run(config: Config, plugins: PluginManager) -> None:
 
     reactor.callWhenRunning(started)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: reactor.callFromThread(reactor.stop))
-    reactor.run(installSignalHandlers=False)
+    # Twisted's own handlers: SIGTERM/SIGINT stop the reactor cleanly, and SIGCHLD
+    # reaps the driver processes.
+    reactor.run()
     sys.stderr.flush()

@@ -1,0 +1,114 @@
+"""What im_xen and vmm_xen share: their settings and how to reach a host's toolstack.
+
+Settings come from the file named by the driver's ``arguments`` (template syntax,
+relative to the directory of oned.conf), then from keys of the oned.conf vector itself:
+
+=================== ====================== ==============================================
+key                 default                meaning
+=================== ====================== ==============================================
+TOOLSTACK           xm                     ``xm`` (Xen 3) or ``xl`` (Xen 4.5 and later)
+SUDO                yes                    ``yes``, ``no``, or the command to prefix
+XM_PATH             /usr/sbin/xm           the tools, as run on the hosts
+XL_PATH             /usr/sbin/xl
+XENTOP_PATH         /usr/sbin/xentop
+SSH                 ssh                    the ssh client and options (``ssh -F cfg``)
+SSH_CONTROL_DIR     /tmp/nebula-xr-ssh-UID where multiplexed connections live
+COMMAND_TIMEOUT     120                    seconds after which a remote command is killed
+SHUTDOWN_TIMEOUT    60                     seconds a guest gets to halt before destroy
+PER_HOST            4                      commands at once on one host
+CONCURRENCY         32                     commands at once overall
+=================== ====================== ==============================================
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from nebula_xr.drivers.base import DriverConfig, DriverContext, DriverError
+from nebula_xr.drivers.remote import RemoteRunner
+from nebula_xr.template import Template, TemplateSyntaxError
+
+
+def load_settings(config: DriverConfig, context: DriverContext) -> dict[str, str]:
+    """The ``arguments`` file's single attributes, overridden by the oned.conf vector."""
+    settings: dict[str, str] = {}
+    if config.arguments:
+        path = config.resolve(config.arguments, context.etc_dir)
+        try:
+            text = path.read_text(encoding="utf-8")
+            template = Template.parse(text if text.endswith("\n") else text + "\n", replace=True)
+        except (OSError, TemplateSyntaxError) as error:
+            raise DriverError(f"Can not read {path}: {error}") from error
+        settings.update((k, v) for k, v in template if isinstance(v, str))
+    settings.update(config.options)
+    return settings
+
+
+def _number(settings: dict[str, str], key: str, default: float) -> float:
+    try:
+        value = float(settings.get(key, default))
+    except ValueError as error:
+        raise DriverError(f"{key} must be a number, not {settings[key]!r}") from error
+    if value <= 0:
+        raise DriverError(f"{key} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Toolstack:
+    """How to run the Xen tools on a host: ``xm`` or ``xl``, through sudo or not."""
+
+    name: str
+    sudo: tuple[str, ...]
+    tool_path: str
+    xentop_path: str
+    shutdown_timeout: float
+
+    @property
+    def xl(self) -> bool:
+        return self.name == "xl"
+
+    def tool(self, *args: str) -> list[str]:
+        return [*self.sudo, self.tool_path, *args]
+
+    def xentop(self, *args: str) -> list[str]:
+        return [*self.sudo, self.xentop_path, *args]
+
+
+def toolstack(settings: dict[str, str]) -> Toolstack:
+    name = settings.get("TOOLSTACK", "xm").lower()
+    if name not in ("xm", "xl"):
+        raise DriverError(f"TOOLSTACK must be xm or xl, not {name!r}")
+    sudo_setting = settings.get("SUDO", "yes")
+    if sudo_setting.lower() in ("yes", "true", "1"):
+        sudo: tuple[str, ...] = ("sudo",)
+    elif sudo_setting.lower() in ("no", "false", "0", ""):
+        sudo = ()
+    else:
+        sudo = tuple(shlex.split(sudo_setting))
+    path_key = "XL_PATH" if name == "xl" else "XM_PATH"
+    return Toolstack(
+        name=name,
+        sudo=sudo,
+        tool_path=settings.get(path_key, f"/usr/sbin/{name}"),
+        xentop_path=settings.get("XENTOP_PATH", "/usr/sbin/xentop"),
+        shutdown_timeout=_number(settings, "SHUTDOWN_TIMEOUT", 60),
+    )
+
+
+def runner(settings: dict[str, str], reactor: Any) -> RemoteRunner:
+    control_dir = settings.get(
+        "SSH_CONTROL_DIR", os.path.join(tempfile.gettempdir(), f"nebula-xr-ssh-{os.geteuid()}")
+    )
+    return RemoteRunner(
+        reactor,
+        ssh=shlex.split(settings.get("SSH", "ssh")),
+        control_dir=control_dir or None,
+        timeout=_number(settings, "COMMAND_TIMEOUT", 120),
+        per_host=int(_number(settings, "PER_HOST", 4)),
+        overall=int(_number(settings, "CONCURRENCY", 32)),
+    )
