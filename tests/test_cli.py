@@ -25,7 +25,6 @@ from tests.cluster.cluster import Cluster
 from tests.cluster.fixtures import cluster_fixture, qemu_cluster_fixture  # noqa: F401
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.test_api14 import FIXED, RANGED
-from tests.test_cluster_infra import deployment, xm
 from tests.test_tutorial import TUTORIAL
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
@@ -404,22 +403,23 @@ def test_console_runs_what_the_driver_says(tmp_path: Path) -> None:
 
 
 def test_console_reaches_a_qemu_guest(qemu_cluster: Cluster, tmp_path: Path) -> None:
-    """On the namespace cluster, the command a Xen driver answers (ssh -t to the host, then
-    the toolstack's console) attaches this terminal to the guest's serial console.
+    """On the namespace cluster, a VM deployed by the daemon through vmm_xen: the command
+    the driver answers (ssh -t to the host, then the toolstack's console) attaches this
+    terminal to the guest's serial console."""
+    from tests.test_xen_cluster import add_cluster_hosts, start_daemon
 
-    The stand-in oned answers what vmm_xen's console() is to return; once vmm_xen exists
-    this can deploy through a real daemon instead.
-    """
     c = qemu_cluster
-    xm(c, "node01", f"create {deployment(c, 7, with_disk=False)}")
-    wait_for(lambda: "GUEST-BOOTED" in c.console_log("node01", "one-7"), timeout=90)
-    ssh = c.ssh_command("node01")[:-1]  # ssh -F <config>
-    stand_in = _ConsoleServer([*ssh, "-t", "node01", "sudo /usr/sbin/xm console one-7"])
+    one = start_daemon(tmp_path / "one", c, str(c.shared_dir / "one"), timeout=60)
     controller, terminal = pty.openpty()
     try:
+        add_cluster_hosts(one, "tm_nfs")
+        template = "NAME = guest\nCPU = 1\nMEMORY = 128\nOS = [ kernel = /boot/vmlinuz ]\n"
+        assert one.call("one.vmallocate", template) == [True, 0]
+        assert one.call("one.vmdeploy", 0, 0) == [True]
+        wait_for(lambda: "GUEST-BOOTED" in c.console_log("node01", "one-0"), timeout=90)
         process = subprocess.Popen(
-            [str(SCRIPTS / "onevm"), "console", "3"],
-            env=User(stand_in.url, tmp_path).env,
+            [str(SCRIPTS / "onevm"), "console", "guest"],
+            env=User(one.url, tmp_path).env,
             stdin=terminal,
             stdout=terminal,
             stderr=terminal,
@@ -436,4 +436,4 @@ def test_console_reaches_a_qemu_guest(qemu_cluster: Cluster, tmp_path: Path) -> 
     finally:
         os.close(controller)
         os.close(terminal)
-        stand_in.close()
+        one.stop()

@@ -10,11 +10,13 @@ so a slow or dead host only delays its own commands.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
 import shutil
 import signal
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -152,6 +154,15 @@ def _kill(transport: Any) -> None:
         pass
 
 
+def _short_dir(directory: str) -> str:
+    """``directory``, or a short stand-in for it: ssh's socket paths (the directory, a
+    40-character %C and a 17-character temporary suffix) must fit in 108 bytes."""
+    if len(directory) <= 48:
+        return directory
+    digest = hashlib.sha1(directory.encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"nebula-xr-{digest}")
+
+
 def check_host(host: str) -> str:
     """A host name safe to hand to ssh: no option-like or shell-special names."""
     if not _HOST_NAME.match(host):
@@ -182,15 +193,17 @@ class RemoteRunner:
         self.timeout = timeout
         options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
         if control_dir:
+            control_dir = _short_dir(control_dir)
             os.makedirs(control_dir, mode=0o700, exist_ok=True)
-            # %L keeps hosts sharing /tmp from reusing each other's masters.
+            # %C hashes local host, remote host, port and user: short enough for a unix
+            # socket path, and hosts sharing /tmp never reuse each other's masters.
             options += [
                 "-o",
                 "ControlMaster=auto",
                 "-o",
                 "ControlPersist=60",
                 "-o",
-                f"ControlPath={control_dir}/%L-%r@%h:%p",
+                f"ControlPath={control_dir}/%C",
             ]
         self.ssh = [*ssh, *options]
         self.per_host = per_host
