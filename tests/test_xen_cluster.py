@@ -21,14 +21,16 @@ from tests.test_tutorial import history, wait_state
 RUNNING, SUSPENDED, STOPPED, DONE, FAILED = (3, 3), (5, 0), (4, 0), (6, 0), (7, 0)
 
 
-def start_daemon(location: Path, cluster: Cluster, vm_dir: str, timeout: float = 20) -> OneDaemon:
+def start_daemon(
+    location: Path, cluster: Cluster, vm_dir: str, timeout: float = 20, toolstack: str = "xm"
+) -> OneDaemon:
     etc = location / "etc"
     (etc / "tm_nfs").mkdir(parents=True)
     (etc / "tm_ssh").mkdir()
     settings = (
         f'SSH = "ssh -F {cluster.ssh_config}"\n'
         f"SSH_CONTROL_DIR = {location}/ssh\n"
-        "TOOLSTACK = xm\nSUDO = yes\nCOMMAND_TIMEOUT = 30\nSHUTDOWN_TIMEOUT = 10\n"
+        f"TOOLSTACK = {toolstack}\nSUDO = yes\nCOMMAND_TIMEOUT = 30\nSHUTDOWN_TIMEOUT = 10\n"
     )
     for name in ("xen.conf", "tm_nfs/tm_nfs.conf", "tm_ssh/tm_ssh.conf"):
         (etc / name).write_text(settings)
@@ -71,10 +73,11 @@ def tutorial(source: Path) -> str:
     )
 
 
-def test_tutorial_on_a_cluster_with_tm_nfs(fast_cluster: Cluster, tmp_path) -> None:
+@pytest.mark.parametrize("toolstack", ["xm", "xl"])
+def test_tutorial_on_a_cluster_with_tm_nfs(fast_cluster: Cluster, tmp_path, toolstack: str) -> None:
     c = fast_cluster
     vm_dir = str(c.shared_dir / "one")
-    one = start_daemon(tmp_path, c, vm_dir)
+    one = start_daemon(tmp_path, c, vm_dir, toolstack=toolstack)
     try:
         add_cluster_hosts(one, "tm_nfs")
         info = one.call("one.hostinfo", 1)[1]
@@ -119,7 +122,9 @@ def test_tutorial_on_a_cluster_with_tm_nfs(fast_cluster: Cluster, tmp_path) -> N
         wait_state(one, 0, *DONE)
         assert xm_domains(c, "node02") == set()
         assert not images.exists()  # the epilog deleted the VM's directory
-        print(f"\ntm_nfs: deploy to RUNNING {deploy_time:.2f} s, cold migration {cold_time:.2f} s")
+        print(
+            f"\ntm_nfs ({toolstack}): deploy to RUNNING {deploy_time:.2f} s, cold migration {cold_time:.2f} s"
+        )
     finally:
         one.stop()
 
