@@ -142,3 +142,20 @@ def test_pip_installed_plugin_is_used_by_naming_it(tmp_path, example_plugin) -> 
         assert history(one, 0)[0]["host_name"] == "big"
     finally:
         one.stop()
+
+
+def test_the_shipped_oned_conf_starts_with_every_driver(tmp_path) -> None:
+    import shutil
+
+    etc = tmp_path / "etc"
+    shutil.copytree(ROOT / "conf", etc)
+    conf = etc / "oned.conf"
+    conf.write_text(conf.read_text().replace("PORT=2633", "PORT=0").replace('"0.0.0.0"', '"127.0.0.1"'))
+    one = OneDaemon(tmp_path, conf).start()
+    try:
+        assert one.call("one.hostallocate", "local", "im_dummy", "vmm_dummy", "tm_dummy", True) == [True, 0]
+        log = (tmp_path / "var" / "oned.log").read_text()
+        for name, plugin in [("im_xen", "im_xen"), ("vmm_xen", "vmm_xen"), ("tm_ssh", "tm_ssh"), ("vmm_dummy", "vmm_dummy")]:
+            assert f"Loaded driver {name} from plugin {plugin}" in log
+    finally:
+        one.stop()
