@@ -84,6 +84,17 @@ def kill_netns(name: str) -> None:
         time.sleep(0.02)
 
 
+def _remove_stale_link(name: str, timeout: float = 5.0) -> None:
+    """Delete a link left by an earlier cluster; the kernel frees a deleted namespace's
+    veth pairs asynchronously, so a new one of the same name can find the old one there."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/sys/class/net/{name}").exists():
+        _run(["ip", "link", "del", name], check=False)
+        if time.monotonic() > deadline:
+            raise ClusterError(f"link {name} of an earlier cluster does not go away")
+        time.sleep(0.05)
+
+
 def remove_leftovers() -> None:
     """Remove the namespaces, bridge and scratch dirs of a cluster that was not torn down.
 
@@ -311,6 +322,7 @@ class Cluster:
             "wait",
         ]) + "\n")
         _run(["ip", "netns", "add", host])
+        _remove_stale_link(f"veth-{host}")
         _run(["ip", "link", "add", f"veth-{host}", "type", "veth", "peer", "name", "eth0",
               "netns", host])
         _run(["ip", "link", "set", f"veth-{host}", "master", BRIDGE, "up"])
