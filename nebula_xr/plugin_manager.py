@@ -8,7 +8,6 @@ hook implementation fails at start-up instead of being silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import pluggy
@@ -124,10 +123,3 @@ class PluginManager:
         """Whether any plugin implements an event hook (views are skipped otherwise)."""
         caller: Any = getattr(self.pm.hook, hook_name)
         return bool(caller.get_hookimpls())
-
-
-def distribution_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return ""
