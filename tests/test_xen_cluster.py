@@ -298,3 +298,26 @@ def test_hostile_host_names_never_reach_a_shell(
         assert "Invalid host name" in (tmp_path / "var" / "0" / "vm.log").read_text()
     finally:
         one.stop()
+
+
+def test_hostile_image_paths_are_copied_literally(fast_cluster: Cluster, tmp_path) -> None:
+    c = fast_cluster
+    one = start_daemon(tmp_path, c, str(c.vm_dir))
+    try:
+        add_cluster_hosts(one, "tm_ssh")
+        source = tmp_path / "disk $(touch PWNED) `touch PWNED` ;touch PWNED;'x.img"
+        source.write_bytes(b"image")
+        template = (
+            "NAME = odd\nMEMORY = 64\nOS = [ kernel = /k ]\n"
+            f'DISK = [ source = "{source}", target = sda1 ]\n'
+        )
+        assert one.call("one.vmallocate", template) == [True, 0]
+        assert one.call("one.vmdeploy", 0, 0) == [True]
+        wait_state(one, 0, *RUNNING)
+        assert (c.private_dir("node01") / "0" / "images" / "disk.0").read_bytes() == b"image"
+        # A shell would have run `touch PWNED` in its working directory: the daemon's, or
+        # the remote user's home.
+        assert not Path("PWNED").exists() and not (tmp_path / "var" / "PWNED").exists()
+        assert c.run("node01", "ls ~/PWNED").returncode != 0
+    finally:
+        one.stop()
