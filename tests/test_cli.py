@@ -22,7 +22,6 @@ from xmlrpc.server import SimpleXMLRPCServer
 import pytest
 
 from tests.cluster.cluster import Cluster
-from tests.cluster.fixtures import cluster_fixture, qemu_cluster_fixture  # noqa: F401
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.test_api14 import FIXED, RANGED
 from tests.test_tutorial import TUTORIAL

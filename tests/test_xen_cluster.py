@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.cluster import Cluster
-from tests.cluster.fixtures import cluster_fixture, fast_cluster_fixture, qemu_cluster_fixture  # noqa: F401
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.test_tutorial import history, wait_state
 

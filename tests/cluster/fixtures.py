@@ -1,13 +1,8 @@
 """pytest fixtures for tests that need fake cluster hosts.
 
-Import the ones a module uses (``fast_cluster`` and ``qemu_cluster`` need ``cluster`` too)::
-
-    from tests.cluster.fixtures import cluster_fixture, fast_cluster_fixture  # noqa: F401
+They are registered once, in ``tests/conftest.py``: a test just names them::
 
     def test_x(fast_cluster): ...
-
-The ``*_fixture`` names keep ruff from seeing the tests' parameters as redefinitions of the
-imports; ``from tests.cluster.fixtures import cluster`` works as well.
 
 * ``cluster`` (session): 3 hosts node01..node03, fake Xen toolstack in fast mode;
 * ``fast_cluster`` (function): the same cluster, its toolstack reset (no domain, no fault);
