@@ -30,22 +30,11 @@ from typing import Any
 
 from nebula_xr.drivers.base import DriverConfig, DriverContext, DriverError
 from nebula_xr.drivers.remote import RemoteRunner
-from nebula_xr.template import Template, TemplateSyntaxError
 
 
 def load_settings(config: DriverConfig, context: DriverContext) -> dict[str, str]:
-    """The ``arguments`` file's single attributes, overridden by the oned.conf vector."""
-    settings: dict[str, str] = {}
-    if config.arguments:
-        path = config.resolve(config.arguments, context.etc_dir)
-        try:
-            text = path.read_text(encoding="utf-8")
-            template = Template.parse(text if text.endswith("\n") else text + "\n", replace=True)
-        except (OSError, TemplateSyntaxError) as error:
-            raise DriverError(f"Can not read {path}: {error}") from error
-        settings.update((k, v) for k, v in template if isinstance(v, str))
-    settings.update(config.options)
-    return settings
+    """The driver's single-valued settings (see :meth:`DriverConfig.settings`)."""
+    return {k: v for k, v in config.settings(context.etc_dir) if isinstance(v, str)}
 
 
 def _number(settings: dict[str, str], key: str, default: float) -> float:

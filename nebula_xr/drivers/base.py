@@ -20,12 +20,16 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from nebula_xr.template import Template
+from nebula_xr.template import Template, TemplateSyntaxError
 
 #: Kinds of driver, as in oned.conf: IM_MAD, VM_MAD, TM_MAD.
 INFORMATION = "im"
 VIRTUAL_MACHINE = "vmm"
 TRANSFER = "tm"
+
+
+#: The keys oned.conf itself uses in a driver entry (the rest belong to the plugin).
+DRIVER_ENTRY_KEYS = frozenset({"NAME", "EXECUTABLE", "ARGUMENTS", "DEFAULT", "TYPE", "TIMEOUT"})
 
 
 class DriverError(Exception):
@@ -57,6 +61,24 @@ class DriverConfig:
         """A configuration path as 1.2 resolves it: relative paths under the etc dir."""
         candidate = Path(path)
         return candidate if candidate.is_absolute() else etc_dir / candidate
+
+    def settings(self, etc_dir: Path) -> Template:
+        """The plugin's own settings: the ``arguments`` file (template syntax, a later
+        attribute replacing an earlier one), then any other key of the oned.conf vector."""
+        settings = Template(replace=True)
+        if self.arguments:
+            path = self.resolve(self.arguments, etc_dir)
+            try:
+                text = path.read_text(encoding="utf-8")
+                settings = Template.parse(
+                    text if text.endswith("\n") else text + "\n", replace=True
+                )
+            except (OSError, TemplateSyntaxError) as error:
+                raise DriverError(f"Can not read {path}: {error}") from error
+        for key, value in self.options.items():
+            if key not in DRIVER_ENTRY_KEYS:
+                settings.set(key, value)
+        return settings
 
 
 @dataclass(frozen=True)

@@ -20,31 +20,15 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from nebula_xr.drivers.base import Driver, DriverConfig, DriverContext, DriverError
-from nebula_xr.template import Template, TemplateSyntaxError
 
 #: Keys that configure a dummy driver rather than describe a host.
 CONTROL_KEYS = {"FAIL_HOSTS", "DELAY", "POLL"}
 
 
-def load_settings(config: DriverConfig, context: DriverContext) -> Template:
-    """The driver's settings: its configuration file, then the oned.conf vector's keys."""
-    settings = Template(replace=True)
-    if config.arguments:
-        path = config.resolve(config.arguments, context.etc_dir)
-        try:
-            text = path.read_text(encoding="utf-8")
-            settings = Template.parse(text if text.endswith("\n") else text + "\n", replace=True)
-        except (OSError, TemplateSyntaxError) as error:
-            raise DriverError(f"Can not read {path}: {error}") from error
-    for key in CONTROL_KEYS & config.options.keys():
-        settings.set(key, config.options[key])
-    return settings
-
-
 class DummyDriver(Driver):
     def __init__(self, config: DriverConfig, context: DriverContext) -> None:
         super().__init__(config, context)
-        self.settings = load_settings(config, context)
+        self.settings = config.settings(context.etc_dir)
         self.fail_hosts = self.settings.get_string("FAIL_HOSTS") or ""
         try:
             self.delay = float(self.settings.get_string("DELAY") or 0)
