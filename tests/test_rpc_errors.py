@@ -225,3 +225,29 @@ def test_no_shell_injection_happened() -> None:
     import pathlib
 
     assert not pathlib.Path("/tmp/nebula-pwned").exists()
+
+
+def test_database_failures_are_reported(tmp_path) -> None:
+    """Writes refused by the file (here by triggers another process adds) get 1.2's answers."""
+    write_conf(tmp_path)
+    one = OneDaemon(tmp_path).start()
+    try:
+        add_hosts(one, "node01")
+        assert one.call("one.vnallocate", "NAME = n\nTYPE = FIXED\n") == [True, 0]
+        assert one.call("one.vmallocate", "NAME = v\n") == [True, 0]
+        with one.db() as db:
+            for table, event in (("history", "INSERT"), ("host_pool", "INSERT"), ("host_pool", "DELETE"), ("network_pool", "DELETE")):
+                db.execute(
+                    f"CREATE TRIGGER refuse_{table}_{event} BEFORE {event} ON {table} "
+                    "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+                )
+        assert one.call("one.vmdeploy", 0, 0) == [False, "Can not deploy VM 0, can not insert history"]
+        assert one.call("one.hostallocate", "node02", "im_xen", "vmm_xen", "tm_nfs", True) == [
+            False,
+            "Can not allocate host node02 in the HostPool, returned error code [-1]",
+        ]
+        assert one.call("one.hostdelete", 0) == [False]
+        assert one.call("one.vndelete", 0) == [False]
+        assert "disk full" in (tmp_path / "var" / "oned.log").read_text()
+    finally:
+        one.stop()
