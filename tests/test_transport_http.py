@@ -17,7 +17,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-from nebula_xr.transport.http import HTTPServerFactory, Limits
+from nebula_xr.transport.http import LOCAL, CallContext, HTTPServerFactory, Limits
 
 
 async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
@@ -111,7 +111,7 @@ def request(
 
 class Server:
     def __init__(self, handler: Callable[[bytes], Any], **options: Any) -> None:
-        self.factory = HTTPServerFactory(handler, **options)
+        self.factory = HTTPServerFactory(lambda body, _context: handler(body), **options)
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.address = ("127.0.0.1", self.port.getHost().port)
 
@@ -685,3 +685,31 @@ async def test_a_request_being_answered_is_not_idle() -> None:
         client.close()
     finally:
         await server.stop()
+
+
+# -- who is calling ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_handler_learns_the_peer_address_of_each_request() -> None:
+    contexts: list[CallContext] = []
+    factory = HTTPServerFactory(lambda body, context: contexts.append(context) or b"ok")
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        server = Server.__new__(Server)
+        server.factory, server.port = factory, port
+        server.address = ("127.0.0.1", port.getHost().port)
+        response, _closed = await exchange(server, request(b"x"))
+    finally:
+        await port.stopListening()
+    assert response.status == 200
+    assert contexts == [CallContext("127.0.0.1", secure=False)]
+    assert contexts[0].loopback
+
+
+def test_a_context_is_loopback_only_for_loopback_addresses() -> None:
+    assert CallContext("127.0.0.2").loopback
+    assert CallContext("::1").loopback
+    assert LOCAL.loopback
+    assert not CallContext("10.77.0.11").loopback
+    assert not CallContext("unknown").loopback

@@ -17,6 +17,7 @@ outstanding or while the peer does not read what we write.
 from __future__ import annotations
 
 import logging
+import ipaddress
 import re
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +26,12 @@ from email.utils import formatdate
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -34,8 +40,29 @@ from nebula_xr import __version__
 
 _log = logging.getLogger(__name__)
 
-#: Takes a complete request body; returns the response body, now or later.
-Handler = Callable[[bytes], "bytes | Deferred[bytes]"]
+@dataclass(frozen=True)
+class CallContext:
+    """Who sent a request: what authorisation decisions are made from besides the session."""
+
+    peer: str  # the client's IP address ("" for calls made inside the process)
+    secure: bool = False  # the connection is TLS
+
+    @property
+    def loopback(self) -> bool:
+        """The request came from this machine (a loopback address), or from inside."""
+        if not self.peer:
+            return True
+        try:
+            return ipaddress.ip_address(self.peer).is_loopback
+        except ValueError:
+            return False
+
+
+#: The context of calls made inside the process (tests, plugins): trusted as loopback.
+LOCAL = CallContext(peer="")
+
+#: Takes a complete request body and who sent it; returns the response body, now or later.
+Handler = Callable[[bytes, CallContext], "bytes | Deferred[bytes]"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +159,7 @@ class HTTPChannel(Protocol):
         self._gone = False
         self._peer_done = False  # the client sends nothing more
         self._peer = "-"
+        self._context = LOCAL
         self._last = 0.0
         self._timer: Any = None
 
@@ -144,7 +172,8 @@ class HTTPChannel(Protocol):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
         peer = transport.getPeer()
-        self._peer = getattr(peer, "host", str(peer))
+        self._peer = getattr(peer, "host", None) or str(peer) or "unknown"
+        self._context = CallContext(self._peer, secure=ISSLTransport.providedBy(transport))
         clock = self.factory.clock
         self._last = clock.seconds()
         self._timer = clock.callLater(self.factory.limits.idle_timeout, self._idle_check)
@@ -486,7 +515,7 @@ class HTTPChannel(Protocol):
         conn = self._conn
         self._state = _CLOSING if conn is _CLOSE else _HEAD
         try:
-            result = self.factory.handler(body)
+            result = self.factory.handler(body, self._context)
         except Exception:
             _log.exception("HTTP request handler failed")
             result = None

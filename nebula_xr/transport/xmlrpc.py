@@ -44,7 +44,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from nebula_xr.transport.http import HTTPServerFactory
+from nebula_xr.transport.http import LOCAL, CallContext, HTTPServerFactory
 
 _log = logging.getLogger(__name__)
 
@@ -521,15 +521,21 @@ _NO_HELP = "No help is available for this method"
 
 
 class _Method:
-    __slots__ = ("checks", "handler", "help", "signature")
+    __slots__ = ("checks", "handler", "help", "signature", "takes_context")
 
     def __init__(
-        self, handler: Callable[..., Any], signature: list[str], checks: tuple, help: str
+        self,
+        handler: Callable[..., Any],
+        signature: list[str],
+        checks: tuple,
+        help: str,
+        takes_context: bool,
     ) -> None:
         self.handler = handler
         self.signature = signature
         self.checks = checks
         self.help = help
+        self.takes_context = takes_context
 
 
 class MethodRegistry:
@@ -566,15 +572,23 @@ class MethodRegistry:
             "either be a single-item array containg the result value, or a struct of the form "
             "{'faultCode': int, 'faultString': string}.  This is useful when you need to make "
             "lots of small calls without lots of round trips.",
+            takes_context=True,
         )
 
     def register(
-        self, name: str, handler: Callable[..., Any], signature: str, help: str = ""
+        self,
+        name: str,
+        handler: Callable[..., Any],
+        signature: str,
+        help: str = "",
+        *,
+        takes_context: bool = False,
     ) -> None:
         """Add a method; ``signature`` is xmlrpc-c's ``"<return>:<params>"``, e.g. ``"A:sii"``.
 
-        ``handler`` gets the type-checked parameters (extra trailing ones are dropped)
-        and returns a value or a Deferred; it may raise :class:`Fault`.
+        ``handler`` gets the type-checked parameters (extra trailing ones are dropped),
+        preceded by the call's :class:`CallContext` when ``takes_context`` is set, and
+        returns a value or a Deferred; it may raise :class:`Fault`.
         """
         if name in self._methods:
             raise ValueError(f"method {name!r} is already registered")
@@ -583,13 +597,13 @@ class MethodRegistry:
             raise ValueError(f"invalid signature {signature!r} for {name!r}")
         checks = tuple((_TYPES[c][0], _TYPES[c][2]) for c in params)
         names = [_TYPES[c][1] for c in returns + params]
-        self._methods[name] = _Method(handler, names, checks, help or _NO_HELP)
+        self._methods[name] = _Method(handler, names, checks, help or _NO_HELP, takes_context)
 
     def names(self) -> list[str]:
         """Every registered method name, ``system.*`` included, in registration order."""
         return list(self._methods)
 
-    def call(self, name: str, params: list[Any]) -> Any:
+    def call(self, name: str, params: list[Any], context: CallContext = LOCAL) -> Any:
         """Check ``params`` against ``name``'s signature and run it: a value or a Deferred."""
         method = self._methods.get(name)
         if method is None:
@@ -604,22 +618,28 @@ class MethodRegistry:
                 raise Fault(TYPE_ERROR, message)
         if count > len(checks):
             params = params[: len(checks)]
+        if method.takes_context:
+            return method.handler(context, *params)
         return method.handler(*params)
 
-    def handle(self, body: bytes) -> bytes | Deferred[bytes]:
+    def handle(self, body: bytes, context: CallContext = LOCAL) -> bytes | Deferred[bytes]:
         """Answer one XML-RPC request document (the HTTP handler)."""
         if len(body) > _INLINE_PARSE:
             parsed = _parse_incremental(body)
-            return parsed.addCallback(lambda call: self._invoke(*call)).addErrback(_respond_failure)
+            return parsed.addCallback(lambda call: self._invoke(*call, context)).addErrback(
+                _respond_failure
+            )
         try:
             name, params = parse_call(body)
         except Fault as fault:
             return dump_fault(fault)
-        return self._invoke(name, params)
+        return self._invoke(name, params, context)
 
-    def _invoke(self, name: str, params: list[Any]) -> bytes | Deferred[bytes]:
+    def _invoke(
+        self, name: str, params: list[Any], context: CallContext
+    ) -> bytes | Deferred[bytes]:
         try:
-            result = self.call(name, params)
+            result = self.call(name, params, context)
         except Fault as fault:
             return dump_fault(fault)
         except Exception:
@@ -643,7 +663,9 @@ class MethodRegistry:
     def _method_help(self, name: str) -> str:
         return self._lookup(name).help
 
-    def _multicall(self, calls: list[Any]) -> list[Any] | Deferred[list[Any]]:
+    def _multicall(
+        self, context: CallContext, calls: list[Any]
+    ) -> list[Any] | Deferred[list[Any]]:
         if len(calls) > MULTICALL_LIMIT:
             raise Fault(
                 LIMIT_EXCEEDED_ERROR, f"system.multicall is limited to {MULTICALL_LIMIT} calls"
@@ -652,7 +674,7 @@ class MethodRegistry:
         waiting = False
         for entry in calls:
             try:
-                result = self.call(*_multicall_entry(entry))
+                result = self.call(*_multicall_entry(entry), context)
             except Fault as fault:
                 results.append(_fault_struct(fault))
                 continue
