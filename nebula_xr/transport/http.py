@@ -16,8 +16,8 @@ outstanding or while the peer does not read what we write.
 
 from __future__ import annotations
 
-import logging
 import ipaddress
+import logging
 import re
 from collections import deque
 from collections.abc import Callable
