@@ -12,6 +12,16 @@ peer reads the error instead of a reset caused by the bytes it was still sending
 Memory per connection is bounded: the header block, chunk-size lines and the body
 are limited (:class:`Limits`), and reading stops while too many answers are
 outstanding or while the peer does not read what we write.
+
+Against floods and slow clients (:class:`Limits` again): connections are capped
+overall and per peer address; at a cap the connection that has waited longest for a
+request head is dropped to make room, and with none to drop the new one is answered
+503. A request head must arrive within ``head_timeout`` of its first byte (or of the
+connection), a body within ``body_timeout`` of its head, and a keep-alive connection
+may stay silent for ``idle_timeout``. Each connection may buffer ``body_allowance``
+bytes of an unfinished body; beyond that, bodies draw on one budget shared by all
+connections (``buffer_bytes``), and a connection that finds it spent stops reading
+until answers give bytes back.
 """
 
 from __future__ import annotations
@@ -72,7 +82,13 @@ class Limits:
     body_bytes: int = 32 * 1024 * 1024
     chunk_line: int = 1024  # a chunk-size line with its extensions
     pipeline: int = 16  # requests being answered before we stop reading
-    idle_timeout: float = 60.0
+    connections: int = 1024  # open connections, all peers together
+    connections_per_address: int = 128
+    head_timeout: float = 10.0  # seconds to receive a request head
+    body_timeout: float = 60.0  # seconds to receive a body once its head is in
+    idle_timeout: float = 60.0  # seconds a keep-alive connection may wait for a request
+    body_allowance: int = 64 * 1024  # body bytes a connection buffers without the budget
+    buffer_bytes: int = 128 * 1024 * 1024  # budget shared by unfinished bodies past that
     linger: float = 2.0  # how long a closing connection keeps draining the peer's input
 
 
@@ -88,6 +104,7 @@ _REASONS = {
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
+    503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
 
@@ -119,14 +136,18 @@ class HTTPError(Exception):
 
 
 class _Pending:
-    """A response slot in request order; ``data`` is None until the handler answers."""
+    """A response slot in request order; ``data`` is None until the handler answers.
 
-    __slots__ = ("conn", "data", "line")
+    ``charged``: bytes of the shared body budget the request holds until answered.
+    """
+
+    __slots__ = ("charged", "conn", "data", "line")
 
     def __init__(self, conn: bytes, line: str, data: bytes | None = None) -> None:
         self.conn = conn
         self.line = line
         self.data = data
+        self.charged = 0
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
@@ -162,6 +183,16 @@ class HTTPChannel(Protocol):
         self._context = LOCAL
         self._last = 0.0
         self._timer: Any = None
+        # When the head or body being received began (None: waiting for a request),
+        # and how many heads were read, to tell a new head from more of the same.
+        self._phase_started: float | None = None
+        self._heads = 0
+        # Body bytes buffered for the request being read, the part of them charged to
+        # the factory's shared budget, and whether we wait for that budget.
+        self._held = 0
+        self._charged = 0
+        self._budget_wait = False
+        self._registered = False
 
     # -- connection ---------------------------------------------------------------------
 
@@ -171,15 +202,21 @@ class HTTPChannel(Protocol):
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
-        peer = transport.getPeer()
-        self._peer = getattr(peer, "host", None) or str(peer) or "unknown"
+        self._peer = _peer_host(transport.getPeer())
         self._context = CallContext(self._peer, secure=ISSLTransport.providedBy(transport))
         clock = self.factory.clock
-        self._last = clock.seconds()
-        self._timer = clock.callLater(self.factory.limits.idle_timeout, self._idle_check)
+        self._last = self._phase_started = clock.seconds()
+        self._timer = clock.callLater(self.factory.limits.head_timeout, self._deadline_check)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
+        factory = self.factory
+        factory.forget(self)
+        charged = self._charged + sum(pending.charged for pending in self._queue)
+        for pending in self._queue:
+            pending.charged = 0
+        self._charged = self._held = 0
+        factory.release(charged)
         self._queue.clear()
         self._buf = b""
         self._body = []
@@ -197,19 +234,47 @@ class HTTPChannel(Protocol):
     def writeConnectionLost(self) -> None:
         """Our half-close went through; the peer's EOF or lingering ends the connection."""
 
-    def _idle_check(self) -> None:
-        """Close a connection that has been silent for the idle timeout.
+    def waiting_since(self) -> float | None:
+        """Since when we wait for this peer to send a request head; None if we don't.
 
-        A request still being answered keeps the connection; one half received is
-        answered 408. The timer is re-armed instead of being reset on every read,
-        which keeps reads cheap.
+        Such a connection (idle, sending a head, or closing) costs the peer nothing
+        to hold, so it is the one dropped when a new connection needs room.
         """
+        if self._closed or self._state == _CLOSING:
+            return float("-inf")
+        if self._state != _HEAD or self._queue:
+            return None
+        return self._last if self._phase_started is None else self._phase_started
+
+    def drop(self) -> None:
+        """Close at once to make room for a new connection."""
+        self.factory.forget(self)
+        transport: Any = self.transport
+        transport.abortConnection()
+
+    def _deadline(self) -> float | None:
+        """When the current wait for the peer runs out; None while we owe answers."""
         limits = self.factory.limits
+        if self._queue or self._state == _CLOSING:
+            return None
+        if self._state != _HEAD:
+            return self._phase_started + limits.body_timeout  # type: ignore[operator]
+        if self._phase_started is not None:
+            return self._phase_started + limits.head_timeout
+        return self._last + limits.idle_timeout
+
+    def _deadline_check(self) -> None:
+        """Enforce the head, body and idle deadlines.
+
+        A request half received is answered 408; a silent connection is closed. The
+        timer is re-armed instead of being reset on every read, which keeps reads cheap.
+        """
         clock = self.factory.clock
-        idle_for = clock.seconds() - self._last
-        if self._queue or idle_for < limits.idle_timeout:
-            delay = max(limits.idle_timeout - idle_for, 0.001)
-            self._timer = clock.callLater(delay, self._idle_check)
+        now = clock.seconds()
+        deadline = self._deadline()
+        if deadline is None or now < deadline:
+            delay = self.factory.limits.idle_timeout if deadline is None else deadline - now
+            self._timer = clock.callLater(max(delay, 0.001), self._deadline_check)
             return
         self._timer = None
         if self._state != _HEAD or self._buf.strip(b"\r\n"):
@@ -232,7 +297,24 @@ class HTTPChannel(Protocol):
         """The transport is going away; connectionLost does the cleanup."""
 
     def _blocked(self) -> bool:
-        return self._write_blocked or len(self._queue) >= self.factory.limits.pipeline
+        return (
+            self._write_blocked
+            or self._budget_wait
+            or len(self._queue) >= self.factory.limits.pipeline
+        )
+
+    def budget_available(self) -> None:
+        """The shared body budget has room again (called by the factory)."""
+        self._budget_wait = False
+        self._resume()
+
+    def _hold(self, size: int) -> None:
+        """Account for ``size`` more buffered body bytes; wait if the budget is spent."""
+        self._held += size
+        over = self._held - self.factory.limits.body_allowance
+        if over > self._charged:
+            self._budget_wait = not self.factory.charge(self, over - self._charged)
+            self._charged = over
 
     def _update_reading(self) -> None:
         pause = self._blocked() and self._state != _CLOSING
@@ -257,25 +339,31 @@ class HTTPChannel(Protocol):
     # -- input ------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self._last = self.factory.clock.seconds()
+        now = self._last = self.factory.clock.seconds()
         if self._state == _CLOSING:
             return  # draining a connection we are closing
+        if self._phase_started is None:
+            self._phase_started = now  # the first byte of a head (even a stray CRLF)
         if self._buf:
             data = self._buf + data
             self._buf = b""
         self._parse(data)
-        if self._queue:
+        if self._queue or self._budget_wait:
             self._update_reading()
         self._maybe_close()
 
     def _parse(self, data: bytes) -> None:
         self._parsing = True
+        heads = self._heads
         try:
             self._parse_loop(data)
         except HTTPError as error:
             self._fail(error.status, error.message)
         finally:
             self._parsing = False
+        if heads != self._heads and self._state == _HEAD:
+            # A request was read: what is left is the start of the next head, or nothing.
+            self._phase_started = self.factory.clock.seconds() if self._buf else None
 
     def _parse_loop(self, data: bytes) -> None:
         limits = self.factory.limits
@@ -294,6 +382,7 @@ class HTTPChannel(Protocol):
                     body = data[pos : pos + take]  # the usual case: the whole body at once
                 else:
                     self._body.append(data[pos : pos + take])
+                    self._hold(take)
                     body = b"".join(self._body) if not self._remaining else b""
                 pos += take
                 if not self._remaining:
@@ -321,6 +410,7 @@ class HTTPChannel(Protocol):
             elif state == _CHUNK_DATA:
                 take = min(self._remaining, end - pos)
                 self._body.append(data[pos : pos + take])
+                self._hold(take)
                 self._body_len += take
                 self._remaining -= take
                 pos += take
@@ -395,6 +485,8 @@ class HTTPChannel(Protocol):
     def _request_head(self, lines: list[bytes], data: bytes, after: int) -> None:
         factory = self.factory
         limits = factory.limits
+        self._heads += 1
+        self._phase_started = factory.clock.seconds()  # now the body's deadline runs
         parts = lines[0].split(b" ")
         if len(parts) != 3:
             raise HTTPError(400, "Malformed request line")
@@ -514,15 +606,18 @@ class HTTPChannel(Protocol):
     def _complete(self, body: bytes) -> None:
         conn = self._conn
         self._state = _CLOSING if conn is _CLOSE else _HEAD
+        charged, self._charged, self._held = self._charged, 0, 0
         try:
             result = self.factory.handler(body, self._context)
         except Exception:
             _log.exception("HTTP request handler failed")
             result = None
         if type(result) is bytes:
+            self.factory.release(charged)
             self._emit(self._ok(result, conn, self._line))
             return
         pending = _Pending(conn, self._line)
+        pending.charged = charged  # the body is still being worked on
         self._queue.append(pending)
         if isinstance(result, Deferred):
             result.addCallbacks(self._answer, self._crashed, (pending,), None, (pending,))
@@ -534,13 +629,19 @@ class HTTPChannel(Protocol):
             self._crashed(Failure(TypeError(f"handler returned {type(result).__name__}")), pending)
             return
         pending.data = self._ok(result, pending.conn, pending.line)
+        self._release(pending)
         self._drain()
+
+    def _release(self, pending: _Pending) -> None:
+        charged, pending.charged = pending.charged, 0
+        self.factory.release(charged)
 
     def _crashed(self, failure: Failure, pending: _Pending) -> None:
         _log.error("HTTP request handler failed: %s", failure.getTraceback())
         if self.factory.access_log is not None:
             self.factory.access_log(f'{self._peer} "{pending.line}" 500 -')
         pending.data = self._error(500, "Internal error", pending.conn)
+        self._release(pending)
         self._drain()
 
     def _drain(self) -> None:
@@ -580,6 +681,8 @@ class HTTPChannel(Protocol):
         self._state = _CLOSING
         self._buf = b""
         self._body = []
+        charged, self._charged, self._held = self._charged, 0, 0
+        self.factory.release(charged)
         self._emit(self._error(status, message, _CLOSE))
 
     def _ok(self, body: bytes, conn: bytes, line: str) -> bytes:
@@ -598,6 +701,40 @@ class HTTPChannel(Protocol):
             b"Content-Length: %d\r\n%s%s\r\n%s"
             % (len(body), allow, conn, b"" if self._head_only else body),
         )
+
+
+def _peer_host(address: object) -> str:
+    return getattr(address, "host", None) or str(address) or "unknown"
+
+
+@implementer(IHalfCloseableProtocol)
+class _Refusal(Protocol):
+    """A connection over the limits: answered 503, then closed after draining a moment."""
+
+    def __init__(self, answer: bytes, linger: float, clock: IReactorTime) -> None:
+        self._answer = answer
+        self._linger = linger
+        self._clock = clock
+        self._timer: Any = None
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(self._answer)
+        transport.loseWriteConnection()
+        self._timer = self._clock.callLater(self._linger, transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Discarded: the peer reads our answer instead of a reset."""
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our half-close went through."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
 
 
 class HTTPServerFactory(ServerFactory):
@@ -629,6 +766,89 @@ class HTTPServerFactory(ServerFactory):
         self._date_second = -1
         self._common = b""
         self._ok = b""
+        #: Open connections, all and by peer address.
+        self.channels: set[HTTPChannel] = set()
+        self.by_address: dict[str, set[HTTPChannel]] = {}
+        #: Bytes of the shared body budget in use, and who waits for some.
+        self.buffered = 0
+        self._budget_waiters: deque[HTTPChannel] = deque()
+
+    # -- connection limits --------------------------------------------------------------
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:  # noqa: N802 - Twisted's name
+        peer = _peer_host(addr)
+        limits = self.limits
+        same_peer = self.by_address.get(peer, set())
+        if len(same_peer) >= limits.connections_per_address and not self._make_room(same_peer):
+            _log.warning("Refused a connection from %s: too many from that address", peer)
+            return self._refusal()
+        if len(self.channels) >= limits.connections and not self._make_room(self.channels):
+            _log.warning("Refused a connection from %s: too many connections", peer)
+            return self._refusal()
+        channel = super().buildProtocol(addr)
+        assert isinstance(channel, HTTPChannel)
+        self.channels.add(channel)
+        self.by_address.setdefault(peer, set()).add(channel)
+        channel._peer = peer
+        channel._registered = True
+        return channel
+
+    def _make_room(self, among: set[HTTPChannel]) -> bool:
+        """Drop the connection of ``among`` that waited longest for a request head."""
+        victim: HTTPChannel | None = None
+        oldest = float("inf")
+        for channel in among:
+            since = channel.waiting_since()
+            if since is not None and since < oldest:
+                victim, oldest = channel, since
+        if victim is None:
+            return False
+        _log.info("Dropped a waiting connection from %s to make room", victim._peer)
+        victim.drop()
+        return True
+
+    def _refusal(self) -> Protocol:
+        body = b"Too many connections, try again later\n"
+        answer = b"HTTP/1.1 503 %s\r\n%sRetry-After: 1\r\n%s%s" % (
+            _REASONS[503],
+            self.common_head(),
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+            _CLOSE + b"\r\n" + body,
+        )
+        return _Refusal(answer, self.limits.linger, self.clock)
+
+    def forget(self, channel: HTTPChannel) -> None:
+        """``channel`` no longer counts against the connection limits."""
+        if not channel._registered:
+            return
+        channel._registered = False
+        self.channels.discard(channel)
+        same_peer = self.by_address.get(channel._peer)
+        if same_peer is not None:
+            same_peer.discard(channel)
+            if not same_peer:
+                del self.by_address[channel._peer]
+
+    # -- the shared budget of unfinished bodies -------------------------------------------
+
+    def charge(self, channel: HTTPChannel, size: int) -> bool:
+        """Take ``size`` bytes of the budget; False (and ``channel`` queued) if it is spent."""
+        self.buffered += size
+        if self.buffered <= self.limits.buffer_bytes:
+            return True
+        self._budget_waiters.append(channel)
+        return False
+
+    def release(self, size: int) -> None:
+        """Give ``size`` bytes back, and let waiting connections read again."""
+        if not size:
+            return
+        self.buffered -= size
+        waiters = self._budget_waiters
+        while waiters and self.buffered < self.limits.buffer_bytes:
+            channel = waiters.popleft()
+            if not channel._gone:
+                channel.budget_available()
 
     def common_head(self) -> bytes:
         """``Server`` and ``Date`` fields; the date is formatted once per second."""

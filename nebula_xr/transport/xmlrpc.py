@@ -10,10 +10,17 @@ Faults use xmlrpc-c's codes and wording (``src/cpp/param_list.cpp``,
 * -506 ``Method '<name>' not defined`` (and ``Method '<name>' does not exist`` from the
   introspection methods);
 * -507 ``Recursive system.multicall forbidden``;
-* -509 (xmlrpc-c's "limit exceeded") for a system.multicall of more than
-  :data:`MULTICALL_LIMIT` calls, a limit xmlrpc-c does not have;
+* -509 (xmlrpc-c's "limit exceeded") for a system.multicall of more calls than
+  :attr:`CallLimits.multicall_calls`, or an answer longer than
+  :attr:`CallLimits.reply_bytes`: limits xmlrpc-c does not have;
 * -500 for a handler that raised (or returned something XML-RPC cannot carry): a
   generic message, the traceback goes to the ``nebula_xr.transport.xmlrpc`` logger.
+  Nothing a request can contain ends in anything but a fault (never an HTTP 500).
+
+A system.multicall runs its calls and writes their answers a slice at a time
+(:func:`twisted.internet.task.coiterate`), each answer serialised as soon as it is
+known, and stops at the reply cap: a multicall costs the reactor no long stretch and
+holds no more than the cap in memory.
 
 Requests are parsed by a regular-expression fast path for the flat calls every client
 sends (scalar parameters, no entities, CDATA or comments); anything it does not fully
@@ -35,16 +42,17 @@ import datetime
 import logging
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from xml.parsers import expat
 from xmlrpc.client import DateTime
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from nebula_xr.transport.http import LOCAL, CallContext, HTTPServerFactory
+from nebula_xr.transport.http import LOCAL, CallContext, HTTPServerFactory, Limits
 
 _log = logging.getLogger(__name__)
 
@@ -61,9 +69,19 @@ _MAX_DEPTH = 128  # open elements; xmlrpc-c allows 64 nested values, each is two
 # _PARSE_SLICE bytes, each taking at most a few milliseconds of the reactor's time.
 _INLINE_PARSE = 64 * 1024
 _PARSE_SLICE = 32 * 1024
-#: system.multicall runs its calls in one go: bounded so it cannot stall the reactor.
-MULTICALL_LIMIT = 1000
 _WS = " \t\r\n"
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """What one request may cost."""
+
+    multicall_calls: int = 1000  # calls in one system.multicall
+    reply_bytes: int = 32 * 1024 * 1024  # the serialised answer (the size of the body cap)
+
+
+#: The default number of calls in one system.multicall.
+MULTICALL_LIMIT = CallLimits().multicall_calls
 
 
 class Fault(Exception):
@@ -81,7 +99,7 @@ def _parse_fault(detail: str) -> Fault:
 
 # -- value conversions (shared by both parsers) -------------------------------------------
 
-_INT_TEXT = re.compile(r"[ \t\r\n]*([+-]?[0-9]+)[ \t\r\n]*\Z")
+_INT_TEXT = re.compile(r"[ \t\r\n]*([+-]?)0*([0-9]+)[ \t\r\n]*\Z")
 _DOUBLE_TEXT = re.compile(
     r"[ \t\r\n]*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)[ \t\r\n]*\Z"
 )
@@ -91,8 +109,14 @@ _DATETIME_TEXT = re.compile(r"[ \t\r\n]*([0-9]{4}-?[0-9]{2}-?[0-9]{2}T[0-9]{2}:[
 def _to_int(text: str) -> int:
     match = _INT_TEXT.match(text)
     if match is None:
-        raise _parse_fault(f"<int> value '{text}' is not an integer")
-    value = int(match.group(1))
+        raise _parse_fault(f"<int> value '{_clip(text)}' is not an integer")
+    sign, digits = match.groups()
+    if len(digits) > 20:  # far out of range; converting it could cost quadratic time
+        side = "below" if sign == "-" else "above"
+        raise _parse_fault(
+            f"<int> value of {len(digits)} digits is {side} the range allowed by XML-RPC"
+        )
+    value = int(sign + digits)
     if value < _INT_MIN:
         raise _parse_fault(
             f"<int> value {value} is below the range allowed by XML-RPC (minimum is {_INT_MIN})"
@@ -104,12 +128,17 @@ def _to_int(text: str) -> int:
     return value
 
 
+def _clip(text: str, size: int = 40) -> str:
+    """``text`` cut short enough to quote in a fault."""
+    return text if len(text) <= size else text[:size] + "..."
+
+
 def _to_bool(text: str) -> bool:
     stripped = text.strip(_WS)
     if stripped not in ("0", "1"):
         raise _parse_fault(
             "<boolean> XML element content must be either '0' or '1' according to XML-RPC.  "
-            f"This one has '{text}'"
+            f"This one has '{_clip(text)}'"
         )
     return stripped == "1"
 
@@ -117,7 +146,9 @@ def _to_bool(text: str) -> bool:
 def _to_double(text: str) -> float:
     match = _DOUBLE_TEXT.match(text)
     if match is None:
-        raise _parse_fault(f"<double> element value '{text}' is not a valid floating point number")
+        raise _parse_fault(
+            f"<double> element value '{_clip(text)}' is not a valid floating point number"
+        )
     return float(match.group(1))
 
 
@@ -130,7 +161,7 @@ def _to_base64(text: str) -> bytes:
 
 def _to_datetime(text: str) -> DateTime:
     if _DATETIME_TEXT.match(text) is None:
-        raise _parse_fault(f"<dateTime.iso8601> value '{text}' is not a valid datetime")
+        raise _parse_fault(f"<dateTime.iso8601> value '{_clip(text)}' is not a valid datetime")
     return DateTime(text.strip(_WS))
 
 
@@ -355,8 +386,15 @@ def _new_parser() -> tuple[_CallBuilder, Any]:
 def _feed(parser: Any, data: bytes, final: bool) -> None:
     try:
         parser.Parse(data, final)
+    except Fault:
+        raise
     except expat.ExpatError as error:
         raise _parse_fault(f"Call is not valid XML.  {error}") from None
+    except LookupError as error:  # an encoding declaration Python does not know
+        raise _parse_fault(f"Call is not valid XML.  {_clip(str(error), 80)}") from None
+    except Exception as error:  # whatever else a document can provoke is its fault
+        _log.info("XML-RPC call refused by the parser: %r", error)
+        raise _parse_fault(f"Call is not valid XML.  {type(error).__name__}") from None
 
 
 def _parse_full(data: bytes) -> tuple[str, list[Any]]:
@@ -423,6 +461,15 @@ def _encode(document: str) -> bytes:
     return data
 
 
+class _Serialized:
+    """A value already written as XML-RPC (a system.multicall's array of answers)."""
+
+    __slots__ = ("xml",)
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
+
+
 def _dump(value: Any, out: list[str]) -> None:
     kind = type(value)
     if kind is str:
@@ -463,6 +510,8 @@ def _dump(value: Any, out: list[str]) -> None:
         out.append(f"<value><dateTime.iso8601>{_escape(value.value)}</dateTime.iso8601></value>")
     elif isinstance(value, datetime.datetime):
         out.append(f"<value><dateTime.iso8601>{value:%Y%m%dT%H:%M:%S}</dateTime.iso8601></value>")
+    elif kind is _Serialized:
+        out.append(value.xml)
     # Subclasses (enums, named tuples, ...) are written as their base type.
     elif isinstance(value, int):
         _dump(int(value), out)
@@ -541,7 +590,8 @@ class _Method:
 class MethodRegistry:
     """Named methods with xmlrpc-c signatures, plus the standard ``system.*`` methods."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: CallLimits = CallLimits()) -> None:  # noqa: B008 - frozen
+        self.limits = limits
         self._methods: dict[str, _Method] = {}
         self.register(
             "system.listMethods",
@@ -623,7 +673,7 @@ class MethodRegistry:
         return method.handler(*params)
 
     def handle(self, body: bytes, context: CallContext = LOCAL) -> bytes | Deferred[bytes]:
-        """Answer one XML-RPC request document (the HTTP handler)."""
+        """Answer one XML-RPC request document (the HTTP handler): always a methodResponse."""
         if len(body) > _INLINE_PARSE:
             parsed = _parse_incremental(body)
             return parsed.addCallback(lambda call: self._invoke(*call, context)).addErrback(
@@ -633,6 +683,9 @@ class MethodRegistry:
             name, params = parse_call(body)
         except Fault as fault:
             return dump_fault(fault)
+        except Exception:  # a parser bug must still not reach the client as HTTP 500
+            _log.exception("XML-RPC request could not be parsed")
+            return dump_fault(_parse_fault("Call could not be parsed"))
         return self._invoke(name, params, context)
 
     def _invoke(
@@ -646,8 +699,24 @@ class MethodRegistry:
             _log.exception("XML-RPC method %s failed", name)
             return dump_fault(Fault(INTERNAL_ERROR, _INTERNAL))
         if isinstance(result, Deferred):
-            return result.addCallbacks(_respond, _respond_failure)
-        return _respond(result)
+            return result.addCallbacks(self._respond, _respond_failure)
+        return self._respond(result)
+
+    def _respond(self, value: Any) -> bytes:
+        try:
+            reply = dump_response(value)
+        except Exception:
+            _log.exception("XML-RPC method returned a value that cannot be sent")
+            return dump_fault(Fault(INTERNAL_ERROR, _INTERNAL))
+        if len(reply) > self.limits.reply_bytes:
+            return dump_fault(self._too_large())
+        return reply
+
+    def _too_large(self) -> Fault:
+        return Fault(
+            LIMIT_EXCEEDED_ERROR,
+            f"The answer would exceed {self.limits.reply_bytes} bytes; ask for less at once",
+        )
 
     # -- system.* ---------------------------------------------------------------------
 
@@ -663,33 +732,78 @@ class MethodRegistry:
     def _method_help(self, name: str) -> str:
         return self._lookup(name).help
 
-    def _multicall(
-        self, context: CallContext, calls: list[Any]
-    ) -> list[Any] | Deferred[list[Any]]:
-        if len(calls) > MULTICALL_LIMIT:
-            raise Fault(
-                LIMIT_EXCEEDED_ERROR, f"system.multicall is limited to {MULTICALL_LIMIT} calls"
-            )
-        results: list[Any] = []
-        waiting = False
-        for entry in calls:
+    def _multicall(self, context: CallContext, calls: list[Any]) -> Deferred[_Serialized]:
+        limit = self.limits.multicall_calls
+        if len(calls) > limit:
+            raise Fault(LIMIT_EXCEEDED_ERROR, f"system.multicall is limited to {limit} calls")
+        return _Multicall(self, context, calls).run()
+
+
+class _Multicall:
+    """One system.multicall: its calls run in order, a slice of them per reactor turn.
+
+    Each answer is serialised as soon as it is known, so only the XML is kept, and the
+    run stops as soon as the answers exceed the registry's reply cap.
+    """
+
+    def __init__(self, registry: MethodRegistry, context: CallContext, calls: list[Any]) -> None:
+        self.registry = registry
+        self.context = context
+        self.calls = calls
+        self.parts: list[str] = [""] * len(calls)
+        self.size = 0
+        self.too_large = False
+        self.waiting: list[Deferred[None]] = []
+
+    def run(self) -> Deferred[_Serialized]:
+        ran = task.coiterate(self._steps())
+        ran.addCallback(lambda _: DeferredList(self.waiting))
+        return ran.addCallback(self._finish)
+
+    def _steps(self) -> Iterator[None]:
+        for index, entry in enumerate(self.calls):
+            if self.too_large:
+                return
             try:
-                result = self.call(*_multicall_entry(entry), context)
+                result = self.registry.call(*_multicall_entry(entry), self.context)
             except Fault as fault:
-                results.append(_fault_struct(fault))
-                continue
+                self._store(index, _fault_struct(fault))
             except Exception:
                 _log.exception("XML-RPC request failed (in system.multicall)")
-                results.append(_fault_struct(Fault(INTERNAL_ERROR, _INTERNAL)))
-                continue
-            if isinstance(result, Deferred):
-                waiting = True
-                results.append(result.addCallbacks(lambda value: [value], _failure_struct))
+                self._store(index, _fault_struct(Fault(INTERNAL_ERROR, _INTERNAL)))
             else:
-                results.append([result])
-        if not waiting:
-            return results
-        return gatherResults([r if isinstance(r, Deferred) else succeed(r) for r in results])
+                if isinstance(result, Deferred):
+                    result.addCallbacks(lambda value: [value], _failure_struct)
+                    self.waiting.append(result.addCallback(self._store_later, index))
+                else:
+                    self._store(index, [result])
+            yield None
+
+    def _store_later(self, answer: Any, index: int) -> None:
+        self._store(index, answer)
+
+    def _store(self, index: int, answer: Any) -> None:
+        if self.too_large:
+            return
+        out: list[str] = []
+        try:
+            _dump(answer, out)
+        except Exception:
+            _log.exception("XML-RPC method returned a value that cannot be sent")
+            out = []
+            _dump(_fault_struct(Fault(INTERNAL_ERROR, _INTERNAL)), out)
+        text = "".join(out)
+        self.size += len(text)  # characters: a lower bound of the bytes, checked again at the end
+        if self.size > self.registry.limits.reply_bytes:
+            self.too_large = True
+            self.parts = []
+        else:
+            self.parts[index] = text
+
+    def _finish(self, _: object) -> _Serialized:
+        if self.too_large:
+            raise self.registry._too_large()
+        return _Serialized("<value><array><data>" + "".join(self.parts) + "</data></array></value>")
 
 
 def _multicall_entry(entry: Any) -> tuple[str, list[Any]]:
@@ -721,14 +835,6 @@ def _failure_struct(failure: Failure) -> dict[str, Any]:
     return _fault_struct(Fault(INTERNAL_ERROR, _INTERNAL))
 
 
-def _respond(value: Any) -> bytes:
-    try:
-        return dump_response(value)
-    except Exception:
-        _log.exception("XML-RPC method returned a value that cannot be sent")
-        return dump_fault(Fault(INTERNAL_ERROR, _INTERNAL))
-
-
 def _respond_failure(failure: Failure) -> bytes:
     if failure.check(Fault):
         return dump_fault(failure.value)  # type: ignore[arg-type]
@@ -741,6 +847,7 @@ def make_factory(
     reactor: IReactorTime | None = None,
     path: bytes = b"/RPC2",
     access_log: Callable[[str], None] | None = None,
+    limits: Limits = Limits(),  # noqa: B008 - frozen, shared safely
 ) -> HTTPServerFactory:
     """The server factory to ``listenTCP``: ``registry`` over HTTP POST on ``path``."""
-    return HTTPServerFactory(registry.handle, path, reactor, access_log=access_log)
+    return HTTPServerFactory(registry.handle, path, reactor, access_log=access_log, limits=limits)
