@@ -7,12 +7,14 @@ With ``ONE_LOCATION`` set everything lives under it (``var/one.db``, ``var/oned.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from nebula_xr.drivers.base import INFORMATION, TRANSFER, VIRTUAL_MACHINE
 from nebula_xr.scheduling import SchedulerConfig
 from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.transport.http import Limits
+from nebula_xr.transport.xmlrpc import CallLimits
 from nebula_xr.vnet import parse_mac_prefix
 
 #: 1.2 driver executables, accepted as names of the shipped plugins so that an
@@ -69,6 +71,14 @@ class DriverEntry:
 
 
 @dataclass(frozen=True)
+class TLSFiles:
+    """``TLS = [ cert = ..., key = ... ]``: PEM files, relative ones to the etc directory."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class Config:
     layout: Layout
     host_monitoring_interval: int = 300
@@ -76,7 +86,13 @@ class Config:
     manager_timer: float = 30.0
     vm_dir: str = ""
     port: int = 2633
-    listen_address: str = "0.0.0.0"
+    listen_address: str = "127.0.0.1"
+    #: Serve XML-RPC over TLS (https) with these files; plain http without.
+    tls: TLSFiles | None = None
+    #: Connections, deadlines and buffered bytes of the XML-RPC server (``LIMITS``).
+    limits: Limits = Limits()
+    #: What one call may cost (``LIMITS`` too).
+    call_limits: CallLimits = CallLimits()
     debug_level: int = 1
     network_size: int = 254
     mac_prefix: int = 1
@@ -146,6 +162,51 @@ def _scheduler(template: Template) -> SchedulerConfig | None:
     return SchedulerConfig(plugin=plugin, interval=interval, options=dict(vector))
 
 
+def _tls(template: Template, layout: Layout) -> TLSFiles | None:
+    if template.get_string("TLS") is not None:
+        raise ConfigError('TLS must be a vector: TLS = [ cert = "...", key = "..." ]')
+    vector = template.get_vector("TLS")
+    if vector is None:
+        return None
+    cert, key = vector.get("CERT"), vector.get("KEY")
+    if not cert or not key:
+        raise ConfigError("TLS needs both cert and key (PEM files)")
+    return TLSFiles(layout.etc_dir / cert, layout.etc_dir / key)
+
+
+#: LIMITS keys: the field each sets, and whether it takes seconds (else a count or bytes).
+_LIMIT_KEYS = {
+    "CONNECTIONS": ("connections", False),
+    "CONNECTIONS_PER_ADDRESS": ("connections_per_address", False),
+    "HEAD_TIMEOUT": ("head_timeout", True),
+    "BODY_TIMEOUT": ("body_timeout", True),
+    "IDLE_TIMEOUT": ("idle_timeout", True),
+    "BODY_BUFFER": ("buffer_bytes", False),
+    "MULTICALL_CALLS": ("multicall_calls", False),
+    "REPLY_BYTES": ("reply_bytes", False),
+}
+
+
+def _limits(template: Template) -> tuple[Limits, CallLimits]:
+    vector = template.get_vector("LIMITS") or {}
+    unknown = sorted(set(vector) - set(_LIMIT_KEYS))
+    if unknown:
+        raise ConfigError(f"LIMITS has unknown keys {unknown}; known: {sorted(_LIMIT_KEYS)}")
+    http: dict[str, float] = {}
+    calls: dict[str, float] = {}
+    call_fields = {f.name for f in fields(CallLimits)}
+    for key, text in vector.items():
+        name, seconds = _LIMIT_KEYS[key]
+        if seconds:
+            value: float = _float(text, f"LIMITS {key.lower()}", 0.0)
+        else:
+            if not text.isdigit() or int(text) < 1:
+                raise ConfigError(f"LIMITS {key.lower()} must be a positive integer, not {text!r}")
+            value = int(text)
+        (calls if name in call_fields else http)[name] = value
+    return replace(Limits(), **http), replace(CallLimits(), **calls)
+
+
 def parse_config(text: str, layout: Layout) -> Config:
     """Build the configuration from oned.conf text (1.2 template syntax)."""
     if not text.endswith("\n"):
@@ -170,6 +231,7 @@ def parse_config(text: str, layout: Layout) -> Config:
     port = _int(template, "PORT", 2633)
     if not 0 <= port <= 65535:
         raise ConfigError(f"PORT must be a TCP port, not {port}")
+    limits, call_limits = _limits(template)
     journal = (template.get_string("DB_JOURNAL") or "wal").lower()
     if journal not in ("wal", "delete"):
         raise ConfigError(f"DB_JOURNAL must be wal or delete, not {journal!r}")
@@ -180,7 +242,10 @@ def parse_config(text: str, layout: Layout) -> Config:
         manager_timer=_float(template.get_string("MANAGER_TIMER"), "MANAGER_TIMER", 30.0),
         vm_dir=template.get_string("VM_DIR") or f"{layout.var_dir}/",
         port=port,
-        listen_address=template.get_string("LISTEN_ADDRESS") or "0.0.0.0",
+        listen_address=template.get_string("LISTEN_ADDRESS") or "127.0.0.1",
+        tls=_tls(template, layout),
+        limits=limits,
+        call_limits=call_limits,
         debug_level=debug_level,
         network_size=_int(template, "NETWORK_SIZE", 254),
         mac_prefix=parse_mac_prefix(template.get_string("MAC_PREFIX")),

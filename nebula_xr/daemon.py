@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import socket
 import sys
 from dataclasses import replace
@@ -45,6 +46,7 @@ from nebula_xr.request_manager import RequestManager
 from nebula_xr.scheduling import Scheduler
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.transfer_manager import TransferManager
+from nebula_xr.transport.tls import TLSSetupError, server_options
 from nebula_xr.transport.xmlrpc import MethodRegistry, make_factory
 from nebula_xr.users import UserPool
 from nebula_xr.views import DaemonSchedulerContext, host_view, vm_view
@@ -56,24 +58,39 @@ class StartupError(Exception):
 
 
 class _ListenerService(Service):
-    """The XML-RPC listener; ``port`` is the bound port once started (PORT = 0 works)."""
+    """The XML-RPC listener; ``port`` is the bound port once started (PORT = 0 works).
 
-    def __init__(self, reactor: Any, port: int, interface: str, factory: Any) -> None:
+    With ``tls`` (a context factory) it serves https through Twisted's TLS.
+    """
+
+    def __init__(
+        self, reactor: Any, port: int, interface: str, factory: Any, tls: Any = None
+    ) -> None:
         self.reactor = reactor
         self.requested_port = port
         self.interface = interface
         self.factory = factory
+        self.tls = tls
         self.listening: Any = None
 
     @property
     def port(self) -> int:
         return self.listening.getHost().port
 
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
     def startService(self) -> None:
         super().startService()
-        self.listening = self.reactor.listenTCP(
-            self.requested_port, self.factory, interface=self.interface
-        )
+        if self.tls is None:
+            self.listening = self.reactor.listenTCP(
+                self.requested_port, self.factory, interface=self.interface
+            )
+        else:
+            self.listening = self.reactor.listenSSL(
+                self.requested_port, self.factory, self.tls, interface=self.interface
+            )
 
     def stopService(self) -> Deferred | None:
         super().stopService()
@@ -216,7 +233,7 @@ class Daemon(MultiService):
             on_host_added=self.im.host_added,
         )
 
-        self.registry = MethodRegistry()
+        self.registry = MethodRegistry(config.call_limits)
         self.rm.register(self.registry)
         self.rm14.register(self.registry)
 
@@ -233,8 +250,18 @@ class Daemon(MultiService):
                 raise StartupError(str(error)) from error
             services.append(_SchedulerService(scheduler))
         access_log = lambda line: log.debug("ReM", line)  # noqa: E731
-        factory = make_factory(self.registry, reactor=self.reactor, access_log=access_log)
-        self.listener = _ListenerService(self.reactor, config.port, config.listen_address, factory)
+        factory = make_factory(
+            self.registry, reactor=self.reactor, access_log=access_log, limits=config.limits
+        )
+        tls = None
+        if config.tls is not None:
+            try:
+                tls = server_options(config.tls.cert, config.tls.key)
+            except TLSSetupError as error:
+                raise StartupError(str(error)) from error
+        self.listener = _ListenerService(
+            self.reactor, config.port, config.listen_address, factory, tls
+        )
         services.append(self.listener)
         for service in services:
             service.setServiceParent(self)
@@ -398,13 +425,37 @@ def main(conf_path: Path | None, list_plugins: bool) -> None:
         lock.release()
 
 
+def _raise_file_limit(wanted: int) -> str | None:
+    """Raise the soft RLIMIT_NOFILE to the hard one, so that the connection limits, not
+    running out of descriptors, decide who is served; a warning if still below ``wanted``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        return (
+            f"Open file limit {soft} is below LIMITS connections ({wanted}) plus what the "
+            "daemon needs: connections may be refused early"
+        )
+    return None
+
+
 def _run(config: Config, plugins: PluginManager) -> None:
     from twisted.internet import reactor
 
+    # Drivers, one.db and logs need descriptors besides the client connections.
+    file_warning = _raise_file_limit(config.limits.connections + 256)
     try:
         daemon = Daemon(config, plugins, reactor=reactor)
     except StartupError as error:
         raise click.ClickException(str(error)) from error
+    if file_warning:
+        click.echo(f"Warning: {file_warning}", err=True)
+        daemon.log.error("ONE", file_warning)
 
     def started() -> None:
         try:
@@ -414,7 +465,8 @@ def _run(config: Config, plugins: PluginManager) -> None:
             reactor.stop()
             return
         address = f"{config.listen_address}:{daemon.port}"
-        click.echo(f"nebula-xr {__version__}: XML-RPC on http://{address}/RPC2", err=True)
+        url = f"{daemon.listener.scheme}://{address}/RPC2"
+        click.echo(f"nebula-xr {__version__}: XML-RPC on {url}", err=True)
         daemon.log.info("ONE", f"nebula-xr started, XML-RPC on {address}/RPC2")
 
     reactor.callWhenRunning(started)

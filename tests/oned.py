@@ -83,7 +83,7 @@ class OneDaemon:
             if not line:
                 break
             lines.append(line)
-            match = re.search(r"XML-RPC on (http://\S+/RPC2)", line)
+            match = re.search(r"XML-RPC on (https?://\S+/RPC2)", line)
             if match:
                 self.url = match.group(1)
                 return self

@@ -48,8 +48,9 @@ class Response:
 class Client:
     """A blocking HTTP client that sends raw bytes and parses answers strictly."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(address, timeout=5)
+    def __init__(self, address: tuple[str, int], source: str | None = None) -> None:
+        source_address = None if source is None else (source, 0)
+        self.sock = socket.create_connection(address, timeout=5, source_address=source_address)
         self.buf = b""
 
     def send(self, data: bytes) -> None:

@@ -108,6 +108,7 @@ _REASONS = {
     505: b"HTTP Version Not Supported",
 }
 
+_REFUSAL_LOG_INTERVAL = 10.0  # seconds
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _KEEP_ALIVE_11 = b""
 _KEEP_ALIVE_10 = b"Connection: keep-alive\r\n"
@@ -187,10 +188,11 @@ class HTTPChannel(Protocol):
         # and how many heads were read, to tell a new head from more of the same.
         self._phase_started: float | None = None
         self._heads = 0
-        # Body bytes buffered for the request being read, the part of them charged to
-        # the factory's shared budget, and whether we wait for that budget.
+        # Body bytes buffered for the request being read; the bytes of the factory's
+        # shared budget granted to it, and those it waits for (reading paused).
         self._held = 0
         self._charged = 0
+        self._asking = 0
         self._budget_wait = False
         self._registered = False
 
@@ -215,7 +217,7 @@ class HTTPChannel(Protocol):
         charged = self._charged + sum(pending.charged for pending in self._queue)
         for pending in self._queue:
             pending.charged = 0
-        self._charged = self._held = 0
+        self._charged = self._held = self._asking = 0
         factory.release(charged)
         self._queue.clear()
         self._buf = b""
@@ -303,18 +305,44 @@ class HTTPChannel(Protocol):
             or len(self._queue) >= self.factory.limits.pipeline
         )
 
-    def budget_available(self) -> None:
-        """The shared body budget has room again (called by the factory)."""
+    def budget_wanted(self) -> int:
+        """Bytes of the shared budget this connection waits for (0: no longer)."""
+        return 0 if self._gone else self._asking
+
+    def budget_granted(self) -> None:
+        """The factory granted what we asked for: read on."""
+        self._charged += self._asking
+        self._asking = 0
         self._budget_wait = False
         self._resume()
 
     def _hold(self, size: int) -> None:
-        """Account for ``size`` more buffered body bytes; wait if the budget is spent."""
+        """Account for ``size`` more buffered body bytes."""
         self._held += size
-        over = self._held - self.factory.limits.body_allowance
-        if over > self._charged:
-            self._budget_wait = not self.factory.charge(self, over - self._charged)
-            self._charged = over
+        self._reserve(self._held - self.factory.limits.body_allowance)
+
+    def _reserve(self, total: int) -> None:
+        """Have ``total`` bytes of the shared budget; stop reading until they are granted.
+
+        A body of known length reserves all it needs beyond the allowance before any
+        of it is read, so that bodies admitted can always complete: none waits for
+        bytes that another waiting body holds.
+        """
+        need = total - self._charged - self._asking
+        if need <= 0:
+            return
+        if self.factory.charge(self, need):
+            self._charged += need
+        else:
+            self._asking += need
+            self._budget_wait = True
+
+    def _drop_budget(self) -> int:
+        """Forget the request's claim on the budget; the granted bytes to give back."""
+        charged = self._charged
+        self._charged = self._held = self._asking = 0
+        self._budget_wait = False
+        return charged
 
     def _update_reading(self) -> None:
         pause = self._blocked() and self._state != _CLOSING
@@ -585,6 +613,7 @@ class HTTPChannel(Protocol):
         elif size:
             self._remaining = size
             self._state = _BODY
+            self._reserve(size - limits.body_allowance)
         else:
             self._complete(b"")
 
@@ -606,7 +635,7 @@ class HTTPChannel(Protocol):
     def _complete(self, body: bytes) -> None:
         conn = self._conn
         self._state = _CLOSING if conn is _CLOSE else _HEAD
-        charged, self._charged, self._held = self._charged, 0, 0
+        charged = self._drop_budget()
         try:
             result = self.factory.handler(body, self._context)
         except Exception:
@@ -681,8 +710,7 @@ class HTTPChannel(Protocol):
         self._state = _CLOSING
         self._buf = b""
         self._body = []
-        charged, self._charged, self._held = self._charged, 0, 0
-        self.factory.release(charged)
+        self.factory.release(self._drop_budget())
         self._emit(self._error(status, message, _CLOSE))
 
     def _ok(self, body: bytes, conn: bytes, line: str) -> bytes:
@@ -772,6 +800,8 @@ class HTTPServerFactory(ServerFactory):
         #: Bytes of the shared body budget in use, and who waits for some.
         self.buffered = 0
         self._budget_waiters: deque[HTTPChannel] = deque()
+        self._refused = 0
+        self._refusal_logged = float("-inf")
 
     # -- connection limits --------------------------------------------------------------
 
@@ -780,11 +810,9 @@ class HTTPServerFactory(ServerFactory):
         limits = self.limits
         same_peer = self.by_address.get(peer, set())
         if len(same_peer) >= limits.connections_per_address and not self._make_room(same_peer):
-            _log.warning("Refused a connection from %s: too many from that address", peer)
-            return self._refusal()
+            return self._refusal(f"too many from {peer}")
         if len(self.channels) >= limits.connections and not self._make_room(self.channels):
-            _log.warning("Refused a connection from %s: too many connections", peer)
-            return self._refusal()
+            return self._refusal("too many connections")
         channel = super().buildProtocol(addr)
         assert isinstance(channel, HTTPChannel)
         self.channels.add(channel)
@@ -803,11 +831,17 @@ class HTTPServerFactory(ServerFactory):
                 victim, oldest = channel, since
         if victim is None:
             return False
-        _log.info("Dropped a waiting connection from %s to make room", victim._peer)
+        _log.debug("Dropped a waiting connection from %s to make room", victim._peer)
         victim.drop()
         return True
 
-    def _refusal(self) -> Protocol:
+    def _refusal(self, why: str) -> Protocol:
+        # One line per interval, so that a flood does not become a flood of log lines.
+        self._refused += 1
+        now = self.clock.seconds()
+        if now - self._refusal_logged >= _REFUSAL_LOG_INTERVAL:
+            _log.warning("Refused %d connection(s), the last: %s", self._refused, why)
+            self._refused, self._refusal_logged = 0, now
         body = b"Too many connections, try again later\n"
         answer = b"HTTP/1.1 503 %s\r\n%sRetry-After: 1\r\n%s%s" % (
             _REASONS[503],
@@ -831,24 +865,33 @@ class HTTPServerFactory(ServerFactory):
 
     # -- the shared budget of unfinished bodies -------------------------------------------
 
+    def _fits(self, size: int) -> bool:
+        # With nothing held, even a body larger than the whole budget may proceed.
+        return not self.buffered or self.buffered + size <= self.limits.buffer_bytes
+
     def charge(self, channel: HTTPChannel, size: int) -> bool:
-        """Take ``size`` bytes of the budget; False (and ``channel`` queued) if it is spent."""
-        self.buffered += size
-        if self.buffered <= self.limits.buffer_bytes:
+        """Grant ``size`` bytes of the budget now, or queue ``channel`` and say False.
+
+        Grants are first come, first served: none is made while others wait.
+        """
+        if not self._budget_waiters and self._fits(size):
+            self.buffered += size
             return True
         self._budget_waiters.append(channel)
         return False
 
     def release(self, size: int) -> None:
-        """Give ``size`` bytes back, and let waiting connections read again."""
-        if not size:
-            return
+        """Give ``size`` bytes back, and grant waiting connections what now fits."""
         self.buffered -= size
         waiters = self._budget_waiters
-        while waiters and self.buffered < self.limits.buffer_bytes:
+        while waiters:
+            wanted = waiters[0].budget_wanted()
+            if wanted and not self._fits(wanted):
+                break
             channel = waiters.popleft()
-            if not channel._gone:
-                channel.budget_available()
+            if wanted:
+                self.buffered += wanted
+                channel.budget_granted()
 
     def common_head(self) -> bytes:
         """``Server`` and ``Date`` fields; the date is formatted once per second."""
