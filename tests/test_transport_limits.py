@@ -137,7 +137,7 @@ async def test_a_head_trickling_in_is_cut_at_the_head_deadline() -> None:
         for second in range(3, 10, 3):  # activity does not extend a head's deadline
             clock.advance(3)
             await in_thread(client.send, b"X")
-            await wait_until(lambda: channel._buf.count(b"X") == second // 3)
+            await wait_until(lambda n=second // 3: channel._buf.count(b"X") == n)
         assert not await in_thread(client.closed, 0.1)
         clock.advance(2)
         answer = await in_thread(client.response)
@@ -175,12 +175,14 @@ async def test_a_body_trickling_in_is_cut_at_the_body_deadline() -> None:
     server = Server(echo, reactor=clock, limits=Limits(body_timeout=30, idle_timeout=60))
     try:
         client = await connect(server)
-        await in_thread(client.send, b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        await in_thread(
+            client.send, b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        )
         channel = await only_channel(server)
         clock.advance(9)  # the head took 9 s: within its deadline; the body's starts now
         for sent in range(1, 6):
             await in_thread(client.send, b"y" * 10)
-            await wait_until(lambda: channel._remaining == 100 - 10 * sent)
+            await wait_until(lambda n=sent: channel._remaining == 100 - 10 * n)
             clock.advance(5)
         assert not await in_thread(client.closed, 0.1)
         clock.advance(6)

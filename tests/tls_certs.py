@@ -17,7 +17,7 @@ def make_certificate(directory: Path, name: str = "server") -> tuple[Path, Path]
     trust stores) and is valid for the IP address 127.0.0.1 and the name localhost."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject)
