@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import random
 import resource
-import shutil
 import socket
 import ssl
 import statistics
@@ -208,10 +207,8 @@ def test_python_xmlrpc_client_over_https(tls_daemon: tuple[OneDaemon, Path]) -> 
     plain.close()
 
 
-@pytest.mark.skipif(
-    shutil.which("ruby") is None, reason="ruby and ruby-xmlrpc: tests/run installs them"
-)
 def test_ruby_xmlrpc_client_over_https(tls_daemon: tuple[OneDaemon, Path], tmp_path: Path) -> None:
+    """The Ruby client of the 1.2 CLI (ruby-xmlrpc; tests/cluster/install.sh installs it)."""
     one, cert = tls_daemon
     ok, vid = one_call_tls(one, cert, "one.vmallocate", SESSION, "NAME = from_ruby\nMEMORY = 64\n")
     assert ok
