@@ -166,6 +166,24 @@ def test_a_fresh_install_listens_on_loopback_only(tmp_path: Path) -> None:
         one.stop()
 
 
+def test_the_daemon_raises_its_open_file_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard > 512
+    write_conf(tmp_path)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # inherited by the daemon
+    try:
+        one = OneDaemon(tmp_path).start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert one.process is not None
+        limits = Path(f"/proc/{one.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)]
+    finally:
+        one.stop()
+
+
 # -- TLS ----------------------------------------------------------------------------------
 
 RUBY_CLIENT = """

@@ -7,6 +7,7 @@ sockets in threads. Deadlines run on ``task.Clock``.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -14,11 +15,13 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 
+from nebula_xr.config import ConfigError, Layout, TLSFiles, parse_config
 from nebula_xr.transport.http import CallContext, HTTPChannel, HTTPServerFactory, Limits
 from nebula_xr.transport.tls import TLSSetupError, server_options
 from nebula_xr.transport.xmlrpc import CallLimits, MethodRegistry, make_factory
@@ -368,3 +371,85 @@ async def test_multicall_calls_are_capped() -> None:
         assert answers == [[[True, 0]], [[True, 1]], [[True, 2]]]
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_connection_over_the_cap_reads_its_503(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    pending: list[Deferred[bytes]] = []
+
+    def handler(_body: bytes, _context: CallContext) -> Deferred[bytes]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    factory = HTTPServerFactory(handler, limits=Limits(connections=1))
+    port = reactor.listenSSL(0, factory, server_options(cert, key), interface="127.0.0.1")  # type: ignore[attr-defined]
+    address = ("127.0.0.1", port.getHost().port)
+    tls = ssl.create_default_context(cafile=str(cert))
+
+    def open_tls() -> ssl.SSLSocket:
+        raw = socket.create_connection(address, timeout=5)
+        return tls.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    def read_all(sock: ssl.SSLSocket) -> bytes:
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ssl.SSLError:
+            pass  # some peers end without close_notify; what came before counts
+        return data
+
+    try:
+        busy = await in_thread(open_tls)
+        await in_thread(busy.sendall, request(b"work"))
+        await wait_until(lambda: len(pending) == 1)
+        refused = await in_thread(open_tls)
+        answer = await in_thread(read_all, refused)
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert answer.endswith(b"Too many connections, try again later\n")
+        refused.close()
+        pending[0].callback(b"done")
+        assert (await in_thread(busy.recv, 65536)).endswith(b"done")
+        busy.close()
+    finally:
+        await port.stopListening()
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def test_oned_conf_sets_the_limits_tls_and_a_loopback_default(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "var", tmp_path / "etc", tmp_path / "var", tmp_path / "lock")
+    config = parse_config("PORT = 0\n", layout)
+    assert config.listen_address == "127.0.0.1"
+    assert config.tls is None
+    assert (config.limits, config.call_limits) == (Limits(), CallLimits())
+    config = parse_config(
+        'TLS = [ cert = "a.crt", key = "/keys/a.key" ]\n'
+        "LIMITS = [ connections = 10, connections_per_address = 2, head_timeout = 1.5,\n"
+        "  body_timeout = 3, idle_timeout = 4, body_buffer = 5000, multicall_calls = 7,\n"
+        "  reply_bytes = 9000 ]\n",
+        layout,
+    )
+    assert config.tls == TLSFiles(tmp_path / "etc" / "a.crt", Path("/keys/a.key"))
+    assert config.limits == Limits(
+        connections=10,
+        connections_per_address=2,
+        head_timeout=1.5,
+        body_timeout=3,
+        idle_timeout=4,
+        buffer_bytes=5000,
+    )
+    assert config.call_limits == CallLimits(multicall_calls=7, reply_bytes=9000)
+    refused = {
+        'TLS = "a.crt"\n': "TLS must be a vector",
+        'TLS = [ cert = "a.crt" ]\n': "TLS needs both cert and key",
+        "LIMITS = [ connection = 5 ]\n": "LIMITS has unknown keys ['CONNECTION']",
+        "LIMITS = [ connections = -5 ]\n": "LIMITS connections must be a positive integer",
+        "LIMITS = [ reply_bytes = 1e6 ]\n": "LIMITS reply_bytes must be a positive integer",
+        "LIMITS = [ head_timeout = 0 ]\n": "LIMITS head_timeout must be positive",
+    }
+    for text, message in refused.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config(text, layout)

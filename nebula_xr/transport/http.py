@@ -242,9 +242,11 @@ class HTTPChannel(Protocol):
         Such a connection (idle, sending a head, or closing) costs the peer nothing
         to hold, so it is the one dropped when a new connection needs room.
         """
+        if self._queue:
+            return None
         if self._closed or self._state == _CLOSING:
             return float("-inf")
-        if self._state != _HEAD or self._queue:
+        if self._state != _HEAD:
             return None
         return self._last if self._phase_started is None else self._phase_started
 
@@ -748,6 +750,9 @@ class _Refusal(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         transport.write(self._answer)
+        if ISSLTransport.providedBy(transport):
+            transport.loseConnection()  # after the handshake and the answer
+            return
         transport.loseWriteConnection()
         self._timer = self._clock.callLater(self._linger, transport.loseConnection)
 
