@@ -57,6 +57,9 @@ class StartupError(Exception):
     """The daemon cannot start; the message is for the user."""
 
 
+_BACKLOG = 1024
+
+
 class _ListenerService(Service):
     """The XML-RPC listener; ``port`` is the bound port once started (PORT = 0 works).
 
@@ -83,13 +86,15 @@ class _ListenerService(Service):
 
     def startService(self) -> None:
         super().startService()
+        # A deep accept queue: with Twisted's default of 50, a burst of connections
+        # (a flood the limits would sort out) makes clients wait for SYN retries.
         if self.tls is None:
             self.listening = self.reactor.listenTCP(
-                self.requested_port, self.factory, interface=self.interface
+                self.requested_port, self.factory, backlog=_BACKLOG, interface=self.interface
             )
         else:
             self.listening = self.reactor.listenSSL(
-                self.requested_port, self.factory, self.tls, interface=self.interface
+                self.requested_port, self.factory, self.tls, _BACKLOG, self.interface
             )
 
     def stopService(self) -> Deferred | None:

@@ -770,8 +770,9 @@ def test_a_flood_of_idle_and_slow_connections_does_not_lock_out_a_normal_client(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
-    # Default connection limits (1,024, 128 per address); short deadlines to see them act.
-    one = start_daemon(tmp_path, "LIMITS = [ head_timeout = 10, body_timeout = 15 ]")
+    # Default connection limits (1,024, 128 per address); deadlines long enough for the
+    # flood to be in place while the normal client is measured, short enough to see them act.
+    one = start_daemon(tmp_path, "LIMITS = [ head_timeout = 20, body_timeout = 25 ]")
     flood = SlowClients(address_of(one))
     try:
         assert one.call("one.vmallocate", "NAME = probe\nMEMORY = 64\n") == [True, 0]
