@@ -341,7 +341,7 @@ async def test_answers_past_the_reply_cap_are_a_fault() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_costly_multicall_never_holds_the_reactor_for_long() -> None:
-    """1,000 answers of 1 MB: refused at the 32 MiB cap, the reactor turning all along."""
+    """1,000 answers of 1 MB: refused at the 64 MiB cap, the reactor turning all along."""
     port = await serve(big_registry(CallLimits()))
     ticks: list[float] = []
     ticker = task.LoopingCall(lambda: ticks.append(time.monotonic()))

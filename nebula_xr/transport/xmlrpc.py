@@ -77,7 +77,8 @@ class CallLimits:
     """What one request may cost."""
 
     multicall_calls: int = 1000  # calls in one system.multicall
-    reply_bytes: int = 32 * 1024 * 1024  # the serialised answer (the size of the body cap)
+    # The serialised answer: room for a pool listing or a VM with a template near the body cap.
+    reply_bytes: int = 64 * 1024 * 1024
 
 
 #: The default number of calls in one system.multicall.
