@@ -430,9 +430,14 @@ def main(conf_path: Path | None, list_plugins: bool) -> None:
         lock.release()
 
 
-def _raise_file_limit(wanted: int) -> str | None:
+#: Descriptors the daemon needs besides its clients' connections (one.db, logs, drivers).
+_FILE_RESERVE = 256
+
+
+def _raise_file_limit(connections: int) -> str | None:
     """Raise the soft RLIMIT_NOFILE to the hard one, so that the connection limits, not
-    running out of descriptors, decide who is served; a warning if still below ``wanted``."""
+    running out of descriptors, decide who is served; a warning if it is still too low."""
+    wanted = connections + _FILE_RESERVE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -443,8 +448,8 @@ def _raise_file_limit(wanted: int) -> str | None:
             pass
     if soft != resource.RLIM_INFINITY and soft < wanted:
         return (
-            f"Open file limit {soft} is below LIMITS connections ({wanted}) plus what the "
-            "daemon needs: connections may be refused early"
+            f"Open file limit {soft} is below LIMITS connections ({connections}) plus "
+            f"{_FILE_RESERVE} for the daemon itself: connections may fail before the limit"
         )
     return None
 
@@ -452,8 +457,7 @@ def _raise_file_limit(wanted: int) -> str | None:
 def _run(config: Config, plugins: PluginManager) -> None:
     from twisted.internet import reactor
 
-    # Drivers, one.db and logs need descriptors besides the client connections.
-    file_warning = _raise_file_limit(config.limits.connections + 256)
+    file_warning = _raise_file_limit(config.limits.connections)
     try:
         daemon = Daemon(config, plugins, reactor=reactor)
     except StartupError as error:
