@@ -759,7 +759,8 @@ class SlowClients:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join()
+        if self.thread.is_alive():
+            self.thread.join()
         for sock in self.sockets:
             sock.close()
 
