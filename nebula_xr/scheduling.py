@@ -109,6 +109,10 @@ class SchedulerContext(Protocol):
     def action(self, action: str, vid: int) -> RequestResult:
         """``one.vmaction``: shutdown, hold, release, stop, cancel, suspend, resume, finalize."""
 
+    def reject(self, vid: int, reason: str) -> RequestResult:
+        """Refuse a PENDING or HOLD VM the scheduler will never run (a malformed or
+        impossible request): ``reason`` goes to the VM's log and the VM to FAILED."""
+
 
 class Scheduler:
     """Base class of scheduler plugins: ``start`` and ``stop`` bracket its life."""
