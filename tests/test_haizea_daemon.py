@@ -1,0 +1,114 @@
+"""The Haizea plugin pip-installed into the real daemon, time scaled down to seconds.
+
+Dummy drivers with a DELAY stand in for hosts; everything is observed through the 1.2
+API (``one.vmget_info`` from loopback) and the daemon's own files.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.oned import OneDaemon, wait_for, write_conf
+from tests.test_tutorial import add_hosts, history
+
+ACTIVE, SUSPENDED, DONE, FAILED = 3, 5, 6, 7
+RUNNING = 3
+
+SCHEDULER = (
+    'SCHEDULER = [ plugin = "haizea", suspend_rate = 256, resume_rate = 256, '
+    "shutdown_time = 2, group_window = 0.2 ]"
+)
+
+
+def _daemon(tmp_path: Path) -> OneDaemon:
+    write_conf(tmp_path, scheduler=SCHEDULER, vmm_extra=", DELAY = 0.2")
+    return OneDaemon(tmp_path).start()
+
+
+def _vm(name: str, haizea: str) -> str:
+    # CPU = 2 is the whole of a dummy host (TOTALCPU = 200): one lease per host.
+    return f"NAME = {name}\nCPU = 2\nMEMORY = 256\nHAIZEA = [ {haizea} ]\n"
+
+
+class Timeline:
+    """Every state change of some VMs with the time it was seen, polling the API."""
+
+    def __init__(self, one: OneDaemon, vids: list[int]) -> None:
+        self.one, self.vids = one, vids
+        self.changes: list[tuple[float, int, tuple[int, int]]] = []
+        self._last: dict[int, tuple[int, int]] = {}
+
+    def wait(self, vid: int, state: tuple[int, int], after: float, timeout: float = 10) -> float:
+        """When ``vid`` entered ``state`` after ``after`` (waiting for it if need be)."""
+        deadline = time.time() + timeout
+        while True:
+            for at, each, seen in self.changes:
+                if each == vid and seen == state and at > after:
+                    return at
+            assert time.time() < deadline, f"VM {vid} never {state}: {self.changes}"
+            for each in self.vids:
+                current = self.one.vm_state(each)
+                if self._last.get(each) != current:
+                    self._last[each] = current
+                    self.changes.append((time.time(), each, current))
+            time.sleep(0.02)
+
+
+def test_an_advance_reservation_suspends_a_best_effort_vm_and_it_resumes(tmp_path) -> None:
+    one = _daemon(tmp_path)
+    try:
+        add_hosts(one, "node01")
+        ok, batch = one.call(
+            "one.vmallocate",
+            _vm("batch", 'START = best_effort, DURATION = "00:00:12", PREEMPTIBLE = yes'),
+        )
+        assert ok
+        timeline = Timeline(one, [batch])
+        started = timeline.wait(batch, (ACTIVE, RUNNING), 0)
+
+        ok, reserved = one.call(
+            "one.vmallocate",
+            _vm("reserved", 'START = "+00:00:04", DURATION = "00:00:03", PREEMPTIBLE = no'),
+        )
+        assert ok
+        stime = one.vm_row(reserved)[6]
+        ar_start, ar_end = stime + 4, stime + 7
+        timeline.vids.append(reserved)
+
+        suspended = timeline.wait(batch, (SUSPENDED, 0), started)
+        assert suspended < ar_start
+        ar_running = timeline.wait(reserved, (ACTIVE, RUNNING), 0)
+        assert ar_start <= ar_running < ar_start + 1
+        ar_done = timeline.wait(reserved, (DONE, 0), ar_running)
+        assert ar_end <= ar_done < ar_end + 1
+        resumed = timeline.wait(batch, (ACTIVE, RUNNING), suspended)
+        assert ar_done - 0.1 <= resumed < ar_done + 1.5
+        finished = timeline.wait(batch, (DONE, 0), resumed, timeout=20)
+        # 12 s of work: what ran before the suspension plus what ran after the resume.
+        worked = (suspended - started) + (finished - resumed)
+        assert 11 <= worked <= 14, timeline.changes
+
+        # The daemon's history: suspended (STOP_RESUME) before the reservation ran on the
+        # host, resumed on the same host once it was over.
+        (reservation,) = history(one, reserved)
+        first, second = history(one, batch)
+        assert (first["host_name"], second["host_name"]) == ("node01", "node01")
+        assert (first["reason"], second["reason"]) == (2, 0)
+        assert first["retime"] <= reservation["rstime"] == ar_start
+        assert reservation["etime"] <= second["rstime"]
+    finally:
+        assert one.stop() == 0
+
+
+def test_a_bad_haizea_vector_fails_the_vm_with_the_reason_in_its_log(tmp_path) -> None:
+    one = _daemon(tmp_path)
+    try:
+        ok, vid = one.call("one.vmallocate", _vm("bad", "START = tomorrow"))
+        assert ok
+        wait_for(lambda: one.vm_state(vid) == (FAILED, 0), what="the VM FAILED")
+        log = (tmp_path / "var" / str(vid) / "vm.log").read_text()
+        assert "Lease request refused: HAIZEA lacks DURATION, PREEMPTIBLE" in log
+        assert history(one, vid) == []
+    finally:
+        assert one.stop() == 0
