@@ -6,6 +6,10 @@ API (``one.vmget_info`` from loopback) and the daemon's own files.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -112,3 +116,29 @@ def test_a_bad_haizea_vector_fails_the_vm_with_the_reason_in_its_log(tmp_path) -
         assert history(one, vid) == []
     finally:
         assert one.stop() == 0
+
+
+def test_naming_haizea_without_its_package_is_a_clear_startup_error(tmp_path) -> None:
+    """The same Python and packages, minus nebula-xr-haizea (a site dir without it)."""
+    site_dir = tmp_path / "site-packages"
+    site_dir.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if "haizea" not in entry.name.lower():
+            (site_dir / entry.name).symlink_to(entry)
+    conf = write_conf(tmp_path, scheduler='SCHEDULER = [ plugin = "haizea" ]')
+    start = (
+        f"import site, sys; site.addsitedir({str(site_dir)!r}); "
+        f"sys.argv = ['nebula-xr', '--conf', {str(conf)!r}]; "
+        "from nebula_xr.daemon import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", start],
+        env=dict(os.environ, ONE_LOCATION=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "No plugin named 'haizea' for the scheduler; installed plugins: " in result.stderr
+    assert "im_dummy" in result.stderr and "sched_rank" in result.stderr
+    assert "Traceback" not in result.stderr
