@@ -75,6 +75,9 @@ class VMView:
     #: Capacity the VM reserves on its host: CPU percent, memory KB.
     cpu_demand: int
     memory_demand: int
+    #: When it was placed on its current host (the current history record's start),
+    #: 0 if never placed: what a lease scheduler rebuilds its plan from after a restart.
+    placed: int = 0
 
 
 @dataclass(frozen=True)

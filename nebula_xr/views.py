@@ -27,6 +27,7 @@ def vm_view(vm: VirtualMachine) -> VMView:
         host_name=current.host_name if current is not None else None,
         cpu_demand=cpu,
         memory_demand=memory,
+        placed=current.stime if current is not None else 0,
     )
 
 

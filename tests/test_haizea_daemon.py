@@ -142,3 +142,28 @@ def test_naming_haizea_without_its_package_is_a_clear_startup_error(tmp_path) ->
     assert "No plugin named 'haizea' for the scheduler; installed plugins: " in result.stderr
     assert "im_dummy" in result.stderr and "sched_rank" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_after_a_restart_running_leases_still_end_on_time_and_queued_ones_start(
+    tmp_path,
+) -> None:
+    one = _daemon(tmp_path)
+    try:
+        add_hosts(one, "node01")
+        lease = 'START = best_effort, DURATION = "00:00:06", PREEMPTIBLE = no'
+        ok, first = one.call("one.vmallocate", _vm("first", lease))
+        assert ok
+        wait_for(lambda: one.vm_state(first) == (ACTIVE, RUNNING), what="first VM running")
+        ok, second = one.call("one.vmallocate", _vm("second", lease))
+        assert ok
+        assert one.stop() == 0
+        one.start()
+        wait_for(lambda: one.vm_state(first) == (DONE, 0), timeout=15, what="first VM done")
+        ended = time.time()
+        (placement,) = history(one, first)
+        # It ended when its lease did, counted from its placement before the restart.
+        assert placement["rstime"] + 6 <= ended < placement["rstime"] + 6 + 2.5
+        wait_for(lambda: one.vm_state(second) == (ACTIVE, RUNNING), what="second VM running")
+        assert history(one, second)[0]["rstime"] >= placement["etime"]
+    finally:
+        one.stop()

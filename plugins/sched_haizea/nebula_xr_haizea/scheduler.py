@@ -115,9 +115,38 @@ class HaizeaScheduler(Scheduler):
             node = node_of(host)
             if node is not None:
                 self.nodes[node.hid] = node
-        for vm in self.context.vms((VMState.PENDING,)):
-            self.vm_submitted(vm)
+        self.recover(self.context.vms())
         self.replan()
+
+    def recover(self, vms: list[VMView]) -> None:
+        """Rebuild the leases of a daemon that restarted from what its VMs say.
+
+        PENDING VMs are requests again; running and suspended VMs are leases on their
+        hosts since their placement, grouped by GROUP (work done before an earlier
+        suspension is not recorded, so such a lease runs its full duration again).
+        """
+        placed: dict[tuple[str | int, int], tuple[LeaseRequest, list[VMView]]] = {}
+        for vm in vms:
+            if vm.state == VMState.PENDING:
+                self.vm_submitted(vm)
+            elif vm.state in (VMState.ACTIVE, VMState.SUSPENDED) and vm.hid is not None:
+                try:
+                    request = parse_lease_request(vm.template, float(vm.stime))
+                except LeaseRequestError as error:
+                    self.context.log(f"haizea: VM {vm.vid} runs outside any lease: {error}")
+                    continue
+                key = (request.group or vm.vid, vm.state)
+                placed.setdefault(key, (request, []))[1].append(vm)
+        for (_key, state), (request, group) in placed.items():
+            lease = self._lease(group, request)
+            hosts = tuple(vm.hid for vm in group if vm.hid is not None)
+            if state == VMState.SUSPENDED:
+                lease = replace(lease, hosts=hosts)
+                self._add(lease, [vm.vid for vm in group], LeaseState.SUSPENDED)
+            else:
+                since = float(min(vm.placed for vm in group))
+                lease = replace(lease, hosts=hosts, running_since=since)
+                self._add(lease, [vm.vid for vm in group], LeaseState.ACTIVE)
 
     def stop(self) -> None:
         if self in RUNNING:
@@ -188,12 +217,14 @@ class HaizeaScheduler(Scheduler):
             self.request_lease(forming.vms, forming.request)
             self.replan()
 
-    def request_lease(self, vms: list[VMView], request: LeaseRequest) -> None:
+    def _lease(self, vms: list[VMView], request: LeaseRequest) -> Lease:
         first = vms[0]
-        requirements = first.template.get_string("REQUIREMENTS") or ""
         rank_expression = first.template.get_string("RANK") or ""
-        matches = compile_requirements(requirements)
-        lease = Lease(
+        try:
+            matches = compile_requirements(first.template.get_string("REQUIREMENTS") or "")
+        except ExpressionError:
+            matches = compile_requirements("")
+        return Lease(
             lid=first.vid,
             kind=request.kind,
             nodes=len(vms),
@@ -206,6 +237,9 @@ class HaizeaScheduler(Scheduler):
             matches=lambda node: matches(node.attributes),
             rank=lambda node: rank(rank_expression, node.attributes),
         )
+
+    def request_lease(self, vms: list[VMView], request: LeaseRequest) -> None:
+        lease = self._lease(vms, request)
         vids = [vm.vid for vm in vms]
         if lease.kind is LeaseKind.BEST_EFFORT:
             self._add(lease, vids, LeaseState.QUEUED)
