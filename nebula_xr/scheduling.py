@@ -78,6 +78,8 @@ class VMView:
     #: When it was placed on its current host (the current history record's start),
     #: 0 if never placed: what a lease scheduler rebuilds its plan from after a restart.
     placed: int = 0
+    #: The owner's uid (0 is oneadmin).
+    uid: int = 0
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def vm_view(vm: VirtualMachine) -> VMView:
         cpu_demand=cpu,
         memory_demand=memory,
         placed=current.stime if current is not None else 0,
+        uid=vm.uid,
     )
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from lxml import etree
+from nebula_xr_haizea import api
 from nebula_xr_haizea.planner import LeaseState
 from nebula_xr_haizea.request import (
     LeaseKind,
@@ -319,6 +321,45 @@ def test_host_failure_replans_reservations_elsewhere_or_rejects_them() -> None:
     advance_to(context, 2)
     assert context.state(reservation[0])[0] is VMState.FAILED
     assert "lost its hosts" in context.rejections[reservation[0]]
+
+
+# -- the API ----------------------------------------------------------------------------
+
+
+def _listed(reply: list) -> dict[int, dict[str, str]]:
+    assert reply[0] is True
+    return {
+        int(lease.findtext("ID")): {child.tag: child.text for child in lease}
+        for lease in etree.fromstring(reply[1])
+    }
+
+
+def test_the_lease_list_shows_states_and_plan_to_owners_and_oneadmin() -> None:
+    context, scheduler = cluster(hosts=1, backfilling="conservative")
+    mine = context.submit(lease_vm(), uid=5)
+    theirs = context.submit(lease_vm(), uid=6)
+    refused = context.submit(lease_vm(start="now"), uid=5)  # the host is taken
+    advance_to(context, 10)
+    everything = _listed(api.lease_list(scheduler, 0))
+    assert sorted(everything) == [mine, theirs, refused]
+    assert everything[mine] | {"SUBMITTED": "0"} == {
+        "ID": str(mine), "UID": "5", "TYPE": "best_effort", "STATE": "active", "VMS": "0",
+        "HOSTS": "0", "PREEMPTIBLE": "0", "SUBMITTED": "0", "DURATION": "3600",
+        "WORK_DONE": "0", "START": "0", "END": "3600", "SUSPEND": "-1",
+    }  # fmt: skip
+    assert (everything[theirs]["STATE"], everything[theirs]["START"]) == ("scheduled", "3600")
+    assert everything[refused]["STATE"] == "rejected"
+
+    assert sorted(_listed(api.lease_list(scheduler, 5))) == [mine, refused]
+    assert sorted(_listed(api.lease_list(scheduler, 6))) == [theirs]
+    assert api.lease_info(scheduler, 6, mine) == [False, f"Error getting lease with ID = {mine}"]
+    assert api.lease_info(scheduler, 0, 99) == [False, "Error getting lease with ID = 99"]
+    ok, document = api.lease_info(scheduler, 5, mine)
+    assert ok and etree.fromstring(document).findtext("STATE") == "active"
+
+    advance_to(context, HOUR + 5)
+    states = {lid: lease["STATE"] for lid, lease in _listed(api.lease_list(scheduler, 0)).items()}
+    assert states == {mine: "done", theirs: "active", refused: "rejected"}
 
 
 # -- packaging --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ API (``one.vmget_info`` from loopback) and the daemon's own files.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +168,43 @@ def test_after_a_restart_running_leases_still_end_on_time_and_queued_ones_start(
         assert history(one, second)[0]["rstime"] >= placement["etime"]
     finally:
         one.stop()
+
+
+def test_leases_are_listed_over_xmlrpc_and_by_onelease(tmp_path) -> None:
+    one = _daemon(tmp_path)
+    try:
+        add_hosts(one, "node01")
+        long = 'START = best_effort, DURATION = "01:00:00", PREEMPTIBLE = yes'
+        ok, running = one.call("one.vmallocate", _vm("running", long))
+        assert ok
+        wait_for(lambda: one.vm_state(running) == (ACTIVE, RUNNING), what="the VM running")
+        ok, waiting = one.call("one.vmallocate", _vm("waiting", long))
+        assert ok
+        assert "haizea.lease.list" in one.call("system.listMethods")
+        wait_for(lambda: f"<ID>{waiting}</ID>" in one.call("haizea.lease.list")[1])
+
+        env = dict(os.environ, ONE_XMLRPC=one.url)
+        onelease = str(Path(sys.executable).parent / "onelease")
+
+        def run(*args: str) -> str:
+            return subprocess.run(
+                [onelease, *args], env=env, capture_output=True, text=True, check=True
+            ).stdout
+
+        leases = json.loads(run("list", "-o", "json"))
+        assert [(lease["ID"], lease["STATE"], lease["VMS"]) for lease in leases] == [
+            (running, "active", [running]),
+            (waiting, "queued", [waiting]),
+        ]
+        assert leases[0]["HOSTS"] == [0] and leases[0]["DURATION"] == 3600
+        assert [lease["ID"] for lease in json.loads(run("queue", "-o", "json"))] == [waiting]
+        table = run("list").splitlines()
+        assert table[0].split()[:3] == ["ID", "TYPE", "STATE"]
+        assert table[1].split()[:3] == [str(running), "best_effort", "active"]
+        assert "STATE     : queued" in run("show", str(waiting))
+
+        missing = subprocess.run([onelease, "show", "42"], env=env, capture_output=True, text=True)
+        assert missing.returncode == 255
+        assert "Error getting lease with ID = 42" in missing.stderr
+    finally:
+        assert one.stop() == 0

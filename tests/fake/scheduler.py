@@ -51,14 +51,14 @@ class FakeSchedulerContext:
         self._hosts[hid] = replace(self._hosts[hid], state=int(state))
         self.clock.callLater(0, self.on_host_changed, self._hosts[hid])
 
-    def submit(self, text: str) -> int:
-        """``one.vmallocate``: a PENDING VM, announced like the daemon announces it."""
+    def submit(self, text: str, uid: int = 0) -> int:
+        """``one.vmallocate`` by user ``uid``: a PENDING VM, announced like the daemon does."""
         vid = len(self._vms)
         template = Template.parse(text if text.endswith("\n") else text + "\n")
         memory = int(template.get_string("MEMORY") or 0) * 1024
         self._vms[vid] = VMView(
             vid, f"vm{vid}", int(VMState.INIT), 0, int(self.clock.seconds()), 0, "", template,
-            None, None, cpu_reservation(template.get_string("CPU")), memory,
+            None, None, cpu_reservation(template.get_string("CPU")), memory, uid=uid,
         )  # fmt: skip
         self._set(vid, VMState.PENDING, LCMState.LCM_INIT)
         return vid

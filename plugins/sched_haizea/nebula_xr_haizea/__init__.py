@@ -9,7 +9,9 @@ the daemon side :mod:`nebula_xr_haizea.scheduler`.
 from __future__ import annotations
 
 from nebula_xr import hookimpl
+from nebula_xr.plugin_manager import XmlRpcMethod
 from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
+from nebula_xr_haizea import api
 from nebula_xr_haizea.scheduler import RUNNING, HaizeaScheduler
 
 PLUGIN_NAME = "haizea"
@@ -38,3 +40,10 @@ def nebula_xr_host_state_changed(host: HostView, previous_state: int) -> None:
 def nebula_xr_host_monitored(host: HostView) -> None:
     for scheduler in list(RUNNING):
         scheduler.host_changed(host)
+
+
+@hookimpl
+def nebula_xr_xmlrpc_methods(scheduler: Scheduler | None) -> list[XmlRpcMethod]:
+    if isinstance(scheduler, HaizeaScheduler):
+        return api.methods(scheduler)
+    return []

@@ -36,6 +36,9 @@ from nebula_xr_haizea.request import LeaseKind, LeaseRequest, LeaseRequestError,
 _UNUSABLE = (HostState.ERROR, HostState.DISABLED)
 _OVER = (VMState.DONE, VMState.FAILED)
 
+#: How many finished leases the API still shows.
+FINISHED_KEPT = 1000
+
 #: Started schedulers: the plugin's event hooks are module functions and tell them.
 RUNNING: list[HaizeaScheduler] = []
 
@@ -96,6 +99,8 @@ class HaizeaScheduler(Scheduler):
         self.leases: dict[int, Lease] = {}
         #: VM ids of each lease's nodes, in the order of ``Lease.hosts``.
         self.vids: dict[int, list[int]] = {}
+        #: Every VM a lease had (``vids`` loses those that are over).
+        self.vids_ever: dict[int, tuple[int, ...]] = {}
         self.lease_of: dict[int, int] = {}
         self.nodes: dict[int, Node] = {}
         self.last_plan = Plan()
@@ -106,6 +111,10 @@ class HaizeaScheduler(Scheduler):
         self._ending: dict[int, float] = {}
         self._suspend_issued: dict[int, float] = {}
         self._suspended_vms: dict[int, set[int]] = {}
+        #: Owner (uid of its first VM) of every lease, for the API's ownership rules.
+        self.owners: dict[int, int] = {}
+        #: Leases that are over, latest last: what they were and how they ended.
+        self.finished: dict[int, tuple[Lease, list[int], LeaseState]] = {}
 
     # -- life -------------------------------------------------------------------------
 
@@ -142,11 +151,11 @@ class HaizeaScheduler(Scheduler):
             hosts = tuple(vm.hid for vm in group if vm.hid is not None)
             if state == VMState.SUSPENDED:
                 lease = replace(lease, hosts=hosts)
-                self._add(lease, [vm.vid for vm in group], LeaseState.SUSPENDED)
+                self._add(lease, group, LeaseState.SUSPENDED)
             else:
                 since = float(min(vm.placed for vm in group))
                 lease = replace(lease, hosts=hosts, running_since=since)
-                self._add(lease, [vm.vid for vm in group], LeaseState.ACTIVE)
+                self._add(lease, group, LeaseState.ACTIVE)
 
     def stop(self) -> None:
         if self in RUNNING:
@@ -167,7 +176,7 @@ class HaizeaScheduler(Scheduler):
             self.vm_submitted(vm)
             self.replan()
         elif vm.state in _OVER:
-            self.vm_over(vm.vid)
+            self.vm_over(vm.vid, failed=vm.state == VMState.FAILED)
         elif vm.state == VMState.SUSPENDED and previous_state == VMState.ACTIVE:
             self.vm_suspended(vm.vid)
         elif (
@@ -242,28 +251,33 @@ class HaizeaScheduler(Scheduler):
         lease = self._lease(vms, request)
         vids = [vm.vid for vm in vms]
         if lease.kind is LeaseKind.BEST_EFFORT:
-            self._add(lease, vids, LeaseState.QUEUED)
+            self._add(lease, vms, LeaseState.QUEUED)
             return
         now = self.now
         if lease.kind is LeaseKind.ADVANCE_RESERVATION and (lease.start or 0) < now:
-            self._reject(vids, f"advance reservation of lease {lease.lid} starts in the past")
+            self._refuse(lease, vms, f"advance reservation {lease.lid} starts in the past")
             return
         hosts = admit(
             now, list(self.nodes.values()), list(self.leases.values()), lease, self.policy
         )
         if hosts is None:
             what = "advance reservation" if lease.start is not None else "immediate lease"
-            self._reject(vids, f"{what} {lease.lid} rejected: no room for {len(vids)} node(s)")
+            self._refuse(
+                lease, vms, f"{what} {lease.lid} rejected: no room for {len(vids)} node(s)"
+            )
             return
         if lease.kind is LeaseKind.ADVANCE_RESERVATION:
-            self._add(replace(lease, hosts=hosts), vids, LeaseState.SCHEDULED)
+            self._add(replace(lease, hosts=hosts), vms, LeaseState.SCHEDULED)
         else:
-            self._add(lease, vids, LeaseState.PENDING)
+            self._add(lease, vms, LeaseState.PENDING)
             self._start(lease.lid, hosts)
 
-    def _add(self, lease: Lease, vids: list[int], state: LeaseState) -> None:
+    def _add(self, lease: Lease, vms: list[VMView], state: LeaseState) -> None:
+        vids = [vm.vid for vm in vms]
+        self.owners[lease.lid] = vms[0].uid
         self.leases[lease.lid] = replace(lease, state=state)
         self.vids[lease.lid] = vids
+        self.vids_ever[lease.lid] = tuple(vids)
         for vid in vids:
             self.lease_of[vid] = lease.lid
         self.context.log(
@@ -274,7 +288,18 @@ class HaizeaScheduler(Scheduler):
         for vid in vids:
             self.context.reject(vid, reason)
 
-    def vm_over(self, vid: int) -> None:
+    def _refuse(self, lease: Lease, vms: list[VMView], reason: str) -> None:
+        """A request that is never admitted: shown as rejected, its VMs FAILED."""
+        self.owners[lease.lid] = vms[0].uid
+        self._finish(replace(lease, state=LeaseState.REJECTED), [vm.vid for vm in vms])
+        self._reject([vm.vid for vm in vms], reason)
+
+    def _finish(self, lease: Lease, vids: list[int]) -> None:
+        self.finished[lease.lid] = (lease, vids, lease.state)
+        if len(self.finished) > FINISHED_KEPT:
+            del self.finished[next(iter(self.finished))]
+
+    def vm_over(self, vid: int, failed: bool = False) -> None:
         for forming in self._forming.values():
             forming.vms = [vm for vm in forming.vms if vm.vid != vid]
         lid = self.lease_of.pop(vid, None)
@@ -288,6 +313,9 @@ class HaizeaScheduler(Scheduler):
             self.leases[lid] = replace(lease, nodes=len(vids), hosts=hosts)
         else:
             self.context.log(f"haizea: lease {lid} done")
+            if lease.state is not LeaseState.REJECTED:
+                lease = replace(lease, state=LeaseState.FAIL if failed else LeaseState.DONE)
+            self._finish(lease, list(self.vids_ever[lid]))
             del self.leases[lid], self.vids[lid]
             self._ending.pop(lid, None)
             grace = self._grace.pop(lid, None)
@@ -346,6 +374,7 @@ class HaizeaScheduler(Scheduler):
             now, list(self.nodes.values()), self._planned_leases(), self.policy
         )
         for lid in result.rejected:
+            self.leases[lid] = replace(self.leases[lid], state=LeaseState.REJECTED)
             self._reject(list(self.vids[lid]), f"advance reservation {lid} lost its hosts")
         for lid, lease in list(self.leases.items()):
             if lid in self._ending or lid in result.rejected:
