@@ -24,6 +24,7 @@ Capacities are CPU in percent (``TOTALCPU``) and memory in KB (``TOTALMEMORY``).
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -155,71 +156,132 @@ class Plan:
     rejected: list[int] = field(default_factory=list)
 
 
+class _HostSlots:
+    """One host's commitments as a step function of use over time."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.slots: list[tuple[float, float, int, int]] = []
+        self._steps: tuple[list[float], list[int], list[int]] | None = None
+
+    def add(self, start: float, end: float, cpu: int, memory: int) -> None:
+        self.slots.append((start, end, cpu, memory))
+        self._steps = None
+
+    def steps(self) -> tuple[list[float], list[int], list[int]]:
+        """Times at which use changes, and the CPU and memory used from each on."""
+        if self._steps is None:
+            changes: dict[float, list[int]] = {}
+            for start, end, cpu, memory in self.slots:
+                for moment, sign in ((start, 1), (end, -1)):
+                    delta = changes.setdefault(moment, [0, 0])
+                    delta[0] += sign * cpu
+                    delta[1] += sign * memory
+            times, cpus, memories = [-INFINITY], [0], [0]
+            for moment in sorted(changes):
+                times.append(moment)
+                cpus.append(cpus[-1] + changes[moment][0])
+                memories.append(memories[-1] + changes[moment][1])
+            self._steps = (times, cpus, memories)
+        return self._steps
+
+    def peak(self, start: float, end: float) -> tuple[int, int]:
+        """The most CPU and memory used at any moment of ``[start, end)``."""
+        times, cpus, memories = self.steps()
+        index = bisect.bisect_right(times, start) - 1
+        cpu = memory = 0
+        while index < len(times) and times[index] < end:
+            cpu, memory = max(cpu, cpus[index]), max(memory, memories[index])
+            index += 1
+        return cpu, memory
+
+    def shortage(self, start: float, end: float, cpu: int, memory: int) -> float | None:
+        """The first moment of ``[start, end)`` the host lacks ``cpu`` or ``memory``."""
+        times, cpus, memories = self.steps()
+        index = bisect.bisect_right(times, start) - 1
+        while index < len(times) and times[index] < end:
+            if cpus[index] + cpu > self.node.cpu or memories[index] + memory > self.node.memory:
+                return max(start, times[index])
+            index += 1
+        return None
+
+    def earliest(self, not_before: float, length: float, cpu: int, memory: int) -> float:
+        """The first moment from ``not_before`` the host has the room for ``length``."""
+        times, cpus, memories = self.steps()
+        spare_cpu, spare_memory = self.node.cpu - cpu, self.node.memory - memory
+        start = not_before
+        # Jump past every stretch that lacks the room and begins before the run would end.
+        for index in range(bisect.bisect_right(times, not_before) - 1, len(times)):
+            segment_end = times[index + 1] if index + 1 < len(times) else INFINITY
+            if segment_end <= start:
+                continue
+            if times[index] >= start + length:
+                break
+            if cpus[index] > spare_cpu or memories[index] > spare_memory:
+                start = segment_end
+        return start
+
+
 class SlotTable:
     """What every host has committed over time."""
 
     def __init__(self, nodes: Iterable[Node]) -> None:
         self.nodes = {node.hid: node for node in nodes}
-        self._slots: dict[int, list[tuple[float, float, int, int]]] = {
-            hid: [] for hid in self.nodes
-        }
+        self._hosts = {node.hid: _HostSlots(node) for node in self.nodes.values()}
+        #: Every finite end of a commitment, sorted.
+        self._ends: list[float] = []
 
     def add(self, hosts: Sequence[int], start: float, end: float, cpu: int, memory: int) -> None:
         if end <= start:
             return
         for hid in hosts:
-            if hid in self._slots:
-                self._slots[hid].append((start, end, cpu, memory))
-
-    def _used(self, hid: int, moment: float) -> tuple[int, int]:
-        cpu = memory = 0
-        for start, end, slot_cpu, slot_memory in self._slots[hid]:
-            if start <= moment < end:
-                cpu += slot_cpu
-                memory += slot_memory
-        return cpu, memory
+            if hid in self._hosts:
+                self._hosts[hid].add(start, end, cpu, memory)
+        index = bisect.bisect_left(self._ends, end)
+        if end < INFINITY and (index == len(self._ends) or self._ends[index] != end):
+            self._ends.insert(index, end)
 
     def free(self, hid: int, start: float, end: float) -> tuple[int, int]:
         """The least free CPU and memory of a host over ``[start, end)``."""
         node = self.nodes[hid]
-        moments = {start} | {s for s, _e, _c, _m in self._slots[hid] if start < s < end}
-        cpu = memory = None
-        for moment in moments:
-            used_cpu, used_memory = self._used(hid, moment)
-            free_cpu, free_memory = node.cpu - used_cpu, node.memory - used_memory
-            cpu = free_cpu if cpu is None else min(cpu, free_cpu)
-            memory = free_memory if memory is None else min(memory, free_memory)
-        return cpu if cpu is not None else 0, memory if memory is not None else 0
+        cpu, memory = self._hosts[hid].peak(start, end)
+        return node.cpu - cpu, node.memory - memory
 
     def first_shortage(
         self, hosts: Sequence[int], start: float, end: float, cpu: int, memory: int
     ) -> float | None:
         """The first moment in ``[start, end)`` the hosts can not give the lease its room."""
-        need: dict[int, int] = {}
-        for hid in hosts:
-            need[hid] = need.get(hid, 0) + 1
         shortages = []
-        for hid, count in need.items():
-            if hid not in self.nodes:
+        for hid in set(hosts):
+            if hid not in self._hosts:
                 return start
-            node = self.nodes[hid]
-            moments = {start} | {s for s, _e, _c, _m in self._slots[hid] if start < s < end}
-            for moment in sorted(moments):
-                used_cpu, used_memory = self._used(hid, moment)
-                if used_cpu + count * cpu > node.cpu or used_memory + count * memory > node.memory:
-                    shortages.append(moment)
-                    break
+            count = hosts.count(hid)
+            shortage = self._hosts[hid].shortage(start, end, count * cpu, count * memory)
+            if shortage is not None:
+                shortages.append(shortage)
         return min(shortages) if shortages else None
 
     def ends_after(self, moment: float) -> list[float]:
         """Moments after ``moment`` at which some room is given back."""
+        return self._ends[bisect.bisect_right(self._ends, moment) :]
+
+    def candidates(self, lease: Lease) -> list[Node]:
+        """Hosts matching the lease, best RANK first, lowest id on ties."""
         return sorted(
-            {
-                e
-                for slots in self._slots.values()
-                for _s, e, _c, _m in slots
-                if moment < e < INFINITY
-            }
+            (node for node in self.nodes.values() if lease.matches(node)),
+            key=lambda node: (-lease.rank(node), node.hid),
+        )
+
+    def earliest(
+        self, lease: Lease, not_before: float, length: float, candidates: list[Node]
+    ) -> float:
+        """No node of the lease can start before this (one node per host is a lower bound)."""
+        return min(
+            (
+                self._hosts[node.hid].earliest(not_before, length, lease.cpu, lease.memory)
+                for node in candidates
+            ),
+            default=INFINITY,
         )
 
     def map(
@@ -228,32 +290,29 @@ class SlotTable:
         start: float,
         end: float,
         hosts: Sequence[int] | None = None,
+        candidates: list[Node] | None = None,
     ) -> tuple[int, ...] | None:
         """Hosts for every node of the lease over ``[start, end)``, or None.
 
         With ``hosts`` the lease must run there (it was suspended there); otherwise each
-        node goes to the best-ranked matching host with room, lowest id on ties.
+        node goes to the first of ``candidates`` (default: :meth:`candidates`) with room.
         """
         if hosts is not None:
             if self.first_shortage(hosts, start, end, lease.cpu, lease.memory) is None:
                 return tuple(hosts)
             return None
-        candidates = sorted(
-            (node for node in self.nodes.values() if lease.matches(node)),
-            key=lambda node: (-lease.rank(node), node.hid),
-        )
-        room = {node.hid: self.free(node.hid, start, end) for node in candidates}
         chosen: list[int] = []
-        for _ in range(lease.nodes):
-            for node in candidates:
-                cpu, memory = room[node.hid]
-                if cpu >= lease.cpu and memory >= lease.memory:
-                    room[node.hid] = (cpu - lease.cpu, memory - lease.memory)
-                    chosen.append(node.hid)
-                    break
-            else:
-                return None
-        return tuple(chosen)
+        room: dict[int, tuple[int, int]] = {}
+        for node in candidates if candidates is not None else self.candidates(lease):
+            if node.hid not in room:
+                room[node.hid] = self.free(node.hid, start, end)
+            cpu, memory = room[node.hid]
+            while cpu >= lease.cpu and memory >= lease.memory and len(chosen) < lease.nodes:
+                cpu, memory = cpu - lease.cpu, memory - lease.memory
+                chosen.append(node.hid)
+            if len(chosen) == lease.nodes:
+                return tuple(chosen)
+        return None
 
 
 def _is_running(lease: Lease) -> bool:
@@ -365,15 +424,19 @@ def plan(now: float, nodes: Sequence[Node], leases: Sequence[Lease], policy: Pol
         fixed = lease.hosts if resume else None
         not_before = eligible.get(lease.lid, now)
         future_ok = allowed is None or in_future < allowed
-        moments = [not_before, *table.ends_after(not_before)]
+        candidates = [table.nodes[h] for h in fixed if h in table.nodes] if fixed else None
+        candidates = candidates or table.candidates(lease)
+        # Skip the moments at which not even one of its nodes would fit.
+        bound = max(not_before, table.earliest(lease, not_before, length, candidates))
         placed = None
-        for moment in moments:
-            if moment > now and not future_ok:
-                break
-            hosts = table.map(lease, moment, moment + length, fixed)
-            if hosts is not None:
-                placed = (moment, hosts)
-                break
+        if not math.isinf(bound):
+            for moment in [bound, *table.ends_after(bound)]:
+                if moment > now and not future_ok:
+                    break
+                hosts = table.map(lease, moment, moment + length, fixed, candidates)
+                if hosts is not None:
+                    placed = (moment, hosts)
+                    break
         if placed is None:
             result.queued.append(lease.lid)
             blocked = policy.backfilling == "off"
