@@ -181,11 +181,13 @@ def test_ar_preempts_a_running_best_effort_lease_on_4_hosts_and_it_resumes_after
     # Resumed on the same hosts as soon as the reservation's VMs are gone.
     assert [context.times("resume", vid) for vid in batch] == [[ar_end + 1]] * 4
     assert all(context.state(vid) == RUNNING for vid in batch)
+    # The real suspend and resume took 1 s, not 64: the rates used to plan are corrected
+    # halfway (512 MB / 1 s against 8 MB/s).
+    assert (scheduler.policy.suspend_rate, scheduler.policy.resume_rate) == (260.0, 260.0)
 
-    # Total work is preserved: it ran 1 → ar_start-64, then the rest after its memory
-    # came back (64 s of resume).
+    # Total work is preserved: it ran 1 → ar_start-64, then the rest once running again.
     worked = (ar_start - 64) - 1
-    end = ar_end + 1 + 64 + (2 * HOUR - worked)
+    end = ar_end + 2 + (2 * HOUR - worked)
     advance_to(context, end + 2)
     assert [context.times("shutdown", vid) for vid in batch] == [[end]] * 4
     assert all(context.state(vid)[0] is VMState.DONE for vid in batch)
@@ -321,6 +323,25 @@ def test_host_failure_replans_reservations_elsewhere_or_rejects_them() -> None:
     advance_to(context, 2)
     assert context.state(reservation[0])[0] is VMState.FAILED
     assert "lost its hosts" in context.rejections[reservation[0]]
+
+
+def test_a_restarted_scheduler_rebuilds_its_leases_from_the_vms() -> None:
+    context, before = cluster(hosts=1)
+    running = submit(context, duration="01:00:00")
+    waiting = submit(context, duration="00:30:00")
+    reservation = submit(context, start="+02:00:00", duration="00:10:00")
+    advance_to(context, 100)
+    assert context.times("deploy", running[0]) == [0.0]
+    before.stop()  # the daemon goes down, and its timers with it
+
+    after = HaizeaScheduler(before.config, context)
+    context.on_vm_changed = after.vm_changed
+    after.start()
+    assert after.leases[running[0]].state is LeaseState.ACTIVE
+    advance_to(context, 2 * HOUR + 5)
+    assert context.times("shutdown", running[0]) == [HOUR]  # on time, from its placement
+    assert context.times("deploy", waiting[0]) == [HOUR + 1]
+    assert context.times("deploy", reservation[0]) == [2 * HOUR]
 
 
 # -- the API ----------------------------------------------------------------------------

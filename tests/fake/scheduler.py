@@ -91,7 +91,8 @@ class FakeSchedulerContext:
         if vm.state != VMState.PENDING:
             return WRONG
         self._record("deploy", vid, hid)
-        self._vms[vid] = replace(vm, hid=hid, host_name=self._hosts[hid].name)
+        placed = int(self.clock.seconds())
+        self._vms[vid] = replace(vm, hid=hid, host_name=self._hosts[hid].name, placed=placed)
         self._set(vid, VMState.ACTIVE, LCMState.PROLOG)
         self.clock.callLater(self.delay, self._set, vid, VMState.ACTIVE, LCMState.RUNNING)
         return OK

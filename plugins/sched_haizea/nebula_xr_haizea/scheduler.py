@@ -111,6 +111,8 @@ class HaizeaScheduler(Scheduler):
         self._ending: dict[int, float] = {}
         self._suspend_issued: dict[int, float] = {}
         self._suspended_vms: dict[int, set[int]] = {}
+        self._resume_issued: dict[int, float] = {}
+        self._resumed_vms: dict[int, set[int]] = {}
         #: Owner (uid of its first VM) of every lease, for the API's ownership rules.
         self.owners: dict[int, int] = {}
         #: Leases that are over, latest last: what they were and how they ended.
@@ -185,19 +187,23 @@ class HaizeaScheduler(Scheduler):
             and previous_lcm_state != LCMState.RUNNING
         ):
             lid = self.lease_of.get(vm.vid)
-            if lid in self._ending and lid not in self._grace:
+            if lid in self._resume_issued:
+                self.vm_resumed(lid, vm.vid)
+            elif lid in self._ending and lid not in self._grace:
                 # Its shutdown failed after the grace time: nothing else will end it.
                 self.context.action("cancel", vm.vid)
 
     def host_changed(self, host: HostView) -> None:
         node = node_of(host) if host.state != -1 else None
-        if node == self.nodes.get(host.hid):
-            return
+        known = self.nodes.get(host.hid)
         if node is None:
-            self.nodes.pop(host.hid, None)
-        else:
-            self.nodes[host.hid] = node
-        self.replan()
+            if self.nodes.pop(host.hid, None) is not None:
+                self.replan()
+            return
+        self.nodes[host.hid] = node
+        # Fresh monitored attributes alone (FREECPU...) change no plan: only room does.
+        if known is None or (known.cpu, known.memory) != (node.cpu, node.memory):
+            self.replan()
 
     # -- leases from VMs --------------------------------------------------------------
 
@@ -341,8 +347,35 @@ class HaizeaScheduler(Scheduler):
             running_since=None,
             work_done=lease.work_done + max(0.0, issued - since),
         )
-        self.context.log(f"haizea: lease {lid} suspended in {self.now - issued:.1f} s")
+        self._measured("suspend", lease, self.now - issued)
         self.replan()
+
+    def vm_resumed(self, lid: int, vid: int) -> None:
+        resumed = self._resumed_vms.setdefault(lid, set())
+        resumed.add(vid)
+        if resumed < set(self.vids[lid]):
+            return
+        del self._resumed_vms[lid]
+        issued = self._resume_issued.pop(lid)
+        lease = self.leases[lid]
+        self._measured("resume", lease, self.now - issued)
+        # Its work goes on from now, not from when the plan expected the memory back.
+        self.leases[lid] = replace(lease, running_since=self.now)
+        self.replan()
+
+    def _measured(self, action: str, lease: Lease, seconds: float) -> None:
+        """Correct the rate planning uses with what a real suspend or resume took."""
+        self.context.log(f"haizea: lease {lease.lid} {action} took {seconds:.1f} s")
+        planned = (
+            self.policy.suspend_time(lease)
+            if action == "suspend"
+            else self.policy.resume_time(lease)
+        )
+        if seconds <= 0 or planned <= 0:
+            return
+        key = f"{action}_rate"
+        rate = getattr(self.policy, key)
+        self.policy = replace(self.policy, **{key: (rate + rate * planned / seconds) / 2})
 
     # -- the plan and its enactment ---------------------------------------------------
 
@@ -407,8 +440,11 @@ class HaizeaScheduler(Scheduler):
             result = self.context.action("resume", vid) if resume else self.context.deploy(vid, hid)
             if not result.ok:
                 self.context.log(f"haizea: lease {lid}: VM {vid} not started: {result.message}")
-        # A resumed lease's clock restarts once its memory is back.
+        # A resumed lease's clock restarts once its memory is back (corrected when its
+        # VMs are seen RUNNING).
         since = now + self.policy.resume_time(lease) if resume else now
+        if resume:
+            self._resume_issued[lid] = now
         self.leases[lid] = lease = replace(
             lease, state=LeaseState.ACTIVE, hosts=hosts, running_since=since
         )
