@@ -14,6 +14,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from lxml import etree
+
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.test_tutorial import add_hosts, history
 
@@ -34,6 +36,16 @@ def _daemon(tmp_path: Path) -> OneDaemon:
 def _vm(name: str, haizea: str) -> str:
     # CPU = 2 is the whole of a dummy host (TOTALCPU = 200): one lease per host.
     return f"NAME = {name}\nCPU = 2\nMEMORY = 256\nHAIZEA = [ {haizea} ]\n"
+
+
+def lease_state(one: OneDaemon, lid: int) -> str | None:
+    """The lease's state as ``haizea.lease.list`` shows it (None while it is not listed)."""
+    ok, document = one.call("haizea.lease.list")
+    assert ok, document
+    for lease in etree.fromstring(document):
+        if lease.findtext("ID") == str(lid):
+            return lease.findtext("STATE")
+    return None
 
 
 class Timeline:
@@ -206,5 +218,54 @@ def test_leases_are_listed_over_xmlrpc_and_by_onelease(tmp_path) -> None:
         missing = subprocess.run([onelease, "show", "42"], env=env, capture_output=True, text=True)
         assert missing.returncode == 255
         assert "Error getting lease with ID = 42" in missing.stderr
+    finally:
+        assert one.stop() == 0
+
+
+def test_gangs_rejections_and_early_termination_on_the_daemon(tmp_path) -> None:
+    one = _daemon(tmp_path)
+    try:
+        add_hosts(one, "node01", "node02")
+
+        def allocate(name: str, haizea: str) -> int:
+            ok, vid = one.call("one.vmallocate", _vm(name, haizea))
+            assert ok
+            return vid
+
+        # Three nodes now, on two hosts: all or nothing, so nothing.
+        gang = [allocate("gang", "START = now, DURATION = unlimited, PREEMPTIBLE = no, "
+                         "GROUP = three") for _ in range(3)]  # fmt: skip
+        for vid in gang:
+            wait_for(lambda vid=vid: one.vm_state(vid) == (FAILED, 0), what=f"VM {vid} FAILED")
+            assert history(one, vid) == []
+        log = (tmp_path / "var" / str(gang[0]) / "vm.log").read_text()
+        assert f"immediate lease {gang[0]} rejected: no room for 3 node(s)" in log
+
+        # Both hosts reserved from +5 s for 3 s; a reservation overlapping it is refused.
+        pair = [allocate("pair", 'START = "+00:00:05", DURATION = "00:00:03", '
+                         "PREEMPTIBLE = no, GROUP = two") for _ in range(2)]  # fmt: skip
+        wait_for(lambda: lease_state(one, pair[0]) == "scheduled", what="the pair admitted")
+        late = allocate("late", 'START = "+00:00:06", DURATION = "00:00:03", PREEMPTIBLE = no')
+        wait_for(lambda: one.vm_state(late) == (FAILED, 0), what="the overlapping AR FAILED")
+        stime = one.vm_row(pair[0])[6]
+        for vid in pair:
+            wait_for(lambda vid=vid: one.vm_state(vid) == (ACTIVE, RUNNING), timeout=10)
+        assert time.time() >= stime + 5
+        assert sorted(history(one, vid)[0]["host_name"] for vid in pair) == ["node01", "node02"]
+        for vid in pair:
+            wait_for(lambda vid=vid: one.vm_state(vid) == (DONE, 0), timeout=10)
+        assert time.time() >= stime + 8
+
+        # A lease ended early by its user frees its host for the next one at once.
+        long = 'START = best_effort, DURATION = "01:00:00", PREEMPTIBLE = no'
+        first = [allocate("first", long + ", GROUP = wide") for _ in range(2)]
+        for vid in first:
+            wait_for(lambda vid=vid: one.vm_state(vid) == (ACTIVE, RUNNING))
+        second = allocate("second", long)
+        wait_for(lambda: lease_state(one, second) == "queued", what="the next lease queued")
+        assert one.vm_state(second)[0] == 1  # PENDING: both hosts are taken for an hour
+        assert one.call("one.vmaction", "cancel", first[0]) == [True]
+        wait_for(lambda: one.vm_state(second) == (ACTIVE, RUNNING), what="the next lease")
+        assert history(one, second)[0]["host_name"] == history(one, first[0])[0]["host_name"]
     finally:
         assert one.stop() == 0
