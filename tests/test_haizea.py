@@ -193,6 +193,22 @@ def test_ar_preempts_a_running_best_effort_lease_on_4_hosts_and_it_resumes_after
     assert all(context.state(vid)[0] is VMState.DONE for vid in batch)
 
 
+def test_a_vm_deleted_while_its_lease_is_being_suspended_does_not_stall_it() -> None:
+    context, scheduler = cluster(hosts=2, suspend_rate="8", resume_rate="8")
+    batch = submit(context, 2, preemptible="yes", duration="02:00:00", group="batch")
+    advance_to(context, 600)
+    submit(context, 2, start="+01:00:00", duration="00:30:00", group="ar")
+    ar_start = 600 + HOUR
+    advance_to(context, ar_start - 64)
+    assert context.times("suspend", batch[1]) == [ar_start - 64]
+    context.finish(batch[1])  # deleted by its owner before its suspension completed
+    advance_to(context, ar_start - 60)
+    assert scheduler.leases[batch[0]].state is LeaseState.SUSPENDED
+    assert scheduler.leases[batch[0]].hosts == (0,)
+    advance_to(context, ar_start + 1800 + 3)
+    assert context.times("resume", batch[0]) == [ar_start + 1800 + 1]
+
+
 def test_ar_is_rejected_when_the_slot_table_can_not_hold_it() -> None:
     context, scheduler = cluster(hosts=1)
     first = submit(context, start="+01:00:00", duration="01:00:00")

@@ -317,6 +317,13 @@ class HaizeaScheduler(Scheduler):
         hosts = lease.hosts[:index] + lease.hosts[index + 1 :] if lease.hosts else ()
         if vids:
             self.leases[lid] = replace(lease, nodes=len(vids), hosts=hosts)
+            # The VMs left may be the ones a suspension or a resume was waiting for.
+            if set(vids) <= self._suspended_vms.get(lid, set()):
+                self.vm_suspended(vids[0])
+                return
+            if set(vids) <= self._resumed_vms.get(lid, set()):
+                self.vm_resumed(lid, vids[0])
+                return
         else:
             self.context.log(f"haizea: lease {lid} done")
             if lease.state is not LeaseState.REJECTED:
@@ -335,7 +342,7 @@ class HaizeaScheduler(Scheduler):
             return
         suspended = self._suspended_vms.setdefault(lid, set())
         suspended.add(vid)
-        if suspended < set(self.vids[lid]):
+        if not set(self.vids[lid]) <= suspended:
             return
         del self._suspended_vms[lid]
         lease = self.leases[lid]
@@ -353,7 +360,7 @@ class HaizeaScheduler(Scheduler):
     def vm_resumed(self, lid: int, vid: int) -> None:
         resumed = self._resumed_vms.setdefault(lid, set())
         resumed.add(vid)
-        if resumed < set(self.vids[lid]):
+        if not set(self.vids[lid]) <= resumed:
             return
         del self._resumed_vms[lid]
         issued = self._resume_issued.pop(lid)
