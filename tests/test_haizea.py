@@ -55,10 +55,11 @@ def lease_vm(
     group: str | None = None,
     memory: int = 512,
     requirements: str | None = None,
+    cpu: str = "1",
 ) -> str:
     group_key = f", GROUP = {group}" if group else ""
     text = (
-        f"NAME = leased\nCPU = 1\nMEMORY = {memory}\n"
+        f"NAME = leased\nCPU = {cpu}\nMEMORY = {memory}\n"
         f'HAIZEA = [ START = "{start}", DURATION = "{duration}", '
         f'PREEMPTIBLE = "{preemptible}"{group_key} ]\n'
     )
@@ -207,6 +208,31 @@ def test_a_vm_deleted_while_its_lease_is_being_suspended_does_not_stall_it() -> 
     assert scheduler.leases[batch[0]].hosts == (0,)
     advance_to(context, ar_start + 1800 + 3)
     assert context.times("resume", batch[0]) == [ar_start + 1800 + 1]
+
+
+@pytest.mark.parametrize("exclusion", ["local", "global"])
+def test_suspensions_and_resumes_run_one_at_a_time_per_host_or_in_all(exclusion: str) -> None:
+    context, _ = cluster(hosts=2, suspend_rate="8", resume_rate="8",
+                         suspendresume_exclusion=exclusion)  # fmt: skip
+    # Two half-host VMs on each host, then a reservation of both hosts.
+    batch = submit(context, 4, cpu="0.5", preemptible="yes", duration="02:00:00", group="b")
+    advance_to(context, 600)
+    assert sorted(context.host_of(vid) for vid in batch) == [0, 0, 1, 1]
+    submit(context, 2, start="+01:00:00", duration="00:30:00", group="ar")
+    ar_start, ar_end = 600 + HOUR, 600 + HOUR + 1800
+    advance_to(context, ar_end + 10)
+    suspends = sorted(context.times("suspend", vid)[0] for vid in batch)
+    resumes = sorted(context.times("resume", vid)[0] for vid in batch)
+    if exclusion == "local":
+        # 2 × 512 MB at 8 MB/s per host: 128 s before the start, hosts side by side.
+        first = ar_start - 128
+        assert suspends == [first, first, first + 1, first + 1]
+        assert resumes == [ar_end + 1, ar_end + 1, ar_end + 2, ar_end + 2]
+    else:
+        first = ar_start - 256  # 4 × 512 MB, one after another
+        assert suspends == [first, first + 1, first + 2, first + 3]
+        assert resumes == [ar_end + 1, ar_end + 2, ar_end + 3, ar_end + 4]
+    assert all(context.state(vid) == RUNNING for vid in batch)
 
 
 def test_ar_is_rejected_when_the_slot_table_can_not_hold_it() -> None:

@@ -113,6 +113,8 @@ class HaizeaScheduler(Scheduler):
         self._suspended_vms: dict[int, set[int]] = {}
         self._resume_issued: dict[int, float] = {}
         self._resumed_vms: dict[int, set[int]] = {}
+        #: VMs being suspended or resumed, with the action and the VMs after them.
+        self._lane_of: dict[int, tuple[str, list[int]]] = {}
         #: Owner (uid of its first VM) of every lease, for the API's ownership rules.
         self.owners: dict[int, int] = {}
         #: Leases that are over, latest last: what they were and how they ended.
@@ -311,6 +313,7 @@ class HaizeaScheduler(Scheduler):
         lid = self.lease_of.pop(vid, None)
         if lid is None:
             return
+        self._lane_moves_on(lid, vid)
         lease, vids = self.leases[lid], self.vids[lid]
         index = vids.index(vid)
         del vids[index]
@@ -340,6 +343,7 @@ class HaizeaScheduler(Scheduler):
         lid = self.lease_of.get(vid)
         if lid is None or self.leases[lid].state is not LeaseState.SUSPENDING:
             return
+        self._lane_moves_on(lid, vid)
         suspended = self._suspended_vms.setdefault(lid, set())
         suspended.add(vid)
         if not set(self.vids[lid]) <= suspended:
@@ -358,6 +362,7 @@ class HaizeaScheduler(Scheduler):
         self.replan()
 
     def vm_resumed(self, lid: int, vid: int) -> None:
+        self._lane_moves_on(lid, vid)
         resumed = self._resumed_vms.setdefault(lid, set())
         resumed.add(vid)
         if not set(self.vids[lid]) <= resumed:
@@ -443,15 +448,20 @@ class HaizeaScheduler(Scheduler):
         lease = self.leases[lid]
         now = self.now
         resume = lease.state is LeaseState.SUSPENDED
-        for vid, hid in zip(self.vids[lid], hosts, strict=True):
-            result = self.context.action("resume", vid) if resume else self.context.deploy(vid, hid)
-            if not result.ok:
-                self.context.log(f"haizea: lease {lid}: VM {vid} not started: {result.message}")
-        # A resumed lease's clock restarts once its memory is back (corrected when its
-        # VMs are seen RUNNING).
-        since = now + self.policy.resume_time(lease) if resume else now
         if resume:
+            # Resumed where it was suspended; its clock restarts once its memory is back
+            # (corrected when its VMs are seen RUNNING).
             self._resume_issued[lid] = now
+            self._enact_in_lanes(lid, "resume")
+            since = now + self.policy.resume_time(lease)
+        else:
+            since = now
+            for vid, hid in zip(self.vids[lid], hosts, strict=True):
+                result = self.context.deploy(vid, hid)
+                if not result.ok:
+                    self.context.log(
+                        f"haizea: lease {lid}: VM {vid} not deployed: {result.message}"
+                    )
         self.leases[lid] = lease = replace(
             lease, state=LeaseState.ACTIVE, hosts=hosts, running_since=since
         )
@@ -464,11 +474,36 @@ class HaizeaScheduler(Scheduler):
         lease = self.leases[lid]
         self._suspend_issued[lid] = self.now
         self.leases[lid] = replace(lease, state=LeaseState.SUSPENDING)
-        for vid in self.vids[lid]:
-            result = self.context.action("suspend", vid)
-            if not result.ok:
-                self.context.log(f"haizea: lease {lid}: VM {vid} not suspended: {result.message}")
+        self._enact_in_lanes(lid, "suspend")
         self.replan()
+
+    def _enact_in_lanes(self, lid: int, action: str) -> None:
+        """Suspend or resume a lease's VMs: hosts in parallel, one VM at a time per host
+        (``suspendresume_exclusion = local``) or one at a time in all (``global``)."""
+        if self.policy.suspendresume_exclusion == "global":
+            lanes = [list(self.vids[lid])]
+        else:
+            by_host: dict[int, list[int]] = {}
+            for vid, hid in zip(self.vids[lid], self.leases[lid].hosts, strict=False):
+                by_host.setdefault(hid, []).append(vid)
+            lanes = list(by_host.values())
+        for lane in lanes:
+            self._next_in_lane(lid, action, lane)
+
+    def _next_in_lane(self, lid: int, action: str, lane: list[int]) -> None:
+        while lane:
+            vid = lane.pop(0)
+            result = self.context.action(action, vid)
+            if result.ok:
+                self._lane_of[vid] = (action, lane)
+                return
+            self.context.log(f"haizea: lease {lid}: VM {vid}: {action} refused: {result.message}")
+
+    def _lane_moves_on(self, lid: int, vid: int) -> None:
+        """``vid`` is done with its suspend or resume (or gone): its host's next VM goes."""
+        entry = self._lane_of.pop(vid, None)
+        if entry is not None:
+            self._next_in_lane(lid, *entry)
 
     def _end(self, lid: int) -> None:
         self._ending[lid] = self.now + self.shutdown_time
