@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lxml import etree
 from nebula_xr_haizea import api
+from nebula_xr_haizea import scheduler as scheduler_module
 from nebula_xr_haizea.planner import LeaseState
 from nebula_xr_haizea.request import (
     LeaseKind,
@@ -345,6 +346,21 @@ def test_early_termination_frees_the_slots_and_the_queue_moves_up() -> None:
     context.finish(first[0])  # deleted by its owner
     advance_to(context, 12)
     assert context.times("deploy", second[0]) == [10.0]
+
+
+def test_the_events_of_one_turn_cost_one_replan(monkeypatch) -> None:
+    context, _ = cluster(hosts=4)
+    vids = submit(context, 4, duration="01:00:00", group="gang")
+    advance_to(context, 10)
+    plans: list[float] = []
+    real_plan = scheduler_module.plan
+    monkeypatch.setattr(
+        scheduler_module, "plan", lambda now, *rest: plans.append(now) or real_plan(now, *rest)
+    )
+    for vid in vids:
+        context.finish(vid)  # all four in the same turn
+    advance_to(context, 11)
+    assert plans == [10.0]
 
 
 def test_host_failure_replans_reservations_elsewhere_or_rejects_them() -> None:

@@ -106,6 +106,7 @@ class HaizeaScheduler(Scheduler):
         self.last_plan = Plan()
         self._forming: dict[str, _Forming] = {}
         self._timers: list[Any] = []
+        self._replan_call: Any = None
         self._grace: dict[int, Any] = {}
         #: Leases being shut down at their end: their room is held until then.
         self._ending: dict[int, float] = {}
@@ -165,7 +166,8 @@ class HaizeaScheduler(Scheduler):
         if self in RUNNING:
             RUNNING.remove(self)
         self._cancel_timers()
-        for timer in [*self._grace.values(), *(f.timer for f in self._forming.values())]:
+        pending = [*self._grace.values(), *(f.timer for f in self._forming.values())]
+        for timer in [*pending, self._replan_call]:
             if timer is not None and timer.active():
                 timer.cancel()
 
@@ -178,7 +180,7 @@ class HaizeaScheduler(Scheduler):
     def vm_changed(self, vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
         if previous_state == VMState.INIT and vm.state == VMState.PENDING:
             self.vm_submitted(vm)
-            self.replan()
+            self.replan_soon()
         elif vm.state in _OVER:
             self.vm_over(vm.vid, failed=vm.state == VMState.FAILED)
         elif vm.state == VMState.SUSPENDED and previous_state == VMState.ACTIVE:
@@ -200,12 +202,12 @@ class HaizeaScheduler(Scheduler):
         known = self.nodes.get(host.hid)
         if node is None:
             if self.nodes.pop(host.hid, None) is not None:
-                self.replan()
+                self.replan_soon()
             return
         self.nodes[host.hid] = node
         # Fresh monitored attributes alone (FREECPU...) change no plan: only room does.
         if known is None or (known.cpu, known.memory) != (node.cpu, node.memory):
-            self.replan()
+            self.replan_soon()
 
     # -- leases from VMs --------------------------------------------------------------
 
@@ -232,7 +234,7 @@ class HaizeaScheduler(Scheduler):
         forming = self._forming.pop(group)
         if forming.vms:
             self.request_lease(forming.vms, forming.request)
-            self.replan()
+            self.replan_soon()
 
     def _lease(self, vms: list[VMView], request: LeaseRequest) -> Lease:
         first = vms[0]
@@ -261,6 +263,8 @@ class HaizeaScheduler(Scheduler):
         if lease.kind is LeaseKind.BEST_EFFORT:
             self._add(lease, vms, LeaseState.QUEUED)
             return
+        if self._replan_call is not None and self._replan_call.active():
+            self.replan()  # earlier requests of this turn are placed first
         now = self.now
         if lease.kind is LeaseKind.ADVANCE_RESERVATION and (lease.start or 0) < now:
             self._refuse(lease, vms, f"advance reservation {lease.lid} starts in the past")
@@ -337,7 +341,7 @@ class HaizeaScheduler(Scheduler):
             grace = self._grace.pop(lid, None)
             if grace is not None and grace.active():
                 grace.cancel()
-        self.replan()
+        self.replan_soon()
 
     def vm_suspended(self, vid: int) -> None:
         lid = self.lease_of.get(vid)
@@ -359,7 +363,7 @@ class HaizeaScheduler(Scheduler):
             work_done=lease.work_done + max(0.0, issued - since),
         )
         self._measured("suspend", lease, self.now - issued)
-        self.replan()
+        self.replan_soon()
 
     def vm_resumed(self, lid: int, vid: int) -> None:
         self._lane_moves_on(lid, vid)
@@ -373,7 +377,7 @@ class HaizeaScheduler(Scheduler):
         self._measured("resume", lease, self.now - issued)
         # Its work goes on from now, not from when the plan expected the memory back.
         self.leases[lid] = replace(lease, running_since=self.now)
-        self.replan()
+        self.replan_soon()
 
     def _measured(self, action: str, lease: Lease, seconds: float) -> None:
         """Correct the rate planning uses with what a real suspend or resume took."""
@@ -407,7 +411,15 @@ class HaizeaScheduler(Scheduler):
             for lid, lease in self.leases.items()
         ]
 
+    def replan_soon(self) -> None:
+        """Re-plan once on the next reactor turn, however many events this turn brings
+        (the 16 VMs of a lease ending are one re-plan, not 16)."""
+        if self._replan_call is None or not self._replan_call.active():
+            self._replan_call = self.context.clock.callLater(0, self.replan)
+
     def replan(self) -> None:
+        if self._replan_call is not None and self._replan_call.active():
+            self._replan_call.cancel()
         self._cancel_timers()
         now = self.now
         # Leases due to end go first, so what starts now never overlaps them.
@@ -475,7 +487,7 @@ class HaizeaScheduler(Scheduler):
         self._suspend_issued[lid] = self.now
         self.leases[lid] = replace(lease, state=LeaseState.SUSPENDING)
         self._enact_in_lanes(lid, "suspend")
-        self.replan()
+        self.replan_soon()
 
     def _enact_in_lanes(self, lid: int, action: str) -> None:
         """Suspend or resume a lease's VMs: hosts in parallel, one VM at a time per host
