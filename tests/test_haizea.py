@@ -120,6 +120,7 @@ def test_the_start_forms_of_haizea_1_0() -> None:
         ("[ START = soon, DURATION = unlimited, PREEMPTIBLE = no ]", "HAIZEA START 'soon'"),
         ('[ START = "+1:00", DURATION = "01:00:00", PREEMPTIBLE = no ]', "not +HH:MM:SS"),
         ('[ START = "2026-13-01 00:00:00", DURATION = "01:00:00", PREEMPTIBLE = no ]', "date"),
+        ('[ START = "0001-01-01 00:00:00", DURATION = "01:00:00", PREEMPTIBLE = no ]', "date"),
         ('[ START = now, DURATION = "1h", PREEMPTIBLE = no ]', "DURATION '1h'"),
         ('[ START = now, DURATION = "01:60:00", PREEMPTIBLE = no ]', "DURATION '01:60:00'"),
         ('[ START = now, DURATION = "00:00:00", PREEMPTIBLE = no ]', "longer than"),
@@ -133,7 +134,11 @@ def test_a_bad_vector_is_refused_with_a_clear_message(vector: str, message: str)
         _request(vector)
 
 
-@given(st.text(), st.text(), st.text())
+@given(
+    st.text() | st.from_regex(r"[+]?\d{1,5}(-\d\d-\d\d[ T])?\d\d:\d\d:\d\d", fullmatch=True),
+    st.text() | st.from_regex(r"\d{1,30}:\d\d:\d\d", fullmatch=True),
+    st.text() | st.sampled_from(["yes", "no"]),
+)
 def test_any_value_is_a_request_or_a_lease_request_error(start, duration, preemptible) -> None:
     template = Template()
     template.add("HAIZEA", {"START": start, "DURATION": duration, "PREEMPTIBLE": preemptible})

@@ -74,10 +74,10 @@ def _start(text: str, submitted: float) -> tuple[LeaseKind, float | None]:
         return LeaseKind.ADVANCE_RESERVATION, submitted + offset
     if _ABSOLUTE.fullmatch(value):
         try:
-            moment = datetime.fromisoformat(value.replace("T", " "))
-        except ValueError:
+            return LeaseKind.ADVANCE_RESERVATION, datetime.fromisoformat(value).timestamp()
+        except (ValueError, OverflowError, OSError):
+            # Out of the calendar, or out of what the platform's local time can convert.
             raise LeaseRequestError(f"HAIZEA START {text!r} is not a valid date") from None
-        return LeaseKind.ADVANCE_RESERVATION, moment.timestamp()
     raise LeaseRequestError(
         f"HAIZEA START {text!r} is not now, best_effort, +HH:MM:SS or YYYY-MM-DD HH:MM:SS"
     )
