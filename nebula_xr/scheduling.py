@@ -80,6 +80,9 @@ class VMView:
     placed: int = 0
     #: The owner's uid (0 is oneadmin).
     uid: int = 0
+    #: Seconds it ran in the placements whose running phase is over (history records
+    #: with an end of running time): with ``placed``, how much of a lease is done.
+    ran: int = 0
 
 
 @dataclass(frozen=True)

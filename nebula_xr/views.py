@@ -29,6 +29,7 @@ def vm_view(vm: VirtualMachine) -> VMView:
         memory_demand=memory,
         placed=current.stime if current is not None else 0,
         uid=vm.uid,
+        ran=sum(max(0, h.retime - h.stime) for h in vm.history if h.retime),
     )
 
 

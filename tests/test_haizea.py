@@ -407,6 +407,25 @@ def test_a_restarted_scheduler_rebuilds_its_leases_from_the_vms() -> None:
     assert context.times("deploy", reservation[0]) == [2 * HOUR]
 
 
+def test_a_restart_after_a_preemption_keeps_the_work_already_done() -> None:
+    context, before = cluster(hosts=1, suspend_rate="8", resume_rate="8")
+    batch = submit(context, preemptible="yes", duration="02:00:00")
+    advance_to(context, 600)
+    submit(context, start="+01:00:00", duration="00:30:00")
+    ar_start, ar_end = 600 + HOUR, 600 + HOUR + 1800
+    advance_to(context, ar_end + 100)
+    assert context.times("resume", batch[0]) == [ar_end + 1]
+    before.stop()
+
+    after = HaizeaScheduler(before.config, context)
+    context.on_vm_changed = after.vm_changed
+    after.start()
+    advance_to(context, 4 * HOUR)
+    # It ran 0 → ar_start-63 (suspended), then again from its resume: 2 h in all.
+    worked = ar_start - 63
+    assert context.times("shutdown", batch[0]) == [ar_end + 1 + (2 * HOUR - worked)]
+
+
 # -- the API ----------------------------------------------------------------------------
 
 

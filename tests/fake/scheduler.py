@@ -149,5 +149,10 @@ class FakeSchedulerContext:
         if vm.state in (VMState.DONE, VMState.FAILED):
             return
         previous = (vm.state, vm.lcm_state)
+        now = int(self.clock.seconds())
+        if state == VMState.SUSPENDED:  # its history record's running phase ends
+            vm = replace(vm, ran=vm.ran + now - vm.placed)
+        elif previous[0] == VMState.SUSPENDED:  # a resume opens a new record
+            vm = replace(vm, placed=now)
         self._vms[vid] = replace(vm, state=int(state), lcm_state=int(lcm))
         self.clock.callLater(0, self.on_vm_changed, self._vms[vid], *previous)

@@ -136,8 +136,7 @@ class HaizeaScheduler(Scheduler):
         """Rebuild the leases of a daemon that restarted from what its VMs say.
 
         PENDING VMs are requests again; running and suspended VMs are leases on their
-        hosts since their placement, grouped by GROUP (work done before an earlier
-        suspension is not recorded, so such a lease runs its full duration again).
+        hosts, grouped by GROUP, with the work their history records show done.
         """
         placed: dict[tuple[str | int, int], tuple[LeaseRequest, list[VMView]]] = {}
         for vm in vms:
@@ -154,13 +153,12 @@ class HaizeaScheduler(Scheduler):
         for (_key, state), (request, group) in placed.items():
             lease = self._lease(group, request)
             hosts = tuple(vm.hid for vm in group if vm.hid is not None)
+            lease = replace(lease, hosts=hosts, work_done=float(min(vm.ran for vm in group)))
             if state == VMState.SUSPENDED:
-                lease = replace(lease, hosts=hosts)
                 self._add(lease, group, LeaseState.SUSPENDED)
             else:
                 since = float(min(vm.placed for vm in group))
-                lease = replace(lease, hosts=hosts, running_since=since)
-                self._add(lease, group, LeaseState.ACTIVE)
+                self._add(replace(lease, running_since=since), group, LeaseState.ACTIVE)
 
     def stop(self) -> None:
         if self in RUNNING:
