@@ -247,6 +247,7 @@ class Daemon(MultiService):
             timer = TimerService(config.manager_timer, tick)
             timer.clock = clock
             services.append(timer)
+        scheduler: Scheduler | None = None
         if config.scheduler is not None:
             context = DaemonSchedulerContext(self.dm, self.vms, self.hosts, clock, log)
             try:
@@ -254,6 +255,10 @@ class Daemon(MultiService):
             except PluginError as error:
                 raise StartupError(str(error)) from error
             services.append(_SchedulerService(scheduler))
+        try:
+            self.plugins.add_xmlrpc_methods(self.registry, scheduler, self.rm14.caller)
+        except PluginError as error:
+            raise StartupError(str(error)) from error
         access_log = lambda line: log.debug("ReM", line)  # noqa: E731
         factory = make_factory(
             self.registry, reactor=self.reactor, access_log=access_log, limits=config.limits

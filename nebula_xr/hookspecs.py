@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         TransferDriver,
         VirtualMachineDriver,
     )
+    from nebula_xr.plugin_manager import XmlRpcMethod
     from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -90,6 +91,23 @@ def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> S
     scheduler can place VMs and also enact leases. Return a
     :class:`~nebula_xr.scheduling.Scheduler` when ``config.plugin`` names this plugin,
     else None. The first non-None result wins.
+    """
+
+
+# --- the API -------------------------------------------------------------------------
+
+
+@hookspec
+def nebula_xr_xmlrpc_methods(scheduler: Scheduler | None) -> list[XmlRpcMethod]:
+    """XML-RPC methods this plugin adds to the daemon's API.
+
+    Called once at start-up, after the drivers and the scheduler are built; ``scheduler``
+    is the one oned.conf selected (None when scheduling is off), so a scheduler plugin
+    can serve its own state. Each :class:`~nebula_xr.plugin_manager.XmlRpcMethod` is
+    registered as ``name`` with the session string as first parameter, checked by the
+    same rules as the core's methods; its handler gets the caller's uid instead of the
+    session, then the parameters of ``signature``. Names must be new (prefix them with
+    the plugin's name); every plugin's list is registered.
     """
 
 

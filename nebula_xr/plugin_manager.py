@@ -7,6 +7,7 @@ hook implementation fails at start-up instead of being silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,18 @@ class PluginInfo:
     distribution: str
     version: str
     hooks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class XmlRpcMethod:
+    """A method a plugin adds to the API (see ``nebula_xr_xmlrpc_methods``)."""
+
+    name: str
+    #: ``handler(uid, *params)``: returns the reply (1.4 style ``[ok, ...]``) or a Deferred.
+    handler: Callable[..., Any]
+    #: xmlrpc-c signature of the reply and the parameters after the session: ``"A:i"``.
+    signature: str
+    help: str = ""
 
 
 class PluginManager:
@@ -105,6 +118,28 @@ class PluginManager:
         if scheduler is None:
             raise PluginError(f"Plugin {config.plugin!r} does not provide a scheduler")
         return scheduler
+
+    # -- the API --------------------------------------------------------------------------
+
+    def add_xmlrpc_methods(
+        self, registry: Any, scheduler: Scheduler | None, caller: Callable[[str], int]
+    ) -> list[str]:
+        """Register the plugins' methods on ``registry`` (a ``MethodRegistry``): the
+        session is resolved to a uid with ``caller``, as the core's 1.4 methods do."""
+        names = []
+        for methods in self.pm.hook.nebula_xr_xmlrpc_methods(scheduler=scheduler):
+            for method in methods or ():
+                returns, _colon, params = method.signature.partition(":")
+
+                def handler(session: str, *args: Any, _method: XmlRpcMethod = method) -> Any:
+                    return _method.handler(caller(session), *args)
+
+                try:
+                    registry.register(method.name, handler, f"{returns}:s{params}", method.help)
+                except ValueError as error:
+                    raise PluginError(f"Can not add XML-RPC method: {error}") from error
+                names.append(method.name)
+        return names
 
     # -- events ---------------------------------------------------------------------------
 

@@ -75,6 +75,14 @@ class VMView:
     #: Capacity the VM reserves on its host: CPU percent, memory KB.
     cpu_demand: int
     memory_demand: int
+    #: When it was placed on its current host (the current history record's start),
+    #: 0 if never placed: what a lease scheduler rebuilds its plan from after a restart.
+    placed: int = 0
+    #: The owner's uid (0 is oneadmin).
+    uid: int = 0
+    #: Seconds it ran in the placements whose running phase is over (history records
+    #: with an end of running time): with ``placed``, how much of a lease is done.
+    ran: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,10 @@ class SchedulerContext(Protocol):
 
     def action(self, action: str, vid: int) -> RequestResult:
         """``one.vmaction``: shutdown, hold, release, stop, cancel, suspend, resume, finalize."""
+
+    def reject(self, vid: int, reason: str) -> RequestResult:
+        """Refuse a PENDING or HOLD VM the scheduler will never run (a malformed or
+        impossible request): ``reason`` goes to the VM's log and the VM to FAILED."""
 
 
 class Scheduler:

@@ -6,7 +6,7 @@ from typing import Any
 
 from nebula_xr.dispatch_manager import DispatchManager
 from nebula_xr.log import Log
-from nebula_xr.model import Host, VirtualMachine
+from nebula_xr.model import Host, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool
 from nebula_xr.scheduling import HostShares, HostView, RequestResult, VMView
 
@@ -27,6 +27,9 @@ def vm_view(vm: VirtualMachine) -> VMView:
         host_name=current.host_name if current is not None else None,
         cpu_demand=cpu,
         memory_demand=memory,
+        placed=current.stime if current is not None else 0,
+        uid=vm.uid,
+        ran=sum(max(0, h.retime - h.stime) for h in vm.history if h.retime),
     )
 
 
@@ -87,3 +90,14 @@ class DaemonSchedulerContext:
 
     def action(self, action: str, vid: int) -> RequestResult:
         return self.dm.action(action, vid)
+
+    def reject(self, vid: int, reason: str) -> RequestResult:
+        vm = self._vms.get(vid)
+        if vm is None:
+            return RequestResult(False, "Virtual machine does not exist")
+        if vm.state not in (VMState.PENDING, VMState.HOLD):
+            return RequestResult(False, "Wrong state to perform action")
+        self._log.vm(vid, "SCHED", 0, reason)
+        self._log.info("SCHED", f"Rejected virtual machine {vid}: {reason}")
+        self.dm.failed(vid)
+        return RequestResult(True)

@@ -159,3 +159,25 @@ def test_the_shipped_oned_conf_starts_with_every_driver(tmp_path) -> None:
             assert f"Loaded driver {name} from plugin {plugin}" in log
     finally:
         one.stop()
+
+
+def test_plugin_xmlrpc_methods_get_the_callers_uid_and_need_new_names() -> None:
+    from nebula_xr.plugin_manager import PluginError, XmlRpcMethod
+    from nebula_xr.transport.xmlrpc import Fault, MethodRegistry
+
+    class Echo:
+        @hookimpl
+        def nebula_xr_xmlrpc_methods(self, scheduler):
+            return [XmlRpcMethod("echo.uid", lambda uid, n: [True, uid, n, scheduler], "A:i")]
+
+    manager = PluginManager()
+    manager.register(Echo(), "echo")
+    registry = MethodRegistry()
+    caller = {"bob:x": 7}.get
+    assert manager.add_xmlrpc_methods(registry, None, caller) == ["echo.uid"]
+    assert registry.call("echo.uid", ["bob:x", 3]) == [True, 7, 3, None]
+    assert "echo.uid" in registry.names()
+    with pytest.raises(Fault):
+        registry.call("echo.uid", ["bob:x", "3"])  # the signature is checked as for the core's
+    with pytest.raises(PluginError, match="'echo.uid' is already registered"):
+        manager.add_xmlrpc_methods(registry, None, caller)

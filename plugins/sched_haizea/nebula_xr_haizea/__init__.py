@@ -1,0 +1,49 @@
+"""nebula-xr-haizea: Haizea's leases as a nebula-xr scheduler plugin.
+
+``pip install ./plugins/sched_haizea``, then ``SCHEDULER = [ plugin = "haizea" ]`` in
+oned.conf. VMs ask for leases with Haizea 1.0's ``HAIZEA`` template vector (see
+:mod:`nebula_xr_haizea.request`); the planner is :mod:`nebula_xr_haizea.planner` and
+the daemon side :mod:`nebula_xr_haizea.scheduler`.
+"""
+
+from __future__ import annotations
+
+from nebula_xr import hookimpl
+from nebula_xr.plugin_manager import XmlRpcMethod
+from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
+from nebula_xr_haizea import api
+from nebula_xr_haizea.scheduler import RUNNING, HaizeaScheduler
+
+PLUGIN_NAME = "haizea"
+
+
+@hookimpl
+def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> Scheduler | None:
+    if config.plugin == PLUGIN_NAME:
+        return HaizeaScheduler(config, context)
+    return None
+
+
+@hookimpl
+def nebula_xr_vm_state_changed(vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
+    for scheduler in list(RUNNING):
+        scheduler.vm_changed(vm, previous_state, previous_lcm_state)
+
+
+@hookimpl
+def nebula_xr_host_state_changed(host: HostView, previous_state: int) -> None:
+    for scheduler in list(RUNNING):
+        scheduler.host_changed(host)
+
+
+@hookimpl
+def nebula_xr_host_monitored(host: HostView) -> None:
+    for scheduler in list(RUNNING):
+        scheduler.host_changed(host)
+
+
+@hookimpl
+def nebula_xr_xmlrpc_methods(scheduler: Scheduler | None) -> list[XmlRpcMethod]:
+    if isinstance(scheduler, HaizeaScheduler):
+        return api.methods(scheduler)
+    return []
