@@ -16,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nebula_xr.auth import read_one_auth, session_for
+
+#: The administrator password of test daemons whose ONE_AUTH file the test did not write.
+ADMIN_PASSWORD = "test-admin-password"
 #: Dummy plugins under the 1.2 driver names, as the tutorial's `onehost add` uses them.
 DUMMY_AS_XEN = """
 IM_MAD = [ name = "im_xen",  executable = "im_dummy" {im_extra} ]
@@ -23,12 +27,17 @@ VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" {vmm_extra} 
 TM_MAD = [ name = "tm_nfs",  executable = "tm_dummy" {tm_extra} ]
 """
 
+#: Authentication as shipped, with refusals delayed by milliseconds instead of seconds, so
+#: that tests of refusals do not wait; the delays themselves are tested on a task.Clock.
+FAST_AUTH = "AUTH = [ enabled = yes, failure_delay = 0.01, failure_delay_max = 0.05 ]"
+
 
 def write_conf(
     location: Path,
     *,
     drivers: str | None = None,
     scheduler: str = 'SCHEDULER = [ plugin = "none" ]',
+    auth: str = FAST_AUTH,
     extra: str = "",
     im_extra: str = "",
     vmm_extra: str = "",
@@ -49,26 +58,37 @@ def write_conf(
         "DEBUG_LEVEL = 3\n"
         'MAC_PREFIX = "00:03"\n'
         f"VM_DIR = {location}/remote\n"
-        f"{scheduler}\n{drivers}\n{extra}\n"
+        f"{scheduler}\n{auth}\n{drivers}\n{extra}\n"
     )
     return conf
 
 
 class OneDaemon:
-    """A nebula-xr process on an ephemeral port, with helpers to talk to it."""
+    """A nebula-xr process on an ephemeral port, with helpers to talk to it.
+
+    Its ONE_AUTH file is ``<location>/one_auth`` (written with :data:`ADMIN_PASSWORD`
+    unless the test wrote it); :attr:`session` is oneadmin's 1.4 session.
+    """
 
     def __init__(self, location: Path, conf: Path | None = None) -> None:
         self.location = location
         self.conf = conf or location / "etc" / "oned.conf"
+        self.one_auth = location / "one_auth"
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+
+    @property
+    def session(self) -> str:
+        return session_for(*read_one_auth(self.one_auth))
 
     @property
     def db_path(self) -> Path:
         return self.location / "var" / "one.db"
 
     def start(self, timeout: float = 20.0) -> OneDaemon:
-        env = dict(os.environ, ONE_LOCATION=str(self.location))
+        if not self.one_auth.exists():
+            self.one_auth.write_text(f"oneadmin:{ADMIN_PASSWORD}\n")
+        env = dict(os.environ, ONE_LOCATION=str(self.location), ONE_AUTH=str(self.one_auth))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nebula_xr", "--conf", str(self.conf)],
             env=env,
@@ -110,8 +130,14 @@ class OneDaemon:
         return xmlrpc.client.ServerProxy(self.url, allow_none=False)
 
     def call(self, method: str, *args: Any) -> Any:
+        """A call as the 1.2 clients make it, with their placeholder session."""
         with self.proxy() as proxy:
             return getattr(proxy, method)("sessionID", *args)
+
+    def call14(self, method: str, *args: Any, session: str | None = None) -> Any:
+        """A call with a 1.4 session, oneadmin's unless ``session`` is given."""
+        with self.proxy() as proxy:
+            return getattr(proxy, method)(session or self.session, *args)
 
     def raw_call(self, body: bytes) -> bytes:
         """POST a hand-written XML-RPC body (for what xmlrpc.client refuses to send)."""
