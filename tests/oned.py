@@ -66,16 +66,22 @@ def write_conf(
 class OneDaemon:
     """A nebula-xr process on an ephemeral port, with helpers to talk to it.
 
-    Its ONE_AUTH file is ``<location>/one_auth`` (written with :data:`ADMIN_PASSWORD`
-    unless the test wrote it); :attr:`session` is oneadmin's 1.4 session.
+    Its ONE_AUTH file is ``one_auth`` if given (the daemon creates it if missing), else
+    ``<location>/one_auth``, written with :data:`ADMIN_PASSWORD` unless the test wrote it;
+    :attr:`session` is oneadmin's 1.4 session. :attr:`startup` keeps the daemon's
+    stderr lines up to the one announcing the listener.
     """
 
-    def __init__(self, location: Path, conf: Path | None = None) -> None:
+    def __init__(
+        self, location: Path, conf: Path | None = None, one_auth: Path | None = None
+    ) -> None:
         self.location = location
         self.conf = conf or location / "etc" / "oned.conf"
-        self.one_auth = location / "one_auth"
+        self.one_auth = one_auth or location / "one_auth"
+        self._write_one_auth = one_auth is None
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.startup: list[str] = []
 
     @property
     def session(self) -> str:
@@ -86,7 +92,7 @@ class OneDaemon:
         return self.location / "var" / "one.db"
 
     def start(self, timeout: float = 20.0) -> OneDaemon:
-        if not self.one_auth.exists():
+        if self._write_one_auth and not self.one_auth.exists():
             self.one_auth.write_text(f"oneadmin:{ADMIN_PASSWORD}\n")
         env = dict(os.environ, ONE_LOCATION=str(self.location), ONE_AUTH=str(self.one_auth))
         self.process = subprocess.Popen(
@@ -97,7 +103,7 @@ class OneDaemon:
         )
         assert self.process.stderr is not None
         deadline = time.monotonic() + timeout
-        lines = []
+        lines = self.startup = []
         while time.monotonic() < deadline:
             line = self.process.stderr.readline().decode(errors="replace")
             if not line:

@@ -30,11 +30,13 @@ SCRIPTS = Path(sysconfig.get_path("scripts"))
 
 
 class User:
-    """Someone at a shell on another machine: only ONE_XMLRPC points at the daemon."""
+    """Someone at a shell on another machine: only ONE_XMLRPC points at the daemon, and
+    ONE_AUTH at their credentials (a missing file when ``one_auth`` is not given)."""
 
-    def __init__(self, endpoint: str, cwd: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if k not in ("ONE_LOCATION", "ONE_AUTH")}
+    def __init__(self, endpoint: str, cwd: Path, one_auth: Path | None = None) -> None:
+        self.env = {k: v for k, v in os.environ.items() if k != "ONE_LOCATION"}
         self.env["ONE_XMLRPC"] = endpoint
+        self.env["ONE_AUTH"] = str(one_auth or cwd / "no-one_auth")
         self.cwd = cwd
 
     def run(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -73,7 +75,7 @@ def user(tmp_path):
     daemon = OneDaemon(tmp_path).start()
     for name, text in (("xen01.one", TUTORIAL), ("ranged.net", RANGED), ("fixed.net", FIXED)):
         (tmp_path / name).write_text(text)
-    yield User(daemon.url, tmp_path)
+    yield User(daemon.url, tmp_path, daemon.one_auth)
     assert daemon.stop() == 0
 
 
@@ -418,7 +420,7 @@ def test_console_reaches_a_qemu_guest(qemu_cluster: Cluster, tmp_path: Path) -> 
         wait_for(lambda: "GUEST-BOOTED" in c.console_log("node01", "one-0"), timeout=90)
         process = subprocess.Popen(
             [str(SCRIPTS / "onevm"), "console", "guest"],
-            env=User(one.url, tmp_path).env,
+            env=User(one.url, tmp_path, one.one_auth).env,
             stdin=terminal,
             stdout=terminal,
             stderr=terminal,
