@@ -1,6 +1,8 @@
 """Benchmark of the daemon's XML-RPC API, measured against a real nebula-xr process.
 
 * ``one.vmget_info`` of a running VM: 1 and 8 client processes, keep-alive, N seconds each;
+* ``one.vm.info`` of the same VM with oneadmin's 1.4 session (authenticated: the session is
+  verified with bcrypt once, then from the in-memory cache), the same loads;
 * 1000 sequential ``one.vmallocate`` of the tutorial template on one keep-alive
   connection, each acknowledged only once durable in one.db.
 
@@ -29,8 +31,8 @@ from tests.test_tutorial import TUTORIAL  # noqa: E402
 ONED_12 = {"info_1": 1900.0, "info_8": 3600.0, "alloc_1000_s": (8.0, 11.0)}
 
 
-def _body(method: str, *params: object) -> bytes:
-    return xmlrpc.client.dumps(("sessionID", *params), method).encode()
+def _body(method: str, *params: object, session: str = "sessionID") -> bytes:
+    return xmlrpc.client.dumps((session, *params), method).encode()
 
 
 def _sequential(url: str, bodies: list[bytes]) -> list[float]:
@@ -83,6 +85,17 @@ def main() -> None:
                     f"  {clients} client(s): {stats['rps']:8.0f} req/s  "
                     f"p50 {stats['p50_ms']:.3f} ms  p99 {stats['p99_ms']:.3f} ms  "
                     f"errors {stats['errors']:.0f}  ({stats['rps'] / reference:.2f}x oned 1.2)"
+                )
+
+            print(f"one.vm.info with a 1.4 session (authenticated), {args.seconds:g} s each:")
+            assert one.call14("one.vm.info", 0)[0] is True  # verified once, then cached
+            info14 = _body("one.vm.info", 0, session=one.session)
+            for clients in (1, 8):
+                stats = run_load(one.url, info14, clients, args.seconds)
+                print(
+                    f"  {clients} client(s): {stats['rps']:8.0f} req/s  "
+                    f"p50 {stats['p50_ms']:.3f} ms  p99 {stats['p99_ms']:.3f} ms  "
+                    f"errors {stats['errors']:.0f}"
                 )
 
             bodies = [_body("one.vmallocate", TUTORIAL)] * args.allocations

@@ -6,9 +6,10 @@ life cycle as the twelve 1.2 methods, with 1.4's checks, messages and XML docume
 ``nebula_xr.vm.history`` (every history record; 1.4 only shows the current one) and
 ``nebula_xr.vm.console`` (how to reach a VM's console, as its VMM driver says).
 
-Sessions: no authentication is configured yet, so, as in 1.2, no session is refused.
-A 1.4 session ``user:hash`` naming a known user makes that user the caller (the owner
-of what it creates, the meaning of the pool filter -1); anything else is oneadmin.
+Sessions ``user:sha1(password)`` are verified (:mod:`nebula_xr.access`), and the caller
+is the owner of what it creates and the meaning of the pool filter -1. Beyond 1.4, which
+let any user read everything, a user only sees its own VMs, and its own and oneadmin's
+networks (one.vm.info, the pools, nebula_xr.vm.*).
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from nebula_xr import xmldoc
+from nebula_xr.access import Access, Caller
 from nebula_xr.database import Database
-from nebula_xr.dispatch_manager import ACTIONS, AllocationError, DispatchManager
+from nebula_xr.dispatch_manager import ACTIONS, DispatchManager
 from nebula_xr.drivers.base import DriverError
 from nebula_xr.log import Log
 from nebula_xr.model import LCMState, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
-from nebula_xr.request_manager import Reply, RequestManager
+from nebula_xr.request_manager import (
+    NOT_AUTHENTICATED_ALLOCATE,
+    NOT_AUTHENTICATED_HOST_INFO,
+    NOT_AUTHENTICATED_VN_ALLOCATE,
+    NOT_AUTHORIZED_DEPLOY,
+    NOT_AUTHORIZED_MIGRATE,
+    NOT_AUTHORIZED_VN_INFO,
+    Reply,
+    RequestManager,
+    not_authorized_vm,
+)
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.transport.xmlrpc import MethodRegistry
 from nebula_xr.users import ADMIN, UserPool
@@ -39,6 +51,21 @@ def _pool_filter(flag: int, caller: int) -> Callable[[int], bool]:
         return lambda uid: True
     wanted = caller if flag == -1 else flag
     return lambda uid: uid == wanted
+
+
+NOT_AUTHENTICATED_VM_POOL = [
+    False,
+    "User not authenticated, aborting RequestManagerPoolInfo call.",
+]
+NOT_AUTHENTICATED_HOST_POOL = [
+    False,
+    "User not authenticated, RequestManagerHostPoolInfo aborted.",
+]
+NOT_AUTHENTICATED_VN_INFO = [False, "User not authenticated, VirtualNetworkInfo call aborted."]
+NOT_AUTHENTICATED_VN_POOL = [False, "User not authenticated, NetworkPoolInfo call aborted."]
+NOT_AUTHORIZED_ADD_USER = [False, "User not authorized to add new users"]
+NOT_AUTHORIZED_USER_INFO = [False, "User not authorized to retrieve user information"]
+NOT_AUTHORIZED_DELETE_USER = [False, "User not authorized to delete users"]
 
 
 class RequestManager14(RequestManager):
@@ -56,8 +83,9 @@ class RequestManager14(RequestManager):
         clock: Any,
         log: Log,
         on_host_added: Callable[[Any], None] | None = None,
+        access: Access | None = None,
     ) -> None:
-        super().__init__(dm, vms, hosts, networks, db, clock, log, on_host_added)
+        super().__init__(dm, vms, hosts, networks, db, clock, log, on_host_added, access)
         self.users = users
         self.vmm = vmm
 
@@ -102,44 +130,35 @@ class RequestManager14(RequestManager):
             ),
         )
         for name, handler, signature, help_text in methods:
-            registry.register(name, handler, signature, help_text)
-
-    def caller(self, session: str) -> int:
-        """The uid a session stands for (never refused: no authentication is configured)."""
-        name, colon, _password = session.partition(":")
-        user = self.users.by_name(name) if colon else None
-        return user.oid if user is not None else ADMIN
+            guarded = self.access.guard(handler, legacy=False)
+            registry.register(name, guarded, signature, help_text, takes_context=True)
 
     # -- virtual machines ---------------------------------------------------------------
 
-    def vm_allocate14(self, session: str, text: str) -> Deferred | Reply:
-        uid = self.caller(session)
-        return self._allocate_vm(text, uid, lambda template: self._check_networks(template, uid))
+    def vm_allocate14(self, caller: Caller, text: str) -> Deferred | Reply:
+        if not caller.authenticated:
+            return NOT_AUTHENTICATED_ALLOCATE
+        check = self.network_check(caller, unknown_fails=True)
+        return self._allocate_vm(text, caller.uid, check)
 
-    def _check_networks(self, template: Template, uid: int) -> None:
-        """1.4 fails a NIC naming an unknown network (1.2 kept it as written) or another
-        user's network: users may use their own networks and oneadmin's (§3.17)."""
-        for nic in template.vectors("NIC"):
-            name = nic.get("NETWORK")
-            if name is None:
-                continue
-            network = self.networks.by_name(name)
-            if network is None:
-                raise AllocationError(f"no network named {name}")
-            if uid != ADMIN and network.uid not in (uid, ADMIN):
-                raise AllocationError(f"network {name} is not usable by user {uid}")
-
-    def vm_deploy14(self, _session: str, vid: int, hid: int) -> Deferred | Reply:
+    def vm_deploy14(self, caller: Caller, vid: int, hid: int) -> Deferred | Reply:
+        if self.hosts.get(hid) is not None:
+            refused = self._vm_refused(caller, vid, NOT_AUTHORIZED_DEPLOY)
+            if refused:
+                return refused
         # 1.4 hosts have no "managed" flag: a host added unmanaged through 1.2 is usable.
         result = self.dm.deploy(vid, hid, managed_only=False)
         if not result.ok:
             return [False, result.message]
         return self._durable([True], [False, f"Can not deploy VM {vid}, can not insert history"])
 
-    def vm_action14(self, _session: str, action: str, vid: int) -> Deferred | Reply:
+    def vm_action14(self, caller: Caller, action: str, vid: int) -> Deferred | Reply:
         # 1.4 looks the VM up before the action name; 1.2 did it the other way round.
-        if self.vms.get(vid) is None:
+        vm = self.vms.get(vid)
+        if vm is None:
             return [False, f"The virtual machine {vid} does not exists"]
+        if not caller.owns(vm.uid):
+            return not_authorized_vm(vid)
         if action == "restart":
             result = self.dm.restart(vid)
         elif action == "finalize":
@@ -152,38 +171,53 @@ class RequestManager14(RequestManager):
             return [False, result.message]
         return self._durable([True], [False, "Error writing the database, check oned.log"])
 
-    def vm_migrate14(self, _session: str, vid: int, hid: int, live: bool) -> Deferred | Reply:
+    def vm_migrate14(self, caller: Caller, vid: int, hid: int, live: bool) -> Deferred | Reply:
+        if self.hosts.get(hid) is not None:
+            refused = self._vm_refused(caller, vid, NOT_AUTHORIZED_MIGRATE)
+            if refused:
+                return refused
         result = self.dm.migrate(vid, hid, live, managed_only=False, verb="migrate")
         if not result.ok:
             return [False, result.message]
         return self._durable([True], [False, f"Can not migrate VM {vid}, can not insert history"])
 
-    def vm_info14(self, _session: str, vid: int) -> Reply:
+    def _own_vm(self, caller: Caller, vid: int) -> Any:
+        """VM ``vid`` if the caller may see it, else the reply refusing it."""
         vm = self.vms.get(vid)
         if vm is None:
             return [False, f"Error getting vm with VID = {vid}"]
+        if not caller.owns(vm.uid):
+            return not_authorized_vm(vid)
+        return vm
+
+    def vm_info14(self, caller: Caller, vid: int) -> Reply:
+        vm = self._own_vm(caller, vid)
+        if isinstance(vm, list):
+            return vm
         return [True, xmldoc.vm_document(vm)]
 
-    def vm_pool_info(self, session: str, flag: int) -> Reply:
-        wanted = _pool_filter(flag, self.caller(session))
+    def vm_pool_info(self, caller: Caller, flag: int) -> Reply:
+        if not caller.authenticated:
+            return NOT_AUTHENTICATED_VM_POOL
+        wanted = _pool_filter(flag, caller.uid)
         vms = (
             vm
             for vm in sorted(self.vms, key=lambda vm: vm.oid)
-            if vm.state is not VMState.DONE and wanted(vm.uid)
+            if vm.state is not VMState.DONE and wanted(vm.uid) and caller.owns(vm.uid)
         )
         return [True, xmldoc.vm_pool_document(vms, self.users.name_of)]
 
-    def vm_history(self, _session: str, vid: int) -> Reply:
-        vm = self.vms.get(vid)
-        if vm is None:
-            return [False, f"Error getting vm with VID = {vid}"]
+    def vm_history(self, caller: Caller, vid: int) -> Reply:
+        vm = self._own_vm(caller, vid)
+        if isinstance(vm, list):
+            return vm
         return [True, xmldoc.history_document(vm)]
 
-    def vm_console(self, _session: str, vid: int) -> Reply:
+    def vm_console(self, caller: Caller, vid: int) -> Reply:
         """``[true, argv, banner]``: the command to run, with a terminal, on the client."""
-        vm = self.vms.get(vid)
-        if vm is None:
-            return [False, f"Error getting vm with VID = {vid}"]
+        vm = self._own_vm(caller, vid)
+        if isinstance(vm, list):
+            return vm
         if vm.state is not VMState.ACTIVE or vm.lcm_state is not LCMState.RUNNING:
             return [False, f"VM {vid} is not running"]
         try:
@@ -196,73 +230,104 @@ class RequestManager14(RequestManager):
 
     # -- hosts --------------------------------------------------------------------------
 
-    def host_allocate14(self, session: str, name: str, im: str, vmm: str, tm: str) -> Deferred:
-        return self.host_allocate(session, name, im, vmm, tm, True)
+    def host_allocate14(
+        self, caller: Caller, name: str, im: str, vmm: str, tm: str
+    ) -> Deferred | Reply:
+        return self.host_allocate(caller, name, im, vmm, tm, True)
 
-    def host_info14(self, _session: str, hid: int) -> Reply:
+    def host_info14(self, caller: Caller, hid: int) -> Reply:
+        if not caller.authenticated:
+            return NOT_AUTHENTICATED_HOST_INFO
         host = self.hosts.get(hid)
         if host is None:
             return [False, f"Error getting host with HID = {hid}"]
         return [True, xmldoc.host_document(host)]
 
-    def host_pool_info(self, _session: str) -> Reply:
+    def host_pool_info(self, caller: Caller) -> Reply:
+        if not caller.authenticated:
+            return NOT_AUTHENTICATED_HOST_POOL
         hosts = sorted(self.hosts, key=lambda host: host.oid)
         return [True, xmldoc.host_pool_document(hosts)]
 
     # -- virtual networks ---------------------------------------------------------------
 
-    def vn_allocate14(self, session: str, text: str) -> Deferred | Reply:
-        uid = self.caller(session)
+    def vn_allocate14(self, caller: Caller, text: str) -> Deferred | Reply:
+        if not caller.authenticated:
+            return NOT_AUTHENTICATED_VN_ALLOCATE
         failure = [False, f"Error allocating VN with template: \n{text}"]
         try:
             # The 1.4 grammar needs no final newline; the 1.2 one we parse does.
             template = Template.parse(text + "\n")
-            network = self.networks.allocate(template, uid)
+            network = self.networks.allocate(template, caller.uid)
         except (TemplateSyntaxError, NetworkTemplateError, ValueError) as error:
             self.log.error("ReM", f"Error allocating virtual network: {error}")
             return failure
         return self._durable([True, network.oid], failure)
 
-    def vn_info14(self, _session: str, nid: int) -> Reply:
+    def vn_info14(self, caller: Caller, nid: int) -> Reply:
+        if not caller.authenticated:
+            return NOT_AUTHENTICATED_VN_INFO
         network = self.networks.get(nid)
         if network is None:
             return [False, f"Error getting Virtual Network with NID = {nid}"]
+        if not caller.may_use_network(network.uid):
+            return NOT_AUTHORIZED_VN_INFO
         return [True, xmldoc.vnet_document(network)]
 
-    def vn_pool_info(self, session: str, flag: int) -> Reply:
-        wanted = _pool_filter(flag, self.caller(session))
+    def vn_pool_info(self, caller: Caller, flag: int) -> Reply:
+        if not caller.authenticated:
+            return NOT_AUTHENTICATED_VN_POOL
+        wanted = _pool_filter(flag, caller.uid)
         networks = (
             network
             for network in sorted(self.networks, key=lambda network: network.oid)
-            if wanted(network.uid)
+            if wanted(network.uid) and caller.may_use_network(network.uid)
         )
         return [True, xmldoc.vnet_pool_document(networks, self.users.name_of)]
 
     # -- users --------------------------------------------------------------------------
 
-    def user_allocate(self, _session: str, name: str, password: str) -> Deferred | Reply:
+    def user_allocate(self, caller: Caller, name: str, password: str) -> Deferred | Reply:
+        """``password`` is what the user will sign in with (the SHA-1 hex of the clear
+        text, as 1.4 clients send it); only a slow salted hash of it is stored."""
+        if not caller.admin:
+            return NOT_AUTHORIZED_ADD_USER
         if self.users.taken(name):
             return [False, "Existing user, cannot duplicate"]
         failure = [False, "Error allocating user"]
         if not name or ":" in name:
             return failure  # it could never log in: sessions split at the first ':'
-        user = self.users.allocate(name, password)
-        return self._durable([True, user.oid], failure)
 
-    def user_info(self, _session: str, uid: int) -> Reply:
+        def hashed(stored_hash: str) -> Deferred | Reply:
+            if self.users.taken(name):  # allocated meanwhile, while hashing
+                return [False, "Existing user, cannot duplicate"]
+            user = self.users.allocate(name, stored_hash)
+            return self._durable([True, user.oid], failure)
+
+        return self.access.hash_secret(password).addCallback(hashed)
+
+    def user_info(self, caller: Caller, uid: int) -> Reply:
+        if not caller.admin:
+            return NOT_AUTHORIZED_USER_INFO
         user = self.users.get(uid)
         if user is None:
             return [False, "Error getting user"]
         return [True, xmldoc.user_document(user)]
 
-    def user_delete(self, _session: str, uid: int) -> Deferred | Reply:
+    def user_delete(self, caller: Caller, uid: int) -> Deferred | Reply:
         if uid == ADMIN:
             return [False, "User oneadmin cannot be deleted"]
+        if not caller.admin:
+            return NOT_AUTHORIZED_DELETE_USER
         user = self.users.get(uid)
         if user is None:
             return [False, f"Error retrieving user {uid}"]
         self.users.delete(user)
+        self.access.forget(user)
         return self._durable([True], [False, f"Error deleting user {uid}"])
 
-    def user_pool_info(self, _session: str) -> Reply:
+    def user_pool_info(self, caller: Caller) -> Reply:
+        if not caller.admin:
+            code = -1 if caller.uid is None else caller.uid
+            return [False, f"User not authorized to pull user pool info. Error code: {code}"]
         return [True, xmldoc.user_pool_document(self.users)]

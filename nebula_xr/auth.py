@@ -7,6 +7,8 @@ XML-RPC is ``user:<lowercase hex SHA-1 of the password>``.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +33,25 @@ def read_one_auth(path: Path) -> tuple[str, str]:
     return name, password
 
 
+def create_one_auth(path: Path, name: str) -> str:
+    """Write a new ONE_AUTH file for ``name`` with a random password and return it.
+
+    The directory is created private (0700) when missing; the file is created 0600 and
+    never replaces an existing one (FileExistsError).
+    """
+    password = secrets.token_urlsafe(18)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+        stream.write(f"{name}:{password}\n")
+    return password
+
+
 def password_hash(password: str) -> str:
     """What clients send in a session: the lowercase hex SHA-1 of the password."""
     return hashlib.sha1(password.encode("utf-8")).hexdigest()
+
+
+def session_for(name: str, password: str) -> str:
+    """The session string a 1.4 client sends for this clear-text password."""
+    return f"{name}:{password_hash(password)}"

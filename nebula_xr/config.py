@@ -6,6 +6,7 @@ With ``ONE_LOCATION`` set everything lives under it (``var/one.db``, ``var/oned.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -70,6 +71,32 @@ class DriverEntry:
     options: dict[str, str]
 
 
+#: How the twelve 1.2 methods, whose clients send a placeholder session, are authorised.
+LEGACY_MODES = ("loopback", "session", "open")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``AUTH = [ ... ]``: authentication of XML-RPC callers (README, Security)."""
+
+    enabled: bool = True
+    #: loopback: 1.2 calls from this machine run as oneadmin unless their session names a
+    #: user; session: they need a valid 1.4 session; open: 1.2's behaviour, no checks.
+    legacy: str = "loopback"
+    #: Explicit consent to serve a non-loopback address without authentication.
+    insecure_network: bool = False
+    #: Seconds a refusal waits after an address's first recent failure (doubling after).
+    failure_delay: float = 1.0
+    failure_delay_max: float = 30.0
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """``TLS = [ cert = ..., key = ... ]``: PEM files, relative ones to the etc directory."""
@@ -104,6 +131,7 @@ class Config:
     scheduler: SchedulerConfig | None = field(
         default_factory=lambda: SchedulerConfig(plugin="sched_rank")
     )
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 def _int(template: Template, key: str, default: int) -> int:
@@ -205,6 +233,49 @@ def _limits(template: Template) -> tuple[Limits, CallLimits]:
             value = int(text)
         (calls if name in call_fields else http)[name] = value
     return replace(Limits(), **http), replace(CallLimits(), **calls)
+def _yes(vector: dict[str, str], key: str, default: bool) -> bool:
+    value = vector.get(key)
+    if value is None:
+        return default
+    if value.lower() in ("yes", "true", "on", "1"):
+        return True
+    if value.lower() in ("no", "false", "off", "0"):
+        return False
+    raise ConfigError(f"AUTH {key.lower()} must be yes or no, not {value!r}")
+
+
+def _auth(template: Template, listen_address: str) -> AuthConfig:
+    vector = template.get_vector("AUTH")
+    if vector is None:
+        if template.get_string("AUTH") is not None:
+            raise ConfigError("AUTH must be a vector: AUTH = [ enabled = yes ]")
+        vector = {}
+    legacy = vector.get("LEGACY", "loopback").lower()
+    if legacy not in LEGACY_MODES:
+        raise ConfigError(f"AUTH legacy must be one of {', '.join(LEGACY_MODES)}, not {legacy!r}")
+    delays = {}
+    for key, default in (("FAILURE_DELAY", 1.0), ("FAILURE_DELAY_MAX", 30.0)):
+        value = vector.get(key)
+        try:
+            delays[key] = default if value is None else float(value)
+        except ValueError:
+            delays[key] = -1.0
+        if not 0 <= delays[key] < float("inf"):
+            raise ConfigError(f"AUTH {key.lower()} must be a number of seconds, not {value!r}")
+    auth = AuthConfig(
+        enabled=_yes(vector, "ENABLED", True),
+        legacy=legacy,
+        insecure_network=_yes(vector, "INSECURE_NETWORK", False),
+        failure_delay=delays["FAILURE_DELAY"],
+        failure_delay_max=delays["FAILURE_DELAY_MAX"],
+    )
+    if not auth.enabled and not auth.insecure_network and not is_loopback(listen_address):
+        raise ConfigError(
+            f"Refusing to serve {listen_address} without authentication: anyone who can "
+            "reach it would control every host. Enable AUTH, listen on 127.0.0.1, or say "
+            "AUTH = [ enabled = no, insecure_network = yes ]"
+        )
+    return auth
 
 
 def parse_config(text: str, layout: Layout) -> Config:
@@ -232,6 +303,7 @@ def parse_config(text: str, layout: Layout) -> Config:
     if not 0 <= port <= 65535:
         raise ConfigError(f"PORT must be a TCP port, not {port}")
     limits, call_limits = _limits(template)
+    listen_address = template.get_string("LISTEN_ADDRESS") or "127.0.0.1"
     journal = (template.get_string("DB_JOURNAL") or "wal").lower()
     if journal not in ("wal", "delete"):
         raise ConfigError(f"DB_JOURNAL must be wal or delete, not {journal!r}")
@@ -242,7 +314,7 @@ def parse_config(text: str, layout: Layout) -> Config:
         manager_timer=_float(template.get_string("MANAGER_TIMER"), "MANAGER_TIMER", 30.0),
         vm_dir=template.get_string("VM_DIR") or f"{layout.var_dir}/",
         port=port,
-        listen_address=template.get_string("LISTEN_ADDRESS") or "127.0.0.1",
+        listen_address=listen_address,
         tls=_tls(template, layout),
         limits=limits,
         call_limits=call_limits,
@@ -253,6 +325,7 @@ def parse_config(text: str, layout: Layout) -> Config:
         driver_timeout=_float(template.get_string("DRIVER_TIMEOUT"), "DRIVER_TIMEOUT", 300.0),
         drivers=tuple(drivers),
         scheduler=_scheduler(template),
+        auth=_auth(template, listen_address),
     )
 
 

@@ -24,8 +24,9 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
 
 from nebula_xr import __version__
+from nebula_xr.access import Access
 from nebula_xr.api14 import RequestManager14
-from nebula_xr.config import Config, ConfigError, DriverEntry, Layout, load_config
+from nebula_xr.config import Config, ConfigError, DriverEntry, Layout, is_loopback, load_config
 from nebula_xr.database import Database, DatabaseError
 from nebula_xr.dispatch_manager import DispatchManager
 from nebula_xr.drivers.base import (
@@ -44,11 +45,12 @@ from nebula_xr.plugin_manager import PluginError, PluginManager
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.request_manager import RequestManager
 from nebula_xr.scheduling import Scheduler
+from nebula_xr.sessions import Authenticator, FailureThrottle
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.transfer_manager import TransferManager
 from nebula_xr.transport.tls import TLSSetupError, server_options
 from nebula_xr.transport.xmlrpc import MethodRegistry, make_factory
-from nebula_xr.users import UserPool
+from nebula_xr.users import BootstrapError, UserPool
 from nebula_xr.views import DaemonSchedulerContext, host_view, vm_view
 from nebula_xr.virtual_machine_manager import VirtualMachineManager
 
@@ -177,7 +179,7 @@ class Daemon(MultiService):
         self.users = UserPool(self.db)
         for pool in (self.vms, self.hosts, self.networks, self.users):
             pool.load()
-        log.info("ONE", self.users.bootstrap())
+        self.access = self._authentication()
 
         drivers = self._make_drivers()
         timeouts = {kind: {} for kind in (INFORMATION, VIRTUAL_MACHINE, TRANSFER)}
@@ -222,6 +224,7 @@ class Daemon(MultiService):
             clock,
             log,
             on_host_added=self.im.host_added,
+            access=self.access,
         )
         self._listen_to_pools()
 
@@ -236,6 +239,7 @@ class Daemon(MultiService):
             clock,
             log,
             on_host_added=self.im.host_added,
+            access=self.access,
         )
 
         self.registry = MethodRegistry(config.call_limits)
@@ -256,7 +260,7 @@ class Daemon(MultiService):
                 raise StartupError(str(error)) from error
             services.append(_SchedulerService(scheduler))
         try:
-            self.plugins.add_xmlrpc_methods(self.registry, scheduler, self.rm14.caller)
+            self.plugins.add_xmlrpc_methods(self.registry, scheduler, self.access.guard_uid)
         except PluginError as error:
             raise StartupError(str(error)) from error
         access_log = lambda line: log.debug("ReM", line)  # noqa: E731
@@ -275,6 +279,41 @@ class Daemon(MultiService):
         services.append(self.listener)
         for service in services:
             service.setServiceParent(self)
+
+    def _authentication(self) -> Access:
+        """The authenticator, with oneadmin created at the first start (slow hashes run
+        here, before the reactor serves anything)."""
+        auth, log = self.config.auth, self.log
+        throttle = FailureThrottle(self.clock, auth.failure_delay, auth.failure_delay_max)
+        authenticator = Authenticator(self.users, self.clock, log, throttle=throttle)
+        hasher = authenticator.hasher
+        try:
+            message, generated = self.users.bootstrap(hasher.hash)
+        except BootstrapError as error:
+            raise StartupError(str(error)) from error
+        if generated:
+            log.warning("ONE", message)
+            click.echo(message, err=True)
+        else:
+            log.info("ONE", message)
+        upgraded = self.users.rehash_legacy(hasher.is_hash, hasher.hash)
+        if upgraded:
+            log.warning("ONE", f"Replaced {upgraded} stored SHA-1 passwords by salted hashes")
+        exposed = not is_loopback(self.config.listen_address)
+        if not auth.enabled:
+            warning = "Authentication is disabled (AUTH enabled = no): every caller is trusted"
+            if exposed:
+                warning += f", and {self.config.listen_address} is reachable from the network"
+            log.warning("ONE", warning)
+            click.echo(f"Warning: {warning}", err=True)
+        elif auth.legacy == "open" and exposed:
+            warning = (
+                "AUTH legacy = open: the 1.2 methods run as oneadmin for anyone who can "
+                f"reach {self.config.listen_address}"
+            )
+            log.warning("ONE", warning)
+            click.echo(f"Warning: {warning}", err=True)
+        return Access(auth, self.users, authenticator)
 
     def _make_drivers(self) -> list[Driver]:
         layout = self.config.layout

@@ -122,20 +122,29 @@ class PluginManager:
     # -- the API --------------------------------------------------------------------------
 
     def add_xmlrpc_methods(
-        self, registry: Any, scheduler: Scheduler | None, caller: Callable[[str], int]
+        self,
+        registry: Any,
+        scheduler: Scheduler | None,
+        guard: Callable[[Callable[..., Any]], Callable[..., Any]],
     ) -> list[str]:
-        """Register the plugins' methods on ``registry`` (a ``MethodRegistry``): the
-        session is resolved to a uid with ``caller``, as the core's 1.4 methods do."""
+        """Register the plugins' methods on ``registry`` (a ``MethodRegistry``).
+
+        ``guard`` turns a plugin handler ``(uid, *params)`` into a registry method
+        ``(context, session, *params)`` that authenticates the session exactly as the
+        core's 1.4 methods do and refuses unauthenticated callers before the plugin runs.
+        """
         names = []
         for methods in self.pm.hook.nebula_xr_xmlrpc_methods(scheduler=scheduler):
             for method in methods or ():
                 returns, _colon, params = method.signature.partition(":")
-
-                def handler(session: str, *args: Any, _method: XmlRpcMethod = method) -> Any:
-                    return _method.handler(caller(session), *args)
-
                 try:
-                    registry.register(method.name, handler, f"{returns}:s{params}", method.help)
+                    registry.register(
+                        method.name,
+                        guard(method.handler),
+                        f"{returns}:s{params}",
+                        method.help,
+                        takes_context=True,
+                    )
                 except ValueError as error:
                     raise PluginError(f"Can not add XML-RPC method: {error}") from error
                 names.append(method.name)

@@ -264,7 +264,8 @@ def vnet_pool_document(networks: Iterable[VirtualNetwork], username: UserNames) 
 def _user(element: etree._Element, user: User, enabled: str) -> etree._Element:
     _fields(
         element,
-        (("ID", user.oid), ("NAME", user.name), ("PASSWORD", user.password), ("ENABLED", enabled)),
+        # PASSWORD stays for 1.4 clients, empty: the stored hash is nobody's business.
+        (("ID", user.oid), ("NAME", user.name), ("PASSWORD", ""), ("ENABLED", enabled)),
     )
     return element
 

@@ -16,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nebula_xr.auth import read_one_auth, session_for
+
+#: The administrator password of test daemons whose ONE_AUTH file the test did not write.
+ADMIN_PASSWORD = "test-admin-password"
 #: Dummy plugins under the 1.2 driver names, as the tutorial's `onehost add` uses them.
 DUMMY_AS_XEN = """
 IM_MAD = [ name = "im_xen",  executable = "im_dummy" {im_extra} ]
@@ -23,12 +27,17 @@ VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" {vmm_extra} 
 TM_MAD = [ name = "tm_nfs",  executable = "tm_dummy" {tm_extra} ]
 """
 
+#: Authentication as shipped, with refusals delayed by milliseconds instead of seconds, so
+#: that tests of refusals do not wait; the delays themselves are tested on a task.Clock.
+FAST_AUTH = "AUTH = [ enabled = yes, failure_delay = 0.01, failure_delay_max = 0.05 ]"
+
 
 def write_conf(
     location: Path,
     *,
     drivers: str | None = None,
     scheduler: str = 'SCHEDULER = [ plugin = "none" ]',
+    auth: str = FAST_AUTH,
     extra: str = "",
     im_extra: str = "",
     vmm_extra: str = "",
@@ -49,26 +58,43 @@ def write_conf(
         "DEBUG_LEVEL = 3\n"
         'MAC_PREFIX = "00:03"\n'
         f"VM_DIR = {location}/remote\n"
-        f"{scheduler}\n{drivers}\n{extra}\n"
+        f"{scheduler}\n{auth}\n{drivers}\n{extra}\n"
     )
     return conf
 
 
 class OneDaemon:
-    """A nebula-xr process on an ephemeral port, with helpers to talk to it."""
+    """A nebula-xr process on an ephemeral port, with helpers to talk to it.
 
-    def __init__(self, location: Path, conf: Path | None = None) -> None:
+    Its ONE_AUTH file is ``one_auth`` if given (the daemon creates it if missing), else
+    ``<location>/one_auth``, written with :data:`ADMIN_PASSWORD` unless the test wrote it;
+    :attr:`session` is oneadmin's 1.4 session. :attr:`startup` keeps the daemon's
+    stderr lines up to the one announcing the listener.
+    """
+
+    def __init__(
+        self, location: Path, conf: Path | None = None, one_auth: Path | None = None
+    ) -> None:
         self.location = location
         self.conf = conf or location / "etc" / "oned.conf"
+        self.one_auth = one_auth or location / "one_auth"
+        self._write_one_auth = one_auth is None
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.startup: list[str] = []
+
+    @property
+    def session(self) -> str:
+        return session_for(*read_one_auth(self.one_auth))
 
     @property
     def db_path(self) -> Path:
         return self.location / "var" / "one.db"
 
     def start(self, timeout: float = 20.0) -> OneDaemon:
-        env = dict(os.environ, ONE_LOCATION=str(self.location))
+        if self._write_one_auth and not self.one_auth.exists():
+            self.one_auth.write_text(f"oneadmin:{ADMIN_PASSWORD}\n")
+        env = dict(os.environ, ONE_LOCATION=str(self.location), ONE_AUTH=str(self.one_auth))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nebula_xr", "--conf", str(self.conf)],
             env=env,
@@ -77,7 +103,7 @@ class OneDaemon:
         )
         assert self.process.stderr is not None
         deadline = time.monotonic() + timeout
-        lines = []
+        lines = self.startup = []
         while time.monotonic() < deadline:
             line = self.process.stderr.readline().decode(errors="replace")
             if not line:
@@ -110,8 +136,14 @@ class OneDaemon:
         return xmlrpc.client.ServerProxy(self.url, allow_none=False)
 
     def call(self, method: str, *args: Any) -> Any:
+        """A call as the 1.2 clients make it, with their placeholder session."""
         with self.proxy() as proxy:
             return getattr(proxy, method)("sessionID", *args)
+
+    def call14(self, method: str, *args: Any, session: str | None = None) -> Any:
+        """A call with a 1.4 session, oneadmin's unless ``session`` is given."""
+        with self.proxy() as proxy:
+            return getattr(proxy, method)(session or self.session, *args)
 
     def raw_call(self, body: bytes) -> bytes:
         """POST a hand-written XML-RPC body (for what xmlrpc.client refuses to send)."""

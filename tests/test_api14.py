@@ -144,14 +144,15 @@ def template(element: ElementTree.Element) -> list[tuple[str, Any]]:
 @pytest.fixture(scope="module")
 def one(tmp_path_factory):
     location = tmp_path_factory.mktemp("one14")
-    auth = location / "one_auth"
-    auth.write_text("oneadmin:secret\n")
+    (location / "one_auth").write_text("oneadmin:secret\n")
     write_conf(location)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ONE_AUTH", str(auth))
-        daemon = OneDaemon(location).start()
+    daemon = OneDaemon(location).start()
+    assert daemon.session == ADMIN_SESSION
     add_hosts(daemon, "node01")
-    assert daemon.call("one.host.allocate", "node02", "im_xen", "vmm_xen", "tm_nfs") == [True, 1]
+    assert daemon.call14("one.host.allocate", "node02", "im_xen", "vmm_xen", "tm_nfs") == [
+        True,
+        1,
+    ]
     assert daemon.call("one.hostallocate", "unmanaged", "im_xen", "vmm_xen", "tm_nfs", False) == [
         True,
         2,
@@ -192,9 +193,17 @@ def test_both_apis_are_listed_with_their_signatures(one: OneDaemon) -> None:
 
 
 @pytest.mark.parametrize("session", ["sessionID", "oneadmin:wrong", "nobody:x", ""])
-def test_no_session_is_refused_without_authentication(one: OneDaemon, session: str) -> None:
-    assert call(one, "one.hostpool.info", session=session)[0] is True
-    assert call(one, "one.vmpool.info", -2, session=session)[0] is True
+def test_invalid_sessions_are_refused(one: OneDaemon, session: str) -> None:
+    """Authentication is on by default: a wrong password is refused as 1.4 refused it
+    (before AUTH existed this test asserted the opposite)."""
+    assert call(one, "one.hostpool.info", session=session) == [
+        False,
+        "User not authenticated, RequestManagerHostPoolInfo aborted.",
+    ]
+    assert call(one, "one.vmpool.info", -2, session=session) == [
+        False,
+        "User not authenticated, aborting RequestManagerPoolInfo call.",
+    ]
 
 
 # -- documents ----------------------------------------------------------------------------
@@ -342,7 +351,7 @@ def test_users_and_ownership(one: OneDaemon) -> None:
     assert pool.tag == "USER_POOL"
     admin = pool[0]
     assert tags(admin) == USER
-    assert [child.text for child in admin] == ["0", "oneadmin", admin_hash, "True"]
+    assert [child.text for child in admin] == ["0", "oneadmin", None, "True"]  # no credential
 
     alice_hash = hashlib.sha1(b"alice-pw").hexdigest()
     ok, alice = call(one, "one.user.allocate", "alice", alice_hash)
@@ -357,7 +366,7 @@ def test_users_and_ownership(one: OneDaemon) -> None:
     ]
     assert call(one, "one.user.allocate", "a:b", "x") == [False, "Error allocating user"]
     document = info(one, "one.user.info", alice)
-    assert [child.text for child in document] == [str(alice), "alice", alice_hash, "1"]
+    assert [child.text for child in document] == [str(alice), "alice", None, "1"]
 
     # a known user in the session owns what it creates; -1 lists the caller's objects
     session = f"alice:{alice_hash}"
@@ -381,7 +390,7 @@ def test_users_and_ownership(one: OneDaemon) -> None:
         ("alice-net", str(alice))
     ]
     # others' networks are not usable by alice (oneadmin's are), nor alice's by bob
-    ok, bob = call(one, "one.user.allocate", "bob", "b")
+    ok, bob = call(one, "one.user.allocate", "bob", "b")  # a client may register any string
     assert call(one, "one.vm.allocate", "NIC = [ NETWORK = alice-net ]", session="bob:b") == [
         False,
         "Error inserting VM in the database, check oned.log",
@@ -400,7 +409,12 @@ def test_users_and_ownership(one: OneDaemon) -> None:
     assert call(one, "one.user.delete", 0) == [False, "User oneadmin cannot be deleted"]
     with sqlite3.connect(one.db_path) as db:
         rows = db.execute("SELECT oid, user_name, enabled FROM user_pool ORDER BY oid").fetchall()
+        stored = [row[0] for row in db.execute("SELECT password FROM user_pool")]
     assert rows == [(0, "oneadmin", 1), (bob, "bob", 1)]
+    # only salted slow hashes are stored, never what a client signs in with
+    assert all(password.startswith("$2b$12$") for password in stored)
+    assert not {admin_hash, "b"} & set(stored)
+    assert len(set(stored)) == 2
 
 
 @pytest.mark.parametrize(
@@ -540,11 +554,14 @@ class InProcess:
         plugins.register(SteeredPlugin(), "vmm_steered")
         conf = write_conf(location, drivers=STEERED)
         layout = Layout(location / "var", location / "etc", location / "var", location / "lock")
-        self.daemon = Daemon(load_config(conf, layout), plugins, reactor=reactor)
+        (location / "one_auth").write_text("oneadmin:secret\n")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("ONE_AUTH", str(location / "one_auth"))
+            self.daemon = Daemon(load_config(conf, layout), plugins, reactor=reactor)
         self.driver: SteeredDriver = self.daemon.vmm.drivers["vmm_xen"]
 
     async def call(self, method: str, *args: Any) -> Any:
-        return await maybeDeferred(self.daemon.registry.call, method, ["s", *args])
+        return await maybeDeferred(self.daemon.registry.call, method, [ADMIN_SESSION, *args])
 
     async def until(self, predicate: Any, timeout: float = 10.0) -> None:
         for _ in range(int(timeout / 0.05)):

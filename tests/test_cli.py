@@ -5,6 +5,7 @@ traceback."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -15,6 +16,7 @@ import sys
 import sysconfig
 import threading
 import time
+import xmlrpc.client
 from pathlib import Path
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCServer
@@ -30,11 +32,13 @@ SCRIPTS = Path(sysconfig.get_path("scripts"))
 
 
 class User:
-    """Someone at a shell on another machine: only ONE_XMLRPC points at the daemon."""
+    """Someone at a shell on another machine: only ONE_XMLRPC points at the daemon, and
+    ONE_AUTH at their credentials (a missing file when ``one_auth`` is not given)."""
 
-    def __init__(self, endpoint: str, cwd: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if k not in ("ONE_LOCATION", "ONE_AUTH")}
+    def __init__(self, endpoint: str, cwd: Path, one_auth: Path | None = None) -> None:
+        self.env = {k: v for k, v in os.environ.items() if k != "ONE_LOCATION"}
         self.env["ONE_XMLRPC"] = endpoint
+        self.env["ONE_AUTH"] = str(one_auth or cwd / "no-one_auth")
         self.cwd = cwd
 
     def run(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -73,7 +77,7 @@ def user(tmp_path):
     daemon = OneDaemon(tmp_path).start()
     for name, text in (("xen01.one", TUTORIAL), ("ranged.net", RANGED), ("fixed.net", FIXED)):
         (tmp_path / name).write_text(text)
-    yield User(daemon.url, tmp_path)
+    yield User(daemon.url, tmp_path, daemon.one_auth)
     assert daemon.stop() == 0
 
 
@@ -299,6 +303,40 @@ def test_top_refreshes_until_interrupted(user: User) -> None:
     assert all("xen01" in screen and "pend" in screen for screen in screens)
 
 
+def test_a_user_signs_in_from_one_auth(user: User, tmp_path: Path) -> None:
+    """With authentication on, the CLI signs its calls with ONE_AUTH's user:sha1(password):
+    an ordinary user owns what it creates and sees only that; a wrong password is
+    refused with 1.4's message."""
+    admin = User(user.env["ONE_XMLRPC"], tmp_path, Path(user.env["ONE_AUTH"]))
+    admin.ok("onehost", "add", "node01", "im_xen", "vmm_xen", "tm_nfs")
+    admin.ok("onevm", "create", "xen01.one")  # oneadmin's VM 0
+    admin_session = "oneadmin:" + hashlib.sha1(b"test-admin-password").hexdigest()
+    with xmlrpc.client.ServerProxy(user.env["ONE_XMLRPC"]) as proxy:
+        secret = hashlib.sha1(b"alice-pw").hexdigest()
+        assert proxy.one.user.allocate(admin_session, "alice", secret)[0] is True
+    (tmp_path / "alice_auth").write_text("alice:alice-pw\n")
+    alice = User(user.env["ONE_XMLRPC"], tmp_path, tmp_path / "alice_auth")
+    assert alice.ok("onevm", "-v", "create", "xen01.one") == "ID: 1\n"
+    assert [row[0] for row in alice.table("onevm", "list")[1:]] == ["1"]
+    assert alice.fails("onevm", "show", "0") == (
+        "Error: User not authorized to perform operation upon VirtualMachine [0]"
+    )
+    assert alice.fails("onehost", "add", "node02", "im_xen", "vmm_xen", "tm_nfs") == (
+        "Error: User not authorized to add new hosts"
+    )
+    assert alice.fails("onevm", "deploy", "0", "node01") == (
+        "Error: User not authorized to perform the deploy"
+    )
+    (tmp_path / "guess_auth").write_text("alice:guess\n")
+    guess = User(user.env["ONE_XMLRPC"], tmp_path, tmp_path / "guess_auth")
+    assert guess.fails("onevm", "list") == (
+        "Error: User not authenticated, aborting RequestManagerPoolInfo call."
+    )
+    assert guess.fails("onevm", "create", "xen01.one") == (
+        "Error: User not authenticated, aborting RequestManagerAllocate call."
+    )
+
+
 def test_errors(user: User, tmp_path: Path) -> None:
     user.ok("onehost", "add", "node01", "im_xen", "vmm_xen", "tm_nfs")
     user.ok("onehost", "add", "node01", "im_xen", "vmm_xen", "tm_nfs")  # 1.2 accepts twins
@@ -418,7 +456,7 @@ def test_console_reaches_a_qemu_guest(qemu_cluster: Cluster, tmp_path: Path) -> 
         wait_for(lambda: "GUEST-BOOTED" in c.console_log("node01", "one-0"), timeout=90)
         process = subprocess.Popen(
             [str(SCRIPTS / "onevm"), "console", "guest"],
-            env=User(one.url, tmp_path).env,
+            env=User(one.url, tmp_path, one.one_auth).env,
             stdin=terminal,
             stdout=terminal,
             stderr=terminal,

@@ -40,7 +40,7 @@ def _vm(name: str, haizea: str) -> str:
 
 def lease_state(one: OneDaemon, lid: int) -> str | None:
     """The lease's state as ``haizea.lease.list`` shows it (None while it is not listed)."""
-    ok, document = one.call("haizea.lease.list")
+    ok, document = one.call14("haizea.lease.list")
     assert ok, document
     for lease in etree.fromstring(document):
         if lease.findtext("ID") == str(lid):
@@ -193,9 +193,9 @@ def test_leases_are_listed_over_xmlrpc_and_by_onelease(tmp_path) -> None:
         ok, waiting = one.call("one.vmallocate", _vm("waiting", long))
         assert ok
         assert "haizea.lease.list" in one.call("system.listMethods")
-        wait_for(lambda: f"<ID>{waiting}</ID>" in one.call("haizea.lease.list")[1])
+        wait_for(lambda: f"<ID>{waiting}</ID>" in one.call14("haizea.lease.list")[1])
 
-        env = dict(os.environ, ONE_XMLRPC=one.url)
+        env = dict(os.environ, ONE_XMLRPC=one.url, ONE_AUTH=str(one.one_auth))
         onelease = str(Path(sys.executable).parent / "onelease")
 
         def run(*args: str) -> str:

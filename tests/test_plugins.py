@@ -8,6 +8,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,11 +174,15 @@ def test_plugin_xmlrpc_methods_get_the_callers_uid_and_need_new_names() -> None:
     manager = PluginManager()
     manager.register(Echo(), "echo")
     registry = MethodRegistry()
-    caller = {"bob:x": 7}.get
-    assert manager.add_xmlrpc_methods(registry, None, caller) == ["echo.uid"]
+    sessions = {"bob:x": 7}
+
+    def guard(handler: Any) -> Any:
+        return lambda _context, session, *params: handler(sessions[session], *params)
+
+    assert manager.add_xmlrpc_methods(registry, None, guard) == ["echo.uid"]
     assert registry.call("echo.uid", ["bob:x", 3]) == [True, 7, 3, None]
     assert "echo.uid" in registry.names()
     with pytest.raises(Fault):
         registry.call("echo.uid", ["bob:x", "3"])  # the signature is checked as for the core's
     with pytest.raises(PluginError, match="'echo.uid' is already registered"):
-        manager.add_xmlrpc_methods(registry, None, caller)
+        manager.add_xmlrpc_methods(registry, None, guard)
