@@ -27,6 +27,7 @@ from nebula_xr.model import LCMState, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.request_manager import Reply, RequestManager
 from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.template_policy import TemplateRefused, check_storable
 from nebula_xr.transport.xmlrpc import MethodRegistry
 from nebula_xr.users import ADMIN, UserPool
 from nebula_xr.virtual_machine_manager import VirtualMachineManager
@@ -217,7 +218,11 @@ class RequestManager14(RequestManager):
         try:
             # The 1.4 grammar needs no final newline; the 1.2 one we parse does.
             template = Template.parse(text + "\n")
+            check_storable(template, "VN")
             network = self.networks.allocate(template, uid)
+        except TemplateRefused as error:
+            self.log.error("ReM", f"Error allocating virtual network: {error}")
+            return [False, str(error)]
         except (TemplateSyntaxError, NetworkTemplateError, ValueError) as error:
             self.log.error("ReM", f"Error allocating virtual network: {error}")
             return failure
