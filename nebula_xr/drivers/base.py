@@ -97,6 +97,8 @@ class DriverContext:
     vm_log: Callable[[int, str], None]
     #: ``log(message)`` writes an informational line to oned.log.
     log: Callable[[str], None]
+    #: ``vm_owner(vid)``: the uid owning a VM (-1 when unknown: treated as no privilege).
+    vm_owner: Callable[[int], int] = field(default=lambda vid: -1)
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ class XenDriver(VirtualMachineDriver):
         super().__init__(config, context)
         settings = xen.load_settings(config, context)
         self.tools = xen.toolstack(settings)
-        self.remote = xen.runner(settings, context.reactor)
+        self.remote = xen.runner(settings, context)
         self.console_ssh = shlex.split(settings.get("SSH", "ssh"))
 
     def _run(self, host: str, *args: str) -> defer.Deferred:
@@ -208,7 +208,7 @@ class XenDriver(VirtualMachineDriver):
     @defer.inlineCallbacks
     def deploy(self, vm: VMAction, local_file: Path, remote_file: str) -> Any:
         text = local_file.read_bytes()
-        copy = 'mkdir -p "$(dirname "$1")" && cat > "$1"'
+        copy = 'umask 027 && mkdir -p "$(dirname "$1")" && cat > "$1"'
         result = yield self.remote.run(vm.host, ["sh", "-c", copy, "sh", remote_file], stdin=text)
         require_ok(result, f"Can not copy the deployment file to {vm.host}")
         result = yield self._checked(vm.host, "Error creating domain", "create", remote_file)
