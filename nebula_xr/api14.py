@@ -181,7 +181,8 @@ class RequestManager14(RequestManager):
         return [True, xmldoc.history_document(vm)]
 
     def vm_console(self, _session: str, vid: int) -> Reply:
-        """``[true, argv, banner]``: the command to run, with a terminal, on the client."""
+        """``[true, {host, domain, method}, banner]``: where the console is; the client
+        builds the command from a fixed form (it never runs one a server sends)."""
         vm = self.vms.get(vid)
         if vm is None:
             return [False, f"Error getting vm with VID = {vid}"]
@@ -193,7 +194,8 @@ class RequestManager14(RequestManager):
             return [False, f"Can not reach the console of VM {vid}: {error}"]
         if command is None:
             return [False, f"The virtualization driver of VM {vid} offers no console"]
-        return [True, list(command.argv), command.banner]
+        target = {"host": command.host, "domain": command.domain, "method": command.method}
+        return [True, target, command.banner]
 
     # -- hosts --------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,14 @@ from twisted.internet import defer, task
 
 from nebula_xr import hookimpl
 from nebula_xr.drivers.base import (
-    ConsoleCommand,
+    ConsoleTarget,
     DriverConfig,
     DriverContext,
     DriverError,
     VirtualMachineDriver,
     VMAction,
 )
-from nebula_xr.drivers.remote import CommandResult, check_host, remote_command, require_ok
+from nebula_xr.drivers.remote import CommandResult, check_host, require_ok
 from nebula_xr.template import Template
 from nebula_xr_plugins import xen
 
@@ -192,7 +191,6 @@ class XenDriver(VirtualMachineDriver):
         settings = xen.load_settings(config, context)
         self.tools = xen.toolstack(settings)
         self.remote = xen.runner(settings, context)
-        self.console_ssh = shlex.split(settings.get("SSH", "ssh"))
 
     def _run(self, host: str, *args: str) -> defer.Deferred:
         return self.remote.run(host, self.tools.tool(*args))
@@ -271,11 +269,11 @@ class XenDriver(VirtualMachineDriver):
 
         return self.remote.run(vm.host, self.tools.xentop("-b", "-i", "2")).addCallback(parsed)
 
-    def console(self, vm: VMAction) -> ConsoleCommand | None:
-        # No multiplexing options: the command runs on the user's machine, not ours.
-        tool = remote_command(self.tools.tool("console", vm.deploy_id))
-        argv = (*self.console_ssh, "-t", "--", check_host(vm.host), tool)
-        return ConsoleCommand(argv, banner="Escape character is '^]'")
+    def console(self, vm: VMAction) -> ConsoleTarget | None:
+        method = f"sudo-{self.tools.name}" if self.tools.sudo else self.tools.name
+        return ConsoleTarget(
+            check_host(vm.host), vm.deploy_id, method, banner="Escape character is '^]'"
+        )
 
 
 @hookimpl
