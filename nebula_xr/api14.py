@@ -39,6 +39,7 @@ from nebula_xr.request_manager import (
     not_authorized_vm,
 )
 from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.template_policy import TemplateRefused, check_storable
 from nebula_xr.transport.xmlrpc import MethodRegistry
 from nebula_xr.users import ADMIN, UserPool
 from nebula_xr.virtual_machine_manager import VirtualMachineManager
@@ -214,7 +215,8 @@ class RequestManager14(RequestManager):
         return [True, xmldoc.history_document(vm)]
 
     def vm_console(self, caller: Caller, vid: int) -> Reply:
-        """``[true, argv, banner]``: the command to run, with a terminal, on the client."""
+        """``[true, {host, domain, method}, banner]``: where the console is; the client
+        builds the command from a fixed form (it never runs one a server sends)."""
         vm = self._own_vm(caller, vid)
         if isinstance(vm, list):
             return vm
@@ -226,7 +228,8 @@ class RequestManager14(RequestManager):
             return [False, f"Can not reach the console of VM {vid}: {error}"]
         if command is None:
             return [False, f"The virtualization driver of VM {vid} offers no console"]
-        return [True, list(command.argv), command.banner]
+        target = {"host": command.host, "domain": command.domain, "method": command.method}
+        return [True, target, command.banner]
 
     # -- hosts --------------------------------------------------------------------------
 
@@ -258,7 +261,11 @@ class RequestManager14(RequestManager):
         try:
             # The 1.4 grammar needs no final newline; the 1.2 one we parse does.
             template = Template.parse(text + "\n")
+            check_storable(template, "VN")
             network = self.networks.allocate(template, caller.uid)
+        except TemplateRefused as error:
+            self.log.error("ReM", f"Error allocating virtual network: {error}")
+            return [False, str(error)]
         except (TemplateSyntaxError, NetworkTemplateError, ValueError) as error:
             self.log.error("ReM", f"Error allocating virtual network: {error}")
             return failure

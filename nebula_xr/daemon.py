@@ -36,6 +36,7 @@ from nebula_xr.drivers.base import (
     Driver,
     DriverConfig,
     DriverContext,
+    DriverError,
 )
 from nebula_xr.information_manager import InformationManager
 from nebula_xr.lifecycle_manager import LifeCycleManager
@@ -314,6 +315,9 @@ class Daemon(MultiService):
             log.warning("ONE", warning)
             click.echo(f"Warning: {warning}", err=True)
         return Access(auth, self.users, authenticator)
+    def _vm_owner(self, vid: int) -> int:
+        vm = self.vms.get(vid)
+        return vm.uid if vm is not None else -1
 
     def _make_drivers(self) -> list[Driver]:
         layout = self.config.layout
@@ -324,6 +328,7 @@ class Daemon(MultiService):
             frontend=self.frontend,
             vm_log=lambda vid, message: self.log.vm(vid, "MAD", 2, message),
             log=lambda message: self.log.info("MAD", message),
+            vm_owner=self._vm_owner,
         )
         drivers = []
         for entry in self.config.drivers:
@@ -331,6 +336,8 @@ class Daemon(MultiService):
                 driver = self.plugins.make_driver(self._driver_config(entry), context)
             except (PluginError, ConfigError) as error:
                 raise StartupError(str(error)) from error
+            except DriverError as error:  # e.g. a control directory that is not private
+                raise StartupError(f"Driver {entry.name}: {error}") from error
             self.log.info("ONE", f"Loaded driver {entry.name} from plugin {entry.plugin}")
             drivers.append(driver)
         return drivers

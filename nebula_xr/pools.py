@@ -86,7 +86,8 @@ class VirtualMachinePool:
         vm = VirtualMachine(oid=self._next_oid, template=template, stime=now, uid=uid)
         self._next_oid += 1
         self.vms[vm.oid] = vm
-        self.vm_dir(vm.oid).mkdir(mode=0o777, parents=True, exist_ok=True)
+        # Owner and group only (1.2 used 0777): hosts reach it as the oneadmin group.
+        self.vm_dir(vm.oid).mkdir(mode=0o770, parents=True, exist_ok=True)
         self.db.write(
             Replace(VMPoolRow, [vm.pool_row()]), Insert(VMAttributeRow, vm.template_rows())
         )

@@ -24,6 +24,7 @@ from nebula_xr.model import HostState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.scheduling import RequestResult
 from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.template_policy import TemplateRefused, check_storable, check_vm_template
 from nebula_xr.transport.xmlrpc import MethodRegistry
 from nebula_xr.users import ADMIN
 from nebula_xr.vnet import NetworkTemplateError
@@ -149,6 +150,11 @@ class RequestManager:
         except TemplateSyntaxError as error:
             self.log.error("ReM", f"Error parsing VM template: {error}")
             return [False, "Error parsing VM template"]
+        try:
+            check_vm_template(template, uid)
+        except TemplateRefused as error:
+            self.log.error("ReM", f"Error allocating VM: {error}")
+            return [False, str(error)]
         failure = [False, "Error inserting VM in the database, check oned.log"]
         try:
             if check is not None:
@@ -250,7 +256,11 @@ class RequestManager:
         try:
             # 1.2 did not append the newline here, so a last line without one failed.
             template = Template.parse(text + "\n")
+            check_storable(template, "VN")
             network = self.networks.allocate(template, caller.uid)
+        except TemplateRefused as error:
+            self.log.error("ReM", f"Error allocating virtual network: {error}")
+            return [False, str(error)]
         except (TemplateSyntaxError, NetworkTemplateError, ValueError) as error:
             self.log.error("ReM", f"Error allocating virtual network: {error}")
             return failure

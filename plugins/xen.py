@@ -12,7 +12,7 @@ XM_PATH             /usr/sbin/xm           the tools, as run on the hosts
 XL_PATH             /usr/sbin/xl
 XENTOP_PATH         /usr/sbin/xentop
 SSH                 ssh                    the ssh client and options (``ssh -F cfg``)
-SSH_CONTROL_DIR     /tmp/nebula-xr-ssh-UID where multiplexed connections live
+SSH_CONTROL_DIR     $VAR/ssh               where multiplexed connections live (private: 0700)
 COMMAND_TIMEOUT     120                    seconds after which a remote command is killed
 SHUTDOWN_TIMEOUT    60                     seconds a guest gets to halt before destroy
 PER_HOST            4                      commands at once on one host
@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import os
 import shlex
-import tempfile
 from dataclasses import dataclass
-from typing import Any
 
 from nebula_xr.drivers.base import DriverConfig, DriverContext, DriverError
 from nebula_xr.drivers.remote import RemoteRunner
@@ -89,12 +87,12 @@ def toolstack(settings: dict[str, str]) -> Toolstack:
     )
 
 
-def runner(settings: dict[str, str], reactor: Any) -> RemoteRunner:
-    control_dir = settings.get(
-        "SSH_CONTROL_DIR", os.path.join(tempfile.gettempdir(), f"nebula-xr-ssh-{os.geteuid()}")
-    )
+def runner(settings: dict[str, str], context: DriverContext) -> RemoteRunner:
+    """The ssh runner; its control directory is the daemon's own ``$VAR/ssh`` unless
+    SSH_CONTROL_DIR says otherwise (checked private either way; '' turns multiplexing off)."""
+    control_dir = settings.get("SSH_CONTROL_DIR", os.path.join(context.var_dir, "ssh"))
     return RemoteRunner(
-        reactor,
+        context.reactor,
         ssh=shlex.split(settings.get("SSH", "ssh")),
         control_dir=control_dir or None,
         timeout=_number(settings, "COMMAND_TIMEOUT", 120),

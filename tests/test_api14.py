@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from nebula_xr import hookimpl
 from nebula_xr.config import Layout, load_config
 from nebula_xr.daemon import Daemon
-from nebula_xr.drivers.base import ConsoleCommand, VMAction
+from nebula_xr.drivers.base import ConsoleTarget, VMAction
 from nebula_xr.plugin_manager import PluginManager
 from nebula_xr_plugins.dummy.vmm_dummy import DummyVirtualMachineDriver
 from tests.oned import OneDaemon, wait_for, write_conf
@@ -530,8 +530,8 @@ class SteeredDriver(DummyVirtualMachineDriver):
     def poll(self, vm: VMAction) -> Deferred:
         return super().poll(vm).addCallback(lambda info: {**info, "STATE": self.state})
 
-    def console(self, vm: VMAction) -> ConsoleCommand:
-        return ConsoleCommand(("ssh", "-t", vm.host, "xm", "console", vm.deploy_id), "Ctrl-]")
+    def console(self, vm: VMAction) -> ConsoleTarget:
+        return ConsoleTarget(vm.host, vm.deploy_id, "sudo-xm", "Ctrl-]")
 
 
 class SteeredPlugin:
@@ -635,7 +635,7 @@ async def test_finalize_of_an_unknown_vm_and_console(steered: InProcess) -> None
     vid = await steered.running_vm()
     assert await steered.call("nebula_xr.vm.console", vid) == [
         True,
-        ["ssh", "-t", "node01", "xm", "console", f"one-{vid}"],
+        {"host": "node01", "domain": f"one-{vid}", "method": "sudo-xm"},
         "Ctrl-]",
     ]
     steered.driver.state = "d"

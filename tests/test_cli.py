@@ -400,7 +400,7 @@ def test_errors(user: User, tmp_path: Path) -> None:
 class _ConsoleServer:
     """A stand-in oned that only knows VM 3 and how to reach its console."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, target: Any) -> None:
         self.server = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=False)
         fields = {"ID": 3, "UID": 0, "USERNAME": "oneadmin", "NAME": "web", "LAST_POLL": 0}
         fields.update(STATE=3, LCM_STATE=3, STIME=0, ETIME=0, DEPLOY_ID="one-3", MEMORY=0)
@@ -409,7 +409,7 @@ class _ConsoleServer:
         pool = f"<VM_POOL><VM>{vm}</VM></VM_POOL>"
         self.server.register_function(lambda session, flag: [True, pool], "one.vmpool.info")
         self.server.register_function(
-            lambda session, vid: [True, argv, "Escape character is '^]'"],
+            lambda session, vid: [True, target, "Escape character is '^]'"],
             "nebula_xr.vm.console",
         )
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/RPC2"
@@ -420,29 +420,69 @@ class _ConsoleServer:
         self.server.server_close()
 
 
-def test_console_runs_what_the_driver_says(tmp_path: Path) -> None:
-    stand_in = _ConsoleServer(
-        [sys.executable, "-c", "import sys; print('console of', sys.argv[1])", "one-3"]
-    )
+def test_console_builds_its_own_ssh_command(tmp_path: Path) -> None:
+    """The server says where the console is; onevm runs the fixed ssh form with the
+    user's $ONE_SSH, and refuses anything else the server answers."""
+    fake_ssh = tmp_path / "fake-ssh"
+    fake_ssh.write_text("#!/bin/sh\nprintf '%s|' \"$@\"\n")
+    fake_ssh.chmod(0o755)
+    target = {"host": "node01", "domain": "one-3", "method": "sudo-xm"}
+    stand_in = _ConsoleServer(target)
     try:
-        done = User(stand_in.url, tmp_path).run("onevm", "console", "web")
-        assert (done.returncode, done.stdout) == (0, "console of one-3\n")
+        user = User(stand_in.url, tmp_path)
+        user.env["ONE_SSH"] = f"{fake_ssh} -F /etc/cluster.cfg"
+        done = user.run("onevm", "console", "web")
+        assert (done.returncode, done.stdout) == (
+            0,
+            "-F|/etc/cluster.cfg|-t|node01|--|sudo|xm|console|one-3|",
+        )
         assert done.stderr == "Escape character is '^]'\n"
     finally:
         stand_in.close()
-    missing = _ConsoleServer(["/nonexistent/console"])
+    marker = tmp_path / "MARKER"
+    hostile = [
+        (
+            [sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+            "Error: The server did not say where the console is",
+        ),
+        (
+            dict(target, host="-oProxyCommand=touch MARKER"),
+            "Error: Invalid console host '-oProxyCommand=touch MARKER'",
+        ),
+        (
+            dict(target, host="node01;touch MARKER"),
+            "Error: Invalid console host 'node01;touch MARKER'",
+        ),
+        (
+            dict(target, domain="one-3 $(touch MARKER)"),
+            "Error: Invalid console domain 'one-3 $(touch MARKER)'",
+        ),
+        (dict(target, method="touch MARKER"), "Error: Unknown console method 'touch MARKER'"),
+    ]
+    for answer, error in hostile:
+        server = _ConsoleServer(answer)
+        try:
+            user = User(server.url, tmp_path)
+            user.env["ONE_SSH"] = str(fake_ssh)
+            assert user.fails("onevm", "console", "3") == error
+        finally:
+            server.close()
+    assert not marker.exists()
+    missing = _ConsoleServer(target)
     try:
-        assert User(missing.url, tmp_path).fails("onevm", "console", "3") == (
-            "Error: Can not run /nonexistent/console: No such file or directory"
+        user = User(missing.url, tmp_path)
+        user.env["ONE_SSH"] = "/nonexistent/ssh"
+        assert user.fails("onevm", "console", "3") == (
+            "Error: Can not run /nonexistent/ssh: No such file or directory"
         )
     finally:
         missing.close()
 
 
 def test_console_reaches_a_qemu_guest(qemu_cluster: Cluster, tmp_path: Path) -> None:
-    """On the namespace cluster, a VM deployed by the daemon through vmm_xen: the command
-    the driver answers (ssh -t to the host, then the toolstack's console) attaches this
-    terminal to the guest's serial console."""
+    """On the namespace cluster, a VM deployed by the daemon through vmm_xen: from where
+    the driver says the console is, onevm's own ssh command (ssh -t to the host, then the
+    toolstack's console) attaches this terminal to the guest's serial console."""
     from tests.test_xen_cluster import add_cluster_hosts, start_daemon
 
     c = qemu_cluster
@@ -456,7 +496,7 @@ def test_console_reaches_a_qemu_guest(qemu_cluster: Cluster, tmp_path: Path) -> 
         wait_for(lambda: "GUEST-BOOTED" in c.console_log("node01", "one-0"), timeout=90)
         process = subprocess.Popen(
             [str(SCRIPTS / "onevm"), "console", "guest"],
-            env=User(one.url, tmp_path, one.one_auth).env,
+            env=dict(User(one.url, tmp_path, one.one_auth).env, ONE_SSH=f"ssh -F {c.ssh_config}"),
             stdin=terminal,
             stdout=terminal,
             stderr=terminal,

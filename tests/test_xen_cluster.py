@@ -21,7 +21,13 @@ RUNNING, SUSPENDED, STOPPED, DONE, FAILED = (3, 3), (5, 0), (4, 0), (6, 0), (7, 
 
 
 def start_daemon(
-    location: Path, cluster: Cluster, vm_dir: str, timeout: float = 20, toolstack: str = "xm"
+    location: Path,
+    cluster: Cluster,
+    vm_dir: str,
+    timeout: float = 20,
+    toolstack: str = "xm",
+    extra_settings: str = "",
+    vm_polling: int = 1,
 ) -> OneDaemon:
     etc = location / "etc"
     (etc / "tm_nfs").mkdir(parents=True)
@@ -30,6 +36,7 @@ def start_daemon(
         f'SSH = "ssh -F {cluster.ssh_config}"\n'
         f"SSH_CONTROL_DIR = {location}/ssh\n"
         f"TOOLSTACK = {toolstack}\nSUDO = yes\nCOMMAND_TIMEOUT = 30\nSHUTDOWN_TIMEOUT = 10\n"
+        f"{extra_settings}"
     )
     for name in ("xen.conf", "tm_nfs/tm_nfs.conf", "tm_ssh/tm_ssh.conf"):
         (etc / name).write_text(settings)
@@ -45,7 +52,9 @@ def start_daemon(
     )
     write_conf(location, drivers=drivers, extra=f"DRIVER_TIMEOUT = {timeout}")
     conf = etc / "oned.conf"
-    conf.write_text(re.sub(r"(?m)^VM_DIR = .*$", f"VM_DIR = {vm_dir}", conf.read_text()))
+    text = re.sub(r"(?m)^VM_DIR = .*$", f"VM_DIR = {vm_dir}", conf.read_text())
+    text = re.sub(r"(?m)^VM_POLLING_INTERVAL = .*$", f"VM_POLLING_INTERVAL = {vm_polling}", text)
+    conf.write_text(text)
     return OneDaemon(location).start()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import sys
 from typing import Any
@@ -32,6 +34,7 @@ from nebula_xr.cli.common import (
     top,
 )
 from nebula_xr.cli.onehost import resolve_host
+from nebula_xr.drivers.base import CONSOLE_METHODS
 from nebula_xr.model import LCMState, VMState
 
 _SHORT_VM_STATES = ("init", "pend", "hold", "actv", "stop", "susp", "done", "fail")
@@ -291,16 +294,38 @@ def history(vms: tuple[str, ...]) -> None:
         click.echo(f"History for VM {text}\n\n{render_table(columns, rows)}\n")
 
 
+#: Host and domain names the console command accepts (never an option or shell syntax).
+_CONSOLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+def console_argv(target: Any, ssh: str) -> list[str]:
+    """``ssh -t <host> -- <fixed console command> <domain>`` for what the server said
+    (``{host, domain, method}``); CliError for anything else. ``ssh`` is the user's own
+    ssh command (``$ONE_SSH``), never the server's."""
+    if not isinstance(target, dict):
+        raise CliError("The server did not say where the console is")
+    host, domain, method = (target.get(key) for key in ("host", "domain", "method"))
+    for what, value in (("host", host), ("domain", domain)):
+        if not isinstance(value, str) or not _CONSOLE_NAME.match(value):
+            raise CliError(f"Invalid console {what} {value!r}")
+    command = CONSOLE_METHODS.get(method) if isinstance(method, str) else None
+    if command is None:
+        raise CliError(f"Unknown console method {method!r}")
+    return [*shlex.split(ssh), "-t", host, "--", *command, domain]
+
+
 @main.command()
 @click.argument("vm")
 def console(vm: str) -> None:
     """Attach this terminal to the console of a running VM.
 
-    oned asks the VM's virtualization driver how its console is reached (for Xen:
-    ``ssh -t <host> ... xm console <domain>``) and this command runs that.
+    oned says where the console is (host, domain, toolstack) and this command runs
+    ``ssh -t <host> -- [sudo] xm console <domain>``. ``$ONE_SSH`` (default ``ssh``) is the
+    ssh command and options to use, e.g. ``ssh -F ~/cluster.cfg``.
     """
     one = client()
-    argv, banner = one.request("nebula_xr.vm.console", resolve_vm(one, vm))[:2]
+    target, banner = one.request("nebula_xr.vm.console", resolve_vm(one, vm))[:2]
+    argv = console_argv(target, os.environ.get("ONE_SSH") or "ssh")
     program = shutil.which(argv[0])
     if program is None:
         raise CliError(f"Can not run {argv[0]}: No such file or directory")

@@ -97,6 +97,8 @@ class DriverContext:
     vm_log: Callable[[int, str], None]
     #: ``log(message)`` writes an informational line to oned.log.
     log: Callable[[str], None]
+    #: ``vm_owner(vid)``: the uid owning a VM (-1 when unknown: treated as no privilege).
+    vm_owner: Callable[[int], int] = field(default=lambda vid: -1)
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,26 @@ class TransferCommand:
         return " ".join((self.action, *self.args))
 
 
-@dataclass(frozen=True)
-class ConsoleCommand:
-    """How to reach a VM's console: a command to run with the terminal attached."""
+#: Console methods a client knows how to reach: the fixed remote command of each
+#: (``onevm console`` runs ``ssh -t <host> -- <command> <domain>``, nothing else).
+CONSOLE_METHODS: dict[str, tuple[str, ...]] = {
+    "xm": ("xm", "console"),
+    "xl": ("xl", "console"),
+    "sudo-xm": ("sudo", "xm", "console"),
+    "sudo-xl": ("sudo", "xl", "console"),
+}
 
-    argv: tuple[str, ...]
+
+@dataclass(frozen=True)
+class ConsoleTarget:
+    """Where a VM's console is: the client builds the command itself from these."""
+
+    #: The host to ssh to (a plain host name).
+    host: str
+    #: The hypervisor's name for the domain.
+    domain: str
+    #: A key of :data:`CONSOLE_METHODS`.
+    method: str
     #: What the user should be told (e.g. how to detach).
     banner: str = ""
 
@@ -200,12 +217,13 @@ class VirtualMachineDriver(Driver):
         "STATE": "a"|"p"|"e"|"d"}`` plus any other key to store in the VM template."""
         raise NotImplementedError
 
-    def console(self, vm: VMAction) -> ConsoleCommand | None:
-        """How to reach the console of the running VM, or None if it has none.
+    def console(self, vm: VMAction) -> ConsoleTarget | None:
+        """Where the console of the running VM is, or None if it has none.
 
         ``onevm console`` asks for it (XML-RPC ``nebula_xr.vm.console``) and runs the
-        argv on the user's machine with the terminal attached, e.g. ``ssh -t <host>
-        sudo xm console <deploy id>``. Called on the reactor: answer without blocking.
+        fixed command of the method on the user's machine with the terminal attached,
+        ``ssh -t <host> -- sudo xm console <domain>``; it never runs a command a server
+        sends. Called on the reactor: answer without blocking.
         """
         return None
 

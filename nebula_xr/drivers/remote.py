@@ -10,12 +10,12 @@ so a slow or dead host only delays its own commands.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,13 +154,42 @@ def _kill(transport: Any) -> None:
         pass
 
 
+#: Private stand-ins made for control directories too long for a socket path.
+_SHORT_DIRS: dict[str, str] = {}
+
+
 def _short_dir(directory: str) -> str:
     """``directory``, or a short stand-in for it: ssh's socket paths (the directory, a
-    40-character %C and a 17-character temporary suffix) must fit in 108 bytes."""
+    40-character %C and a 17-character temporary suffix) must fit in 108 bytes. The
+    stand-in is a fresh ``mkdtemp`` (unpredictable, 0700), one per directory and process."""
     if len(directory) <= 48:
         return directory
-    digest = hashlib.sha1(directory.encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"nebula-xr-{digest}")
+    if directory not in _SHORT_DIRS:
+        _SHORT_DIRS[directory] = tempfile.mkdtemp(prefix="nebula-xr-ssh-")
+    return _SHORT_DIRS[directory]
+
+
+def private_directory(path: str) -> str:
+    """Create ``path`` (mode 0700) or accept it only if it is a directory of ours that
+    nobody else can enter: another user who made it first could take over the ssh
+    connections whose sockets live there. DriverError otherwise."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as failure:
+        raise DriverError(
+            f"Can not create the ssh control directory {path}: {failure.strerror}"
+        ) from failure
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise DriverError(
+            f"The ssh control directory {path} is not private (owner uid {info.st_uid}, "
+            f"mode {stat.S_IMODE(info.st_mode):04o}; it must be a directory of uid "
+            f"{os.geteuid()} with mode 0700): refusing to use it"
+        )
+    return path
 
 
 def check_host(host: str) -> str:
@@ -193,8 +222,7 @@ class RemoteRunner:
         self.timeout = timeout
         options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
         if control_dir:
-            control_dir = _short_dir(control_dir)
-            os.makedirs(control_dir, mode=0o700, exist_ok=True)
+            control_dir = private_directory(_short_dir(control_dir))
             # %C hashes local host, remote host, port and user: short enough for a unix
             # socket path, and hosts sharing /tmp never reuse each other's masters.
             options += [

@@ -78,7 +78,7 @@ class XenMonitor(InformationDriver):
         super().__init__(config, context)
         settings = xen.load_settings(config, context)
         tools = xen.toolstack(settings)
-        self.remote = xen.runner(settings, context.reactor)
+        self.remote = xen.runner(settings, context)
         self.probe = _PROBE.format(
             info=remote_command(tools.tool("info")),
             xentop=remote_command(tools.xentop("-b", "-i", "2")),

@@ -13,12 +13,15 @@ import re
 from twisted.internet import defer
 
 from nebula_xr import hookimpl
-from nebula_xr.drivers.base import DriverConfig, DriverContext, TransferDriver
+from nebula_xr.drivers.base import DriverConfig, DriverContext, DriverError, TransferDriver
 from nebula_xr_plugins.transfer import (
+    IMAGE_MODE,
     ScriptTransferDriver,
+    is_url,
     mkswap_script,
     prepare_dir_script,
     split_location,
+    swap_size,
 )
 
 
@@ -26,24 +29,32 @@ class NfsTransferDriver(ScriptTransferDriver):
     @defer.inlineCallbacks
     def clone(self, vid: int, source: str, destination: str) -> defer.Deferred:
         _, target = split_location(destination)
+        checked = self.checked_source(vid, source)
         yield self.local(vid, [*prepare_dir_script(), target], "Error creating the directory")
-        if source.startswith("http://"):
-            fetch = ["wget", "-q", "-O", target, "--", source]
+        if is_url(checked):
+            fetch = ["wget", "-q", "-O", target, "--", checked]
         else:
-            fetch = ["cp", "--", split_location(source)[1], target]
+            fetch = ["cp", "--", split_location(checked)[1], target]
         yield self.local(vid, fetch, f"Error copying {source}")
-        yield self.local(vid, ["chmod", "a+w", "--", target], "Error setting permissions")
+        yield self.local(vid, ["chmod", IMAGE_MODE, "--", target], "Error setting permissions")
 
     @defer.inlineCallbacks
     def ln(self, vid: int, source: str, destination: str) -> defer.Deferred:
         _, target = split_location(destination)
+        checked = self.checked_source(vid, source)
+        if is_url(checked):
+            raise DriverError(f"Can not link to a URL: {source}")
         yield self.local(vid, [*prepare_dir_script(), target], "Error creating the directory")
-        link = ["ln", "-sf", "--", split_location(source)[1], target]
+        link = ["ln", "-sf", "--", split_location(checked)[1], target]
         yield self.local(vid, link, f"Error linking {source}")
 
     def mkswap(self, vid: int, size: str, destination: str) -> defer.Deferred:
         _, target = split_location(destination)
-        return self.local(vid, [*mkswap_script(), size, target], "Error creating swap")
+        try:
+            argv = [*mkswap_script(), swap_size(size), target]
+        except DriverError:
+            return defer.fail()
+        return self.local(vid, argv, "Error creating swap")
 
     def mv(self, vid: int, source: str, destination: str) -> defer.Deferred:
         source_path, target = split_location(source)[1], split_location(destination)[1]

@@ -11,14 +11,18 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from nebula_xr import hookimpl
-from nebula_xr.drivers.base import DriverConfig, DriverContext, TransferDriver
+from nebula_xr.drivers.base import DriverConfig, DriverContext, DriverError, TransferDriver
 from nebula_xr.drivers.remote import check_host
 from nebula_xr_plugins.transfer import (
+    DIR_MODE,
+    IMAGE_MODE,
     ScriptTransferDriver,
+    is_url,
     mkswap_script,
     parent,
     prepare_dir_script,
     split_location,
+    swap_size,
 )
 
 
@@ -40,19 +44,24 @@ class SshTransferDriver(ScriptTransferDriver):
     @defer.inlineCallbacks
     def clone(self, vid: int, source: str, destination: str) -> defer.Deferred:
         host, target = split_location(destination)
+        checked = self.checked_source(vid, source)
         yield self.on(host, vid, [*prepare_dir_script(), target], "Error creating the directory")
-        if source.startswith("http://"):
-            fetch = ["wget", "-q", "-O", target, "--", source]
+        if is_url(checked):
+            fetch = ["wget", "-q", "-O", target, "--", checked]
             yield self.on(host, vid, fetch, f"Error downloading {source}")
         else:
-            yield self._copy(vid, source, destination, recursive=False)
-        yield self.on(host, vid, ["chmod", "a+w", "--", target], "Error setting permissions")
+            yield self._copy(vid, checked, destination, recursive=False)
+        yield self.on(host, vid, ["chmod", IMAGE_MODE, "--", target], "Error setting permissions")
 
     ln = clone  # without shared storage a link is a copy, as in 1.2
 
     def mkswap(self, vid: int, size: str, destination: str) -> defer.Deferred:
         host, target = split_location(destination)
-        return self.on(host, vid, [*mkswap_script(), size, target], "Error creating swap")
+        try:
+            argv = [*mkswap_script(), swap_size(size), target]
+        except DriverError:
+            return defer.fail()
+        return self.on(host, vid, argv, "Error creating swap")
 
     @defer.inlineCallbacks
     def mv(self, vid: int, source: str, destination: str) -> defer.Deferred:
@@ -61,7 +70,10 @@ class SshTransferDriver(ScriptTransferDriver):
         source_host, source_path = split_location(source)
         host, target = split_location(destination)
         yield self.on(
-            host, vid, ["mkdir", "-p", "--", parent(target)], "Error creating the directory"
+            host,
+            vid,
+            ["mkdir", "-p", "-m", DIR_MODE, "--", parent(target)],
+            "Error creating the directory",
         )
         # Like 1.2's `scp -r`: into an existing directory the source lands nested (the
         # stop epilog leaves $VAR/<vid>/images, which the resume prolog moves back).

@@ -10,7 +10,9 @@ Settings (toolstack, sudo, tool paths, ssh) are described in :mod:`nebula_xr_plu
 from __future__ import annotations
 
 import math
-import shlex
+import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,14 @@ from twisted.internet import defer, task
 
 from nebula_xr import hookimpl
 from nebula_xr.drivers.base import (
-    ConsoleCommand,
+    ConsoleTarget,
     DriverConfig,
     DriverContext,
     DriverError,
     VirtualMachineDriver,
     VMAction,
 )
-from nebula_xr.drivers.remote import CommandResult, check_host, remote_command, require_ok
+from nebula_xr.drivers.remote import CommandResult, check_host, require_ok
 from nebula_xr.template import Template
 from nebula_xr_plugins import xen
 
@@ -33,25 +35,72 @@ from nebula_xr_plugins import xen
 SHUTDOWN_POLL = 1.0
 
 
-def _float(text: str | None, default: float) -> float:
-    try:
-        return float(text) if text else default
-    except ValueError:
-        return default
+#: What a string literal may hold: printable ASCII. xm reads the file as Python 2 source
+#: (non-ASCII needs a coding line) and neither xm nor xl can carry a control character
+#: inside a one-line literal.
+_PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
+#: A decimal number as MEMORY and CPU are written (no sign, exponent, inf or nan).
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
+#: Bootloaders allowed when the driver's settings do not say (``BOOTLOADERS``).
+DEFAULT_BOOTLOADERS = ("pygrub",)
+#: Where a bootloader named without a directory in BOOTLOADERS may live.
+_SYSTEM_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/lib/xen/bin")
 
 
-def deployment_file(vm: VMAction, defaults: Template) -> str:
-    """The Xen domain configuration of drivers.md §3.1; DriverError when it cannot be made."""
+def literal(value: str, what: str, quote: str = "'") -> str:
+    """``value`` as a string literal that Python (xm) and libxlu (xl) both read back
+    unchanged: quote and backslash escaped, anything else refused (DriverError)."""
+    if not _PRINTABLE.match(value):
+        raise DriverError(f"{what} holds characters a Xen deployment file can not carry")
+    escaped = value.replace("\\", "\\\\").replace(quote, "\\" + quote)
+    return f"{quote}{escaped}{quote}"
+
+
+def spec_field(value: str, what: str) -> str:
+    """A value embedded in a ``key=value,...`` device spec (disk, vif, vfb): a ``,`` or
+    ``=`` would add options of its own (a vif ``script=`` runs a program on dom0)."""
+    if any(c in value for c in ",='\"\\") or not _PRINTABLE.match(value):
+        raise DriverError(f"{what} can not contain ',', '=', quotes or control characters")
+    return value
+
+
+def decimal(value: str, what: str) -> str:
+    """A non-negative decimal number, written as given."""
+    if not _DECIMAL.match(value):
+        raise DriverError(f"{what} must be a number, not {value!r}")
+    return value
+
+
+def bootloader_allowed(path: str, allowed: Sequence[str]) -> bool:
+    """``path`` is in the allow-list; an entry without a directory also allows that
+    program in the usual system directories (``pygrub`` → ``/usr/bin/pygrub``)."""
+    for entry in allowed:
+        if path == entry:
+            return True
+        if "/" not in entry and os.path.dirname(path) in _SYSTEM_DIRS:
+            if os.path.basename(path) == entry:
+                return True
+    return False
+
+
+def deployment_file(
+    vm: VMAction, defaults: Template, bootloaders: Sequence[str] = DEFAULT_BOOTLOADERS
+) -> str:
+    """The Xen domain configuration of drivers.md §3.1; DriverError when it cannot be made.
+
+    Every template value is a literal (:func:`literal`, :func:`spec_field`) or a checked
+    number; only RAW data (an administrator's, checked at allocation) is copied as is.
+    """
     template = vm.template
     lines = [f"name = 'one-{vm.vid}'"]
-    credits = _float(defaults.get_string("CREDIT"), 1.0)
-    cpu = _float(template.get_string("CPU"), 1.0)
+    credits = float(decimal(defaults.get_string("CREDIT") or "1", "CREDIT"))
+    cpu = float(decimal(template.get_string("CPU") or "1", "CPU"))
     lines.append(f"#O CPU_CREDITS = {math.ceil(cpu * credits)}")
 
     memory = template.get_string("MEMORY") or defaults.get_string("MEMORY")
     if not memory:
         raise DriverError("No MEMORY defined and no default provided.")
-    lines.append(f"memory  = '{memory}'")
+    lines.append(f"memory  = '{decimal(memory, 'MEMORY')}'")
 
     os_vector = template.get_vector("OS") or {}
     os_defaults = defaults.get_vector("OS") or {}
@@ -61,15 +110,17 @@ def deployment_file(vm: VMAction, defaults: Template) -> str:
 
     kernel, bootloader = boot("KERNEL"), boot("BOOTLOADER")
     if kernel:
-        lines.append(f"kernel = '{kernel}'")
+        lines.append(f"kernel = {literal(kernel, 'OS/KERNEL')}")
         if boot("INITRD"):
-            lines.append(f"ramdisk = '{boot('INITRD')}'")
+            lines.append(f"ramdisk = {literal(boot('INITRD'), 'OS/INITRD')}")
         if boot("ROOT"):
-            lines.append(f"root = '/dev/{boot('ROOT')}'")
+            lines.append(f"root = {literal('/dev/' + boot('ROOT'), 'OS/ROOT')}")
         if boot("KERNEL_CMD"):
-            lines.append(f"extra = '{boot('KERNEL_CMD')}'")
+            lines.append(f"extra = {literal(boot('KERNEL_CMD'), 'OS/KERNEL_CMD')}")
     elif bootloader:
-        lines.append(f'bootloader = "{bootloader}"')
+        if not bootloader_allowed(bootloader, bootloaders):
+            raise DriverError(f"Bootloader {bootloader!r} is not in BOOTLOADERS of vmm_xen")
+        lines.append("bootloader = " + literal(bootloader, "OS/BOOTLOADER", quote='"'))
     else:
         raise DriverError("No kernel or bootloader defined and no default provided.")
 
@@ -81,19 +132,21 @@ def deployment_file(vm: VMAction, defaults: Template) -> str:
         if not target:
             raise DriverError("Wrong target value in DISK.")
         mode = "r" if disk.get("READONLY", "").upper() == "YES" else "w"
-        lines.append(f"    'tap:aio:{vm.remote_dir}/disk.{index},{target},{mode}',")
+        path = spec_field(f"{vm.remote_dir}/disk.{index}", "VM_DIR")
+        spec = f"tap:aio:{path},{spec_field(target, 'DISK/TARGET')},{mode}"
+        lines.append(f"    {literal(spec, 'DISK')},")
     lines.append("]")
 
     lines.append("vif = [")
     for nic in template.vectors("NIC"):
         parts = []
         if nic.get("MAC"):
-            parts.append(f"mac={nic['MAC']}")
+            parts.append(f"mac={spec_field(nic['MAC'], 'NIC/MAC')}")
         if nic.get("BRIDGE"):
-            parts.append(f"bridge={nic['BRIDGE']}")
+            parts.append(f"bridge={spec_field(nic['BRIDGE'], 'NIC/BRIDGE')}")
         # 1.2 wrote a blank before a bridge that has no MAC in front of it.
         spec = ",".join(parts) if nic.get("MAC") else "".join(f" {p}" for p in parts)
-        lines.append(f"    '{spec}',")
+        lines.append(f"    {literal(spec, 'NIC')},")
     lines.append("]")
 
     graphics = template.vectors("GRAPHICS")
@@ -101,8 +154,8 @@ def deployment_file(vm: VMAction, defaults: Template) -> str:
         vfb = "type=vnc"
         for key, name in (("LISTEN", "vnclisten"), ("PORT", "vncdisplay"), ("PASSWD", "vncpasswd")):
             if graphics[0].get(key):
-                vfb += f",{name}={graphics[0][key]}"
-        lines.append(f"vfb = ['{vfb}']")
+                vfb += f",{name}={spec_field(graphics[0][key], f'GRAPHICS/{key}')}"
+        lines.append(f"vfb = [{literal(vfb, 'GRAPHICS')}]")
     for raw in template.vectors("RAW"):
         if raw.get("TYPE", "").lower() == "xen" and raw.get("DATA"):
             lines.append(raw["DATA"])
@@ -137,8 +190,7 @@ class XenDriver(VirtualMachineDriver):
         super().__init__(config, context)
         settings = xen.load_settings(config, context)
         self.tools = xen.toolstack(settings)
-        self.remote = xen.runner(settings, context.reactor)
-        self.console_ssh = shlex.split(settings.get("SSH", "ssh"))
+        self.remote = xen.runner(settings, context)
 
     def _run(self, host: str, *args: str) -> defer.Deferred:
         return self.remote.run(host, self.tools.tool(*args))
@@ -147,12 +199,14 @@ class XenDriver(VirtualMachineDriver):
         return self._run(host, *args).addCallback(require_ok, what)
 
     def deployment_file(self, vm: VMAction) -> str:
-        return deployment_file(vm, self.config.defaults)
+        allowed = self.config.defaults.get_string("BOOTLOADERS")
+        bootloaders = allowed.split() if allowed is not None else DEFAULT_BOOTLOADERS
+        return deployment_file(vm, self.config.defaults, bootloaders)
 
     @defer.inlineCallbacks
     def deploy(self, vm: VMAction, local_file: Path, remote_file: str) -> Any:
         text = local_file.read_bytes()
-        copy = 'mkdir -p "$(dirname "$1")" && cat > "$1"'
+        copy = 'umask 027 && mkdir -p "$(dirname "$1")" && cat > "$1"'
         result = yield self.remote.run(vm.host, ["sh", "-c", copy, "sh", remote_file], stdin=text)
         require_ok(result, f"Can not copy the deployment file to {vm.host}")
         result = yield self._checked(vm.host, "Error creating domain", "create", remote_file)
@@ -215,11 +269,11 @@ class XenDriver(VirtualMachineDriver):
 
         return self.remote.run(vm.host, self.tools.xentop("-b", "-i", "2")).addCallback(parsed)
 
-    def console(self, vm: VMAction) -> ConsoleCommand | None:
-        # No multiplexing options: the command runs on the user's machine, not ours.
-        tool = remote_command(self.tools.tool("console", vm.deploy_id))
-        argv = (*self.console_ssh, "-t", "--", check_host(vm.host), tool)
-        return ConsoleCommand(argv, banner="Escape character is '^]'")
+    def console(self, vm: VMAction) -> ConsoleTarget | None:
+        method = f"sudo-{self.tools.name}" if self.tools.sudo else self.tools.name
+        return ConsoleTarget(
+            check_host(vm.host), vm.deploy_id, method, banner="Escape character is '^]'"
+        )
 
 
 @hookimpl
