@@ -26,7 +26,7 @@ from nebula_xr import __version__
 from nebula_xr.api14 import RequestManager14
 from nebula_xr.config import Config, ConfigError, DriverEntry, Layout, load_config
 from nebula_xr.database import Database, DatabaseError
-from nebula_xr.dispatch_manager import DispatchManager
+from nebula_xr.dispatch_manager import DispatchManager, VMStates
 from nebula_xr.drivers.base import (
     INFORMATION,
     TRANSFER,
@@ -164,24 +164,34 @@ class Daemon(MultiService):
             by_kind[driver.config.kind][driver.config.name] = driver
             timeouts[driver.config.kind][driver.config.name] = driver.config.timeout
 
-        self.lcm = LifeCycleManager(self.vms, self.hosts, clock, log)
         self.vmm = VirtualMachineManager(
-            by_kind[VIRTUAL_MACHINE],
-            timeouts[VIRTUAL_MACHINE],
-            self.vms,
-            clock,
-            log,
-            config.vm_polling_interval,
+            by_kind[VIRTUAL_MACHINE], timeouts[VIRTUAL_MACHINE], self.vms, clock, log
         )
         self.tm = TransferManager(
             by_kind[TRANSFER], timeouts[TRANSFER], self.vms, clock, log, self.frontend
         )
-        self.dm = DispatchManager(
-            self.vms, self.hosts, self.networks, self.lcm, clock, log, config.vm_dir
+        self.states = VMStates(self.vms, self.networks, clock, log)
+        self.lcm = LifeCycleManager(
+            self.vms,
+            self.hosts,
+            self.vmm,
+            self.tm,
+            self.states,
+            clock,
+            log,
+            config.vm_polling_interval,
         )
-        self.lcm.vmm, self.lcm.tm, self.lcm.dm = self.vmm, self.tm, self.dm
-        self.dm.tm = self.tm
-        self.vmm.lcm = self.tm.lcm = self.lcm
+        self.dm = DispatchManager(
+            self.vms,
+            self.hosts,
+            self.networks,
+            self.states,
+            self.lcm,
+            self.tm,
+            clock,
+            log,
+            config.vm_dir,
+        )
         self.im = InformationManager(
             by_kind[INFORMATION],
             timeouts[INFORMATION],
@@ -221,7 +231,7 @@ class Daemon(MultiService):
         self.rm14.register(self.registry)
 
         services: list[Service] = [_DriverService(drivers)]
-        for tick in (self.im.monitor_due, self.vmm.poll_due):
+        for tick in (self.im.monitor_due, self.lcm.poll_due):
             timer = TimerService(config.manager_timer, tick)
             timer.clock = clock
             services.append(timer)
