@@ -41,6 +41,7 @@ from nebula_xr.log import Log
 from nebula_xr.model import Host, VirtualMachine
 from nebula_xr.plugin_manager import PluginError, PluginManager
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
+from nebula_xr.reconciliation import Reconciler
 from nebula_xr.request_manager import RequestManager
 from nebula_xr.scheduling import Scheduler
 from nebula_xr.template import Template, TemplateSyntaxError
@@ -192,6 +193,7 @@ class Daemon(MultiService):
             log,
             config.vm_dir,
         )
+        self.reconciler = Reconciler(self.vms, self.hosts, self.lcm, self.vmm, self.states, log)
         self.im = InformationManager(
             by_kind[INFORMATION],
             timeouts[INFORMATION],
@@ -326,6 +328,12 @@ class Daemon(MultiService):
     @property
     def port(self) -> int:
         return self.listener.port
+
+    def startService(self) -> None:
+        # Before the listener opens: every VM left mid-operation by the last run is
+        # settled (asynchronously) and the host shares are right.
+        self.reconciler.start()
+        super().startService()
 
     def stopService(self) -> Deferred:
         stopped = super().stopService()

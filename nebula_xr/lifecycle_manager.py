@@ -526,6 +526,48 @@ class LifeCycleManager:
             self.vms.update(vm)
         getattr(self, events[0] if success else events[1])(vid)
 
+    # -- start-up reconciliation (reconciliation.py decides, these act) ----------------
+
+    def retry(self, vid: int) -> None:
+        """Ask again for the pending driver step of a VM in a transient state, for the
+        steps that are idempotent (every one but a live migration)."""
+        vm = self.vms.get(vid)
+        if vm is None or vm.state is not VMState.ACTIVE or vm.current is None:
+            return
+        state, prev = vm.lcm_state, vm.previous
+        self._phases[vid] = self._phases.get(vid, 0) + 1
+        if state is L.PROLOG:
+            self._prolog(vm, self.tm.prolog(vm))
+        elif state is L.PROLOG_RESUME:
+            self._prolog(vm, self.tm.prolog_resume(vm))
+        elif state is L.PROLOG_MIGRATE:
+            self._prolog(vm, self.tm.prolog_migrate(vm))
+        elif state is L.BOOT:
+            # A record that follows a save (suspend, stop, cold migration) boots from
+            # the checkpoint; any other boots from the deployment file.
+            if prev is not None and prev.reason in (Reason.STOP_RESUME, Reason.USER):
+                self._restore(vm)
+            else:
+                self._deploy(vm)
+        elif state in (L.SAVE_STOP, L.SAVE_SUSPEND, L.SAVE_MIGRATE):
+            self._save(vm)
+        elif state is L.SHUTDOWN:
+            self._shutdown(vm)
+        elif state is L.CANCEL:
+            self._cancel(vm)
+        elif state is L.EPILOG:
+            self._epilog(vm, self.tm.epilog(vm))
+        elif state is L.EPILOG_STOP:
+            self._epilog(vm, self.tm.epilog_stop(vm))
+
+    def lost(self, vid: int, why: str) -> None:
+        """Nothing can tell where the domain of a RUNNING VM is: UNKNOWN, still charged
+        to its host and polled until it reappears (or recover/restart/finalize)."""
+        vm = self._vm(vid, "lost", L.RUNNING, L.UNKNOWN)
+        if vm is not None:
+            self.log.vm(vid, "LCM", 0, f"Domain state unknown: {why}")
+            self._set(vm, L.UNKNOWN)
+
     def delete(self, vid: int) -> None:
         """1.4 ``finalize`` of an ACTIVE VM: abandon whatever runs, then DONE.
 
