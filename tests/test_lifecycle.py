@@ -13,7 +13,7 @@ import pytest
 
 from nebula_xr.drivers.base import DriverError
 from nebula_xr.model import LCMState, Reason, VMState
-from tests.fake.lifecycle import TIMEOUT, World
+from tests.fake.lifecycle import TIMEOUT, Request, World
 
 RUNNING_ON_A = ["deploy A", "TRANSFER ok", "DEPLOY ok"]
 
@@ -251,16 +251,24 @@ STALE = [
 ]
 
 
+def ask_late_poll(world: World, vid: int) -> Request:
+    """Poll the VM the way the polling timer does, and keep the answer back."""
+    world.hypervisor.hold_polls = True
+    world.lcm.poll(world.vm(vid))
+    world.turn()
+    world.hypervisor.hold_polls = False
+    late = world.hypervisor.pending.pop()
+    assert late.kind == "POLL"
+    return late
+
+
 @pytest.mark.parametrize("script,letter,where", STALE, ids=[" / ".join(s[0]) for s in STALE])
 def test_stale_poll_answer_is_ignored(
     world: World, script: list[str], letter: str, where: tuple[str, str, str]
 ) -> None:
     vid = world.new_vm()
     play(world, vid, RUNNING_ON_A)
-    vm = world.vm(vid)
-    late = world.hypervisor.poll_later(vm)
-    world.lcm.ask(vm, "POLL", vm.current, late.deferred, world.lcm._polled, lambda _: None)
-    world.hypervisor.pending.remove(late)
+    late = ask_late_poll(world, vid)
     play(world, vid, script)
     usage = world.vm(vid).memory
     late.deferred.callback({"STATE": letter, "USEDMEMORY": "7"})
@@ -274,9 +282,7 @@ def test_fresh_poll_answer_is_applied(world: World) -> None:
     """The control of the table above: the same late answer, nothing happened since."""
     vid = world.new_vm()
     play(world, vid, RUNNING_ON_A)
-    vm = world.vm(vid)
-    late = world.hypervisor.poll_later(vm)
-    world.lcm.ask(vm, "POLL", vm.current, late.deferred, world.lcm._polled, lambda _: None)
+    late = ask_late_poll(world, vid)
     late.deferred.callback({"STATE": "p", "USEDMEMORY": "7"})
     world.turn()
     assert world.where(vid) == ("SUSPENDED", "-", "A")

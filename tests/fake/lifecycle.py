@@ -73,6 +73,8 @@ class FakeHypervisor(_Requests, VirtualMachineDriver):
         #: host -> STATE letter its poll reports for every domain.
         self.domains: dict[str, str] = {}
         self.unreachable: set[str] = set()
+        #: Keep polls pending until the test answers them (a late answer).
+        self.hold_polls = False
 
     def deployment_file(self, vm: VMAction) -> str:
         return vm.template.to_text()
@@ -96,16 +98,12 @@ class FakeHypervisor(_Requests, VirtualMachineDriver):
         return self._request("MIGRATE", vm.host, vm.vid)
 
     def poll(self, vm: VMAction) -> Deferred:
+        if self.hold_polls:
+            return self._request("POLL", vm.host, vm.vid)
         self.asked.append(f"POLL {vm.host}")
         if vm.host in self.unreachable:
             return fail(DriverError(f"{vm.host} unreachable"))
         return succeed({"USEDMEMORY": "1024", "STATE": self.domains.get(vm.host, "d")})
-
-    def poll_later(self, vm: VirtualMachine) -> Request:
-        """A poll whose answer the test gives (to test a late answer)."""
-        request = Request("POLL", vm.current.host_name, vm.oid)
-        self.pending.append(request)
-        return request
 
 
 class FakeTransfers(_Requests, TransferDriver):
