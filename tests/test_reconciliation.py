@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nebula_xr.model import LCMState, VMState
-from tests.fake.lifecycle import World
+from nebula_xr.model import History, LCMState, VMState
+from tests.fake.lifecycle import TIMEOUT, World
 from tests.test_lifecycle import RUNNING_ON_A, play
 
 GONE = {}  # no host reports the domain
@@ -126,4 +126,55 @@ def test_restart_without_transient_vms_changes_nothing(tmp_path: Path) -> None:
         VMState.PENDING,
     ]
     assert world.hypervisor.asked == [] and world.transfers.asked == []
+    world.close()
+
+
+def test_a_poll_that_never_answers_leaves_the_vm_unknown(tmp_path: Path) -> None:
+    before = World(tmp_path)
+    before.add_hosts("A", "B")
+    vid = before.new_vm()
+    play(before, vid, ["deploy A", "TRANSFER ok"])
+    world = before.restart()
+    world.hypervisor.hold_polls = True
+    world.reconciler.start()
+    world.turn()
+    assert world.pending() == ["POLL A"]
+    world.clock.advance(TIMEOUT + 1)
+    world.turn()
+    assert world.where(vid) == ("ACTIVE", "UNKNOWN", "A")
+    assert "Timeout: no answer from the driver" in world.vm_log(vid)
+    world.close()
+
+
+def test_crash_between_acceptance_and_the_lcm_action(tmp_path: Path) -> None:
+    """A deploy whose history record and ACTIVE state were written, the LCM's not."""
+    before = World(tmp_path)
+    before.add_hosts("A", "B")
+    vid = before.new_vm()
+    vm = before.vm(vid)
+    host = before.host("A")
+    before.vms.add_history(vm, History(vid, 0, "A", "/vm", host.oid, "vmm", "tm"))
+    before.vms.transition(vm, state=VMState.ACTIVE)
+    world = before.restart()
+    world.hypervisor.auto = world.transfers.auto = True
+    world.reconciler.start()
+    world.turn()
+    assert world.where(vid) == ("ACTIVE", "RUNNING", "A")
+    assert world.running_vms() == {"A": 1, "B": 0}
+    assert "Found in LCM_INIT at start-up" in world.vm_log(vid)
+    world.close()
+
+
+def test_a_deletion_cut_short_is_finished(tmp_path: Path) -> None:
+    before = World(tmp_path)
+    before.add_hosts("A")
+    before.hypervisor.domains["A"] = "a"
+    vid = before.new_vm()
+    play(before, vid, RUNNING_ON_A)
+    before.vms.transition(before.vm(vid), lcm=LCMState.DELETE)  # the DONE never written
+    world = before.restart()
+    world.reconciler.start()
+    world.turn()
+    assert world.where(vid) == ("DONE", "-", "A")
+    assert world.running_vms() == {"A": 0}
     world.close()
