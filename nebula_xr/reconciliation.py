@@ -71,9 +71,15 @@ class Reconciler:
     def start(self) -> None:
         """Recompute the shares, then settle every ACTIVE VM (asynchronously)."""
         self.recompute_shares()
-        for vm in sorted(self.vms, key=lambda vm: vm.oid):
-            if vm.state is VMState.ACTIVE:
-                self.settle(vm)
+        unsettled = sorted(
+            (vm for vm in self.vms if vm.state is VMState.ACTIVE), key=lambda vm: vm.oid
+        )
+        transient = [vm.oid for vm in unsettled if vm.lcm_state not in POLLED]
+        if transient:
+            listed = ", ".join(map(str, transient))
+            self.log.info("ReC", f"Settling {len(transient)} VMs left mid-operation: {listed}")
+        for vm in unsettled:
+            self.settle(vm)
 
     def recompute_shares(self) -> None:
         charges: dict[int, list[VirtualMachine]] = {host.oid: [] for host in self.hosts}
