@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from nebula_xr.interfaces import LifeCycleActions, TransferOperations
+from nebula_xr.interfaces import LifeCycleActions, TransferOperations, ignore_driver_failure
 from nebula_xr.lifecycle_manager import RECOVERABLE
 from nebula_xr.log import Log
 from nebula_xr.model import History, LCMState, VirtualMachine, VMState
@@ -226,7 +226,7 @@ class DispatchManager:
         elif vm.state is not VMState.DONE:
             if vm.state is VMState.SUSPENDED and vm.current is not None:
                 # The checkpoint and images wait on the host: nothing will resume them.
-                self.tm.delete(vm, vm.current).addErrback(lambda _: None)  # logged
+                self.tm.delete(vm, vm.current).addErrback(ignore_driver_failure)
             self.states.finish(vm, VMState.DONE)
         return OK
 

@@ -12,12 +12,18 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from nebula_xr.model import History, VirtualMachine
 
 
 class DriverFailure(Exception):
     """A driver action failed or timed out; the message is already in the VM's log."""
+
+
+def ignore_driver_failure(failure: Failure) -> None:
+    """Errback of a request nobody waits for: its failure is already logged."""
+    failure.trap(DriverFailure)
 
 
 class VirtualMachineOperations(Protocol):

@@ -28,6 +28,7 @@ from nebula_xr.interfaces import (
     DriverFailure,
     TransferOperations,
     VirtualMachineOperations,
+    ignore_driver_failure,
 )
 from nebula_xr.log import Log
 from nebula_xr.model import History, LCMState, Reason, VirtualMachine, VMState
@@ -599,9 +600,9 @@ class LifeCycleManager:
         if cur is not None and state not in _NO_DOMAIN:
             # Nothing waits for these: the outcome is only logged.
             if state is not L.SAVE_MIGRATE:
-                self.vmm.cancel(vm, cur).addErrback(_ignore_failure)
+                self.vmm.cancel(vm, cur).addErrback(ignore_driver_failure)
             if both:
-                self.vmm.cancel(vm, prev).addErrback(_ignore_failure)
+                self.vmm.cancel(vm, prev).addErrback(ignore_driver_failure)
         # The images are where the last transfer left them.
         if state is L.SAVE_MIGRATE:
             doomed = [prev]
@@ -611,7 +612,7 @@ class LifeCycleManager:
             doomed = [cur]
         for record in doomed:
             if record is not None:
-                self.tm.delete(vm, record).addErrback(_ignore_failure)
+                self.tm.delete(vm, record).addErrback(ignore_driver_failure)
         self.dm.done(vid)
 
 
@@ -640,10 +641,6 @@ def _event(event: Callable[[int], None]) -> Callable[[int, Any], None]:
 
 def _nothing(_vid: int) -> None:
     """A failed request whose failure is only logged (by the manager that made it)."""
-
-
-def _ignore_failure(failure: Failure) -> None:
-    failure.trap(DriverFailure)
 
 
 def _report_bug(failure: Failure) -> None:

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 from nebula_xr.model import LCMState, VMState
+from tests.cluster.cluster import Cluster
 from tests.oned import OneDaemon, wait_for, write_conf
+from tests.test_xen_cluster import add_cluster_hosts, start_daemon, tutorial, xm_domains
 
 POLLING_INTERVAL = 5
 SLOW = ", DELAY = 3600"
@@ -259,3 +261,66 @@ def test_recover_settles_a_stuck_vm_by_hand(tmp_path: Path) -> None:
     log = (tmp_path / "var" / str(first) / "vm.log").read_text()
     assert "Recovering VM from PROLOG as a failure" in log
     assert one.stop() == 0
+
+
+# -- on the namespace cluster: the domain ends on exactly one host ------------------------
+
+
+def _stored_history(one: OneDaemon, vid: int) -> list[tuple[str, int]]:
+    with one.db() as db:
+        return db.execute(
+            "SELECT host_name, reason FROM history WHERE vid = ? ORDER BY seq", (vid,)
+        ).fetchall()
+
+
+def _cluster_vm(c: Cluster, tmp_path: Path) -> OneDaemon:
+    one = start_daemon(tmp_path, c, str(c.shared_dir / "one"), timeout=60)
+    add_cluster_hosts(one, "tm_nfs")
+    assert one.call("one.vmallocate", tutorial(tmp_path / "disk.img")) == [True, 0]
+    assert one.call("one.vmdeploy", 0, 0) == [True]
+    wait_stored(one, {0: active(L.RUNNING)})
+    return one
+
+
+def test_sigkill_during_a_live_migration_on_a_cluster(fast_cluster: Cluster, tmp_path) -> None:
+    """The migration hangs on the source when the daemon dies: it is rolled back, the
+    domain stays on node01 alone, and the daemon's records say so."""
+    c = fast_cluster
+    one = _cluster_vm(c, tmp_path)
+    try:
+        c.inject_fault("node01", "migrate", action="hang", times=1)
+        assert one.call("one.vmmigrate", 0, 1, True) == [True]
+        wait_stored(one, {0: active(L.MIGRATE)})
+        kill(one)
+        one = OneDaemon(tmp_path).start()
+        wait_stored(one, {0: active(L.RUNNING)})
+        assert _stored_history(one, 0) == [("node01", 3), ("node02", 1), ("node01", 0)]
+        assert xm_domains(c, "node01") == {"one-0"} and xm_domains(c, "node02") == set()
+        with one.db() as db:
+            shares = db.execute("SELECT hid, running_vms FROM host_shares ORDER BY hid")
+            assert shares.fetchall() == [(0, 1), (1, 0), (2, 0)]
+        assert "rolled back, running on the source" in (tmp_path / "var/0/vm.log").read_text()
+    finally:
+        one.stop()
+
+
+def test_sigkill_during_a_cold_migration_on_a_cluster(fast_cluster: Cluster, tmp_path) -> None:
+    """The save hangs on the source when the daemon dies: the restarted daemon saves
+    again and finishes the migration; the domain runs on node02 alone."""
+    c = fast_cluster
+    one = _cluster_vm(c, tmp_path)
+    try:
+        c.inject_fault("node01", "save", action="hang", times=1)
+        assert one.call("one.vmmigrate", 0, 1, False) == [True]
+        wait_stored(one, {0: active(L.SAVE_MIGRATE)})
+        kill(one)
+        one = OneDaemon(tmp_path).start()
+        wait_stored(one, {0: active(L.RUNNING)})
+        assert _stored_history(one, 0) == [("node01", 3), ("node02", 0)]
+        assert xm_domains(c, "node01") == set() and xm_domains(c, "node02") == {"one-0"}
+        with one.db() as db:
+            shares = db.execute("SELECT hid, running_vms FROM host_shares ORDER BY hid")
+            assert shares.fetchall() == [(0, 0), (1, 1), (2, 0)]
+        assert "saving it again" in (tmp_path / "var/0/vm.log").read_text()
+    finally:
+        one.stop()
