@@ -21,6 +21,7 @@ Every decision is written to the VM's log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -137,7 +138,9 @@ class Reconciler:
 
         return self.vmm.poll(vm, record).addCallbacks(letter, lambda _failure: UNREACHABLE)
 
-    def _ask(self, vm: VirtualMachine, probe: Deferred[Any], decide: Any) -> None:
+    def _ask(
+        self, vm: VirtualMachine, probe: Deferred[Any], decide: Callable[[int, Any], None]
+    ) -> None:
         self.lcm.ask(vm, "POLL", vm.current, probe, decide, lambda _vid: None)
 
     # -- decisions ----------------------------------------------------------------------
