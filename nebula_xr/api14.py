@@ -103,6 +103,12 @@ class RequestManager14(RequestManager):
             ("one.vm.action", self.vm_action14, "A:ssi", "Performs an action on a virtual machine"),
             ("one.vm.migrate", self.vm_migrate14, "A:siib", "Migrates a virtual machine"),
             ("one.vm.info", self.vm_info14, "A:si", "Returns virtual machine information"),
+            (
+                "one.vm.recover",
+                self.vm_recover,
+                "A:sib",
+                "Recovers a stuck VM that is waiting for a driver operation",
+            ),
             ("one.vmpool.info", self.vm_pool_info, "A:si", "Returns the virtual machine pool"),
             ("one.host.allocate", self.host_allocate14, "A:sssss", "Allocates a host in the pool"),
             ("one.host.info", self.host_info14, "A:si", "Returns host information"),
@@ -181,6 +187,19 @@ class RequestManager14(RequestManager):
         if not result.ok:
             return [False, result.message]
         return self._durable([True], [False, f"Can not migrate VM {vid}, can not insert history"])
+
+    def vm_recover(self, caller: Caller, vid: int, success: bool) -> Deferred | Reply:
+        """OpenNebula 4.2's recover: the administrator says how the pending driver step
+        of a VM in a transient state ended, for the cases no driver can settle. As in
+        4.2 it needs administrator rights on the VM: oneadmin's."""
+        if self.vms.get(vid) is None:
+            return [False, f"The virtual machine {vid} does not exists"]
+        if not caller.admin:
+            return not_authorized_vm(vid)
+        result = self.dm.recover(vid, bool(success))
+        if not result.ok:
+            return [False, result.message]
+        return self._durable([True], [False, "Error writing the database, check oned.log"])
 
     def _own_vm(self, caller: Caller, vid: int) -> Any:
         """VM ``vid`` if the caller may see it, else the reply refusing it."""

@@ -28,7 +28,7 @@ from nebula_xr.access import Access
 from nebula_xr.api14 import RequestManager14
 from nebula_xr.config import Config, ConfigError, DriverEntry, Layout, is_loopback, load_config
 from nebula_xr.database import Database, DatabaseError
-from nebula_xr.dispatch_manager import DispatchManager
+from nebula_xr.dispatch_manager import DispatchManager, VMStates
 from nebula_xr.drivers.base import (
     INFORMATION,
     TRANSFER,
@@ -44,6 +44,7 @@ from nebula_xr.log import Log
 from nebula_xr.model import Host, VirtualMachine
 from nebula_xr.plugin_manager import PluginError, PluginManager
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
+from nebula_xr.reconciliation import Reconciler
 from nebula_xr.request_manager import RequestManager
 from nebula_xr.scheduling import Scheduler
 from nebula_xr.sessions import Authenticator, FailureThrottle
@@ -189,24 +190,35 @@ class Daemon(MultiService):
             by_kind[driver.config.kind][driver.config.name] = driver
             timeouts[driver.config.kind][driver.config.name] = driver.config.timeout
 
-        self.lcm = LifeCycleManager(self.vms, self.hosts, clock, log)
         self.vmm = VirtualMachineManager(
-            by_kind[VIRTUAL_MACHINE],
-            timeouts[VIRTUAL_MACHINE],
-            self.vms,
-            clock,
-            log,
-            config.vm_polling_interval,
+            by_kind[VIRTUAL_MACHINE], timeouts[VIRTUAL_MACHINE], self.vms, clock, log
         )
         self.tm = TransferManager(
             by_kind[TRANSFER], timeouts[TRANSFER], self.vms, clock, log, self.frontend
         )
-        self.dm = DispatchManager(
-            self.vms, self.hosts, self.networks, self.lcm, clock, log, config.vm_dir
+        self.states = VMStates(self.vms, self.networks, clock, log)
+        self.lcm = LifeCycleManager(
+            self.vms,
+            self.hosts,
+            self.vmm,
+            self.tm,
+            self.states,
+            clock,
+            log,
+            config.vm_polling_interval,
         )
-        self.lcm.vmm, self.lcm.tm, self.lcm.dm = self.vmm, self.tm, self.dm
-        self.dm.tm = self.tm
-        self.vmm.lcm = self.tm.lcm = self.lcm
+        self.dm = DispatchManager(
+            self.vms,
+            self.hosts,
+            self.networks,
+            self.states,
+            self.lcm,
+            self.tm,
+            clock,
+            log,
+            config.vm_dir,
+        )
+        self.reconciler = Reconciler(self.vms, self.hosts, self.lcm, self.vmm, self.states, log)
         self.im = InformationManager(
             by_kind[INFORMATION],
             timeouts[INFORMATION],
@@ -248,7 +260,7 @@ class Daemon(MultiService):
         self.rm14.register(self.registry)
 
         services: list[Service] = [_DriverService(drivers)]
-        for tick in (self.im.monitor_due, self.vmm.poll_due):
+        for tick in (self.im.monitor_due, self.lcm.poll_due):
             timer = TimerService(config.manager_timer, tick)
             timer.clock = clock
             services.append(timer)
@@ -399,6 +411,12 @@ class Daemon(MultiService):
     @property
     def port(self) -> int:
         return self.listener.port
+
+    def startService(self) -> None:
+        # Before the listener opens: every VM left mid-operation by the last run is
+        # settled (asynchronously) and the host shares are right.
+        self.reconciler.start()
+        super().startService()
 
     def stopService(self) -> Deferred:
         stopped = super().stopService()

@@ -3,23 +3,24 @@
 Every request is checked here, synchronously, in the order and with the messages of
 1.2 (xmlrpc-api.md §2): that check decides the XML-RPC answer. Accepted work goes to the
 life-cycle manager; "accepted" does not mean "done". The LCM reports back when a VM
-leaves ACTIVE (``suspend_success``, ``stop_success``, ``done``, ``failed``).
+leaves ACTIVE (``suspend_success``, ``stop_success``, ``done``, ``failed``) to the DM's
+:class:`VMStates`, built first so that the LCM can be given it at construction.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nebula_xr.lifecycle_manager import LifeCycleManager
+from twisted.internet.interfaces import IReactorTime
+
+from nebula_xr.interfaces import LifeCycleActions, TransferOperations, ignore_driver_failure
+from nebula_xr.lifecycle_manager import RECOVERABLE
 from nebula_xr.log import Log
 from nebula_xr.model import History, LCMState, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.scheduling import RequestResult
 from nebula_xr.template import Template
 from nebula_xr.vnet import LeaseError, ip_to_number, number_to_ip
-
-if TYPE_CHECKING:
-    from nebula_xr.transfer_manager import TransferManager
 
 OK = RequestResult(True)
 
@@ -36,20 +37,23 @@ class DispatchManager:
         vms: VirtualMachinePool,
         hosts: HostPool,
         networks: VirtualNetworkPool,
-        lcm: LifeCycleManager,
-        clock: Any,
+        states: VMStates,
+        lcm: LifeCycleActions,
+        tm: TransferOperations,
+        clock: IReactorTime,
         log: Log,
         vm_dir: str,
     ) -> None:
         self.vms = vms
         self.hosts = hosts
         self.networks = networks
+        self.states = states
         self.lcm = lcm
+        #: 1.4 finalize of a SUSPENDED VM deletes its images.
+        self.tm = tm
         self.clock = clock
         self.log = log
         self.vm_dir = vm_dir
-        # Wired by the daemon: 1.4 finalize of a SUSPENDED VM deletes its images.
-        self.tm: TransferManager
 
     def now(self) -> int:
         return int(self.clock.seconds())
@@ -164,23 +168,23 @@ class DispatchManager:
         elif action == "hold":
             if vm.state is not VMState.PENDING:
                 return wrong
-            self._set(vm, VMState.HOLD)
+            self.states.set(vm, VMState.HOLD)
         elif action == "release":
             if vm.state is not VMState.HOLD:
                 return wrong
-            self._set(vm, VMState.PENDING)
+            self.states.set(vm, VMState.PENDING)
         elif action == "resume":
             if vm.state is VMState.STOPPED:
-                self._set(vm, VMState.PENDING)
+                self.states.set(vm, VMState.PENDING)
             elif vm.state is VMState.SUSPENDED:
-                self._set(vm, VMState.ACTIVE)
+                self.states.set(vm, VMState.ACTIVE)
                 self.lcm.restore(vid)
             else:
                 return wrong
         else:  # finalize
             if vm.state in (VMState.ACTIVE, VMState.DONE):
                 return wrong
-            self._finish(vm, VMState.DONE)
+            self.states.finish(vm, VMState.DONE)
         return OK
 
     # -- 1.4 actions (api-1.4.md §3.3); one.vmaction keeps the 1.2 rules above ------------
@@ -197,6 +201,17 @@ class DispatchManager:
         self.lcm.restart(vid)
         return OK
 
+    def recover(self, vid: int, success: bool) -> RequestResult:
+        """Complete (``success``) or fail by hand the pending step of a VM stuck in a
+        transient state (OpenNebula 4.2's ``recover``)."""
+        vm = self.vms.get(vid)
+        if vm is None:
+            return RequestResult(False, "Virtual machine does not exist")
+        if vm.state is not VMState.ACTIVE or vm.lcm_state not in RECOVERABLE:
+            return RequestResult(False, "Wrong state to perform action")
+        self.lcm.recover(vid, success)
+        return OK
+
     def finalize(self, vid: int) -> RequestResult:
         """1.4 finalize: accepted in every state, ACTIVE VMs included."""
         vm = self.vms.get(vid)
@@ -206,14 +221,27 @@ class DispatchManager:
             self.lcm.delete(vid)
         elif vm.state is VMState.FAILED:
             # The end time is that of the failure.
-            self._release_leases(vm)
-            self._set(vm, VMState.DONE)
+            self.states.release_leases(vm)
+            self.states.set(vm, VMState.DONE)
         elif vm.state is not VMState.DONE:
             if vm.state is VMState.SUSPENDED and vm.current is not None:
                 # The checkpoint and images wait on the host: nothing will resume them.
-                self.tm.delete(vm, vm.current)
-            self._finish(vm, VMState.DONE)
+                self.tm.delete(vm, vm.current).addErrback(ignore_driver_failure)
+            self.states.finish(vm, VMState.DONE)
         return OK
+
+
+class VMStates:
+    """The DM's half that records VM states: the LCM's events when a VM leaves ACTIVE
+    (lifecycle.md §4.3), and the state changes of the DM's own requests."""
+
+    def __init__(
+        self, vms: VirtualMachinePool, networks: VirtualNetworkPool, clock: IReactorTime, log: Log
+    ) -> None:
+        self.vms = vms
+        self.networks = networks
+        self.clock = clock
+        self.log = log
 
     # -- events (from the LCM) ----------------------------------------------------------
 
@@ -226,32 +254,33 @@ class DispatchManager:
     def done(self, vid: int) -> None:
         vm = self.vms.get(vid)
         if vm is not None and vm.state is VMState.ACTIVE:
-            self._finish(vm, VMState.DONE)
+            self.finish(vm, VMState.DONE)
 
     def failed(self, vid: int) -> None:
         vm = self.vms.get(vid)
         if vm is not None:
             # Leases are kept until the VM is finalized, as in 1.2.
-            self._finish(vm, VMState.FAILED)
+            self.finish(vm, VMState.FAILED)
 
-    # -- helpers --------------------------------------------------------------------------
+    # -- state changes ------------------------------------------------------------------
 
     def _leave_active(self, vid: int, state: VMState) -> None:
         vm = self.vms.get(vid)
         if vm is not None and vm.state is VMState.ACTIVE:
-            self._set(vm, state)
+            self.set(vm, state)
 
-    def _set(self, vm: VirtualMachine, state: VMState) -> None:
+    def set(self, vm: VirtualMachine, state: VMState) -> None:
         self.log.vm(vm.oid, "DiM", 2, f"New VM state is {state.name}")
         self.vms.transition(vm, state=state)
 
-    def _finish(self, vm: VirtualMachine, state: VMState) -> None:
-        vm.etime = self.now()
+    def finish(self, vm: VirtualMachine, state: VMState) -> None:
+        """DONE or FAILED: the VM's end time; DONE gives its leases back."""
+        vm.etime = int(self.clock.seconds())
         if state is VMState.DONE:
-            self._release_leases(vm)
-        self._set(vm, state)
+            self.release_leases(vm)
+        self.set(vm, state)
 
-    def _release_leases(self, vm: VirtualMachine) -> None:
+    def release_leases(self, vm: VirtualMachine) -> None:
         for nic in vm.template.vectors("NIC"):
             network = self.networks.get(_int(nic.get("VNID")))
             if network is None or "IP" not in nic:

@@ -2,40 +2,215 @@
 
 Actions come from the dispatch manager once it accepted a request; each checks the
 state again, updates the VM, its history records and the host shares, and asks the
-VMM or TM manager for the driver operation. Driver outcomes come back as events
-(``prolog_success``, ``save_failure``...), which move the VM on and, when the VM leaves
-ACTIVE, are passed to the dispatch manager. Times are the clock's, in whole seconds.
+VMM or TM manager for the driver operation, whose Deferred it gives the callbacks that
+raise the next event (``prolog_success``, ``save_failure``...). Events move the VM on
+and, when it leaves ACTIVE, are passed to the dispatch manager. Times are the clock's,
+in whole seconds.
+
+An answer is applied only to the VM state it was asked for: a reply that arrives after
+the VM moved to another history record or changed phase is logged and dropped (a poll
+sent before a cold migration must not suspend the VM running on its new host).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python import log as twisted_log
+from twisted.python.failure import Failure
+
+from nebula_xr.interfaces import (
+    DispatchEvents,
+    DriverFailure,
+    TransferOperations,
+    VirtualMachineOperations,
+    ignore_driver_failure,
+)
 from nebula_xr.log import Log
 from nebula_xr.model import History, LCMState, Reason, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool
-
-if TYPE_CHECKING:
-    from nebula_xr.dispatch_manager import DispatchManager
-    from nebula_xr.transfer_manager import TransferManager
-    from nebula_xr.virtual_machine_manager import VirtualMachineManager
+from nebula_xr.virtual_machine_manager import record_usage
 
 L = LCMState
 
+#: Polled LCM states: a VM gone from its host (UNKNOWN) is watched until it reappears.
+POLLED = (L.RUNNING, L.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class Question:
+    """What a driver was asked, and about which state of the VM."""
+
+    vid: int
+    what: str
+    host: str
+    seq: int
+    lcm_state: LCMState
+    phase: int
+
 
 class LifeCycleManager:
-    def __init__(self, vms: VirtualMachinePool, hosts: HostPool, clock: Any, log: Log) -> None:
+    def __init__(
+        self,
+        vms: VirtualMachinePool,
+        hosts: HostPool,
+        vmm: VirtualMachineOperations,
+        tm: TransferOperations,
+        dm: DispatchEvents,
+        clock: IReactorTime,
+        log: Log,
+        polling_interval: int,
+    ) -> None:
         self.vms = vms
         self.hosts = hosts
+        self.vmm = vmm
+        self.tm = tm
+        self.dm = dm
         self.clock = clock
         self.log = log
-        # Wired by the daemon: the LCM drives both managers and reports to the DM.
-        self.vmm: VirtualMachineManager
-        self.tm: TransferManager
-        self.dm: DispatchManager
+        self.polling_interval = polling_interval
+        #: Bumped at every LCM state change: an answer asked in an older phase is stale.
+        self._phases: dict[int, int] = {}
 
     def now(self) -> int:
         return int(self.clock.seconds())
+
+    # -- asking the drivers -------------------------------------------------------------
+
+    def ask(
+        self,
+        vm: VirtualMachine,
+        what: str,
+        record: History | None,
+        request: Deferred[Any],
+        on_success: Callable[[int, Any], None],
+        on_failure: Callable[[int], None],
+    ) -> None:
+        """Attach ``on_success(vid, answer)`` / ``on_failure(vid)`` to a driver request
+        about ``record``'s host, applied only while the VM is in the state it is now."""
+        current = vm.current
+        question = Question(
+            vm.oid,
+            what,
+            record.host_name if record is not None else "",
+            current.seq if current is not None else -1,
+            vm.lcm_state,
+            self._phases.get(vm.oid, 0),
+        )
+
+        def answered(answer: Any) -> None:
+            if self._still_asked(question):
+                on_success(question.vid, answer)
+
+        def failed(failure: Failure) -> None:
+            failure.trap(DriverFailure)
+            if self._still_asked(question):
+                on_failure(question.vid)
+
+        request.addCallbacks(answered, failed).addErrback(_report_bug)
+
+    def _still_asked(self, question: Question) -> bool:
+        vm = self.vms.get(question.vid)
+        if vm is None:
+            return False
+        current = vm.current
+        if (
+            vm.state is VMState.ACTIVE
+            and self._phases.get(vm.oid, 0) == question.phase
+            and (current.seq if current is not None else -1) == question.seq
+        ):
+            return True
+        now = vm.lcm_state.name if vm.state is VMState.ACTIVE else vm.state.name
+        where = f", host {current.host_name} record {current.seq}" if current else ""
+        self.log.vm(
+            vm.oid,
+            "LCM",
+            1,
+            f"Ignoring stale {question.what} answer from {question.host} (asked in "
+            f"{question.lcm_state.name}, record {question.seq}): the VM is now {now}{where}",
+        )
+        return False
+
+    def _deploy(self, vm: VirtualMachine) -> None:
+        self.ask(vm, "DEPLOY", vm.current, self.vmm.deploy(vm), self._deployed, self.deploy_failure)
+
+    def _deployed(self, vid: int, deploy_id: object) -> None:
+        vm = self.vms.get(vid)
+        if vm is not None:
+            # 1.2 keeps the first token of the driver's answer as the deploy id.
+            token = str(deploy_id or "").split()
+            vm.deploy_id = token[0] if token else f"one-{vid}"
+            self.vms.update(vm)
+        self.deploy_success(vid)
+
+    def _restore(self, vm: VirtualMachine) -> None:
+        request = self.vmm.restore(vm)
+        self.ask(
+            vm, "RESTORE", vm.current, request, _event(self.deploy_success), self.deploy_failure
+        )
+
+    def _save(self, vm: VirtualMachine) -> None:
+        """Save to the checkpoint; a cold migration saves on the previous (source) host."""
+        record = vm.previous if vm.lcm_state is L.SAVE_MIGRATE else vm.current
+        request = self.vmm.save(vm, record)
+        self.ask(vm, "SAVE", record, request, _event(self.save_success), self.save_failure)
+
+    def _shutdown(self, vm: VirtualMachine) -> None:
+        request = self.vmm.shutdown(vm)
+        on_success = _event(self.shutdown_success)
+        self.ask(vm, "SHUTDOWN", vm.current, request, on_success, self.shutdown_failure)
+
+    def _cancel(self, vm: VirtualMachine) -> None:
+        request = self.vmm.cancel(vm, vm.current)
+        self.ask(
+            vm, "CANCEL", vm.current, request, _event(self.cancel_success), self.cancel_failure
+        )
+
+    def _prolog(self, vm: VirtualMachine, request: Deferred[None]) -> None:
+        on_success = _event(self.prolog_success)
+        self.ask(vm, "TRANSFER", vm.current, request, on_success, self.prolog_failure)
+
+    def _epilog(self, vm: VirtualMachine, request: Deferred[None]) -> None:
+        on_success = _event(self.epilog_success)
+        self.ask(vm, "TRANSFER", vm.current, request, on_success, self.epilog_failure)
+
+    # -- polling ------------------------------------------------------------------------
+
+    def poll_due(self) -> None:
+        """Timer tick: poll every RUNNING or UNKNOWN VM not polled for VM_POLLING_INTERVAL."""
+        now = self.now()
+        for vm in list(self.vms):
+            if vm.state is not VMState.ACTIVE or vm.lcm_state not in POLLED:
+                continue
+            if now - vm.last_poll >= self.polling_interval:
+                self.poll(vm)
+
+    def poll(self, vm: VirtualMachine) -> None:
+        vm.last_poll = self.now()
+        self.vms.update(vm)
+        # A failed poll is only logged (1.2 raised CANCEL_FAILURE here, a bug).
+        request = self.vmm.poll(vm, vm.current)
+        self.ask(vm, "POLL", vm.current, request, self._polled, _nothing)
+
+    def _polled(self, vid: int, info: dict[str, str]) -> None:
+        vm = self.vms.get(vid)
+        if vm is None:
+            return
+        state = record_usage(self.vms, vm, info)
+        # The state letter only matters while the VM is meant to be running.
+        if vm.lcm_state in POLLED:
+            event = {
+                "a": self.monitor_running,
+                "p": self.monitor_suspend,
+                "e": self.monitor_failure,
+                "d": self.monitor_unknown,
+            }.get(state)
+            if event is not None:
+                event(vid)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -80,6 +255,7 @@ class LifeCycleManager:
 
     def _set(self, vm: VirtualMachine, lcm: LCMState) -> None:
         self.log.vm(vm.oid, "LCM", 2, f"New VM state is {lcm.name}")
+        self._phases[vm.oid] = self._phases.get(vm.oid, 0) + 1
         self.vms.transition(vm, lcm=lcm)
 
     def _back_on_previous_host(self, vm: VirtualMachine, now: int) -> None:
@@ -95,7 +271,7 @@ class LifeCycleManager:
         self.vms.add_history(vm, back)
         self._release(vm, cur)
         self._set(vm, L.RUNNING)
-        self.vmm.poll(vm)
+        self.poll(vm)
 
     # -- actions (from the DM) ----------------------------------------------------------
 
@@ -109,10 +285,7 @@ class LifeCycleManager:
         self.vms.save_history(cur)
         self._charge(vm, cur)
         self._set(vm, L.PROLOG_RESUME if resume else L.PROLOG)
-        if resume:
-            self.tm.prolog_resume(vm)
-        else:
-            self.tm.prolog(vm)
+        self._prolog(vm, self.tm.prolog_resume(vm) if resume else self.tm.prolog(vm))
 
     def migrate(self, vid: int) -> None:
         vm = self._vm(vid, "migrate_action", L.RUNNING)
@@ -122,7 +295,7 @@ class LifeCycleManager:
         self.vms.save_history(vm.current)
         self._charge(vm, vm.current)
         self._set(vm, L.SAVE_MIGRATE)
-        self.vmm.save(vm)
+        self._save(vm)
 
     def live_migrate(self, vid: int) -> None:
         vm = self._vm(vid, "live_migrate_action", L.RUNNING)
@@ -132,31 +305,33 @@ class LifeCycleManager:
         self.vms.save_history(vm.current)
         self._charge(vm, vm.current)
         self._set(vm, L.MIGRATE)
-        self.vmm.migrate(vm)
+        request = self.vmm.migrate(vm)
+        on_success = _event(self.deploy_success)
+        self.ask(vm, "MIGRATE", vm.previous, request, on_success, self.deploy_failure)
 
     def shutdown(self, vid: int) -> None:
         vm = self._vm(vid, "shutdown_action", L.RUNNING)
         if vm is not None:
             self._set(vm, L.SHUTDOWN)
-            self.vmm.shutdown(vm)
+            self._shutdown(vm)
 
     def stop(self, vid: int) -> None:
         vm = self._vm(vid, "stop_action", L.RUNNING)
         if vm is not None:
             self._set(vm, L.SAVE_STOP)
-            self.vmm.save(vm)
+            self._save(vm)
 
     def suspend(self, vid: int) -> None:
         vm = self._vm(vid, "suspend_action", L.RUNNING)
         if vm is not None:
             self._set(vm, L.SAVE_SUSPEND)
-            self.vmm.save(vm)
+            self._save(vm)
 
     def cancel(self, vid: int) -> None:
         vm = self._vm(vid, "cancel_action", L.RUNNING)
         if vm is not None:
             self._set(vm, L.CANCEL)
-            self.vmm.cancel(vm)
+            self._cancel(vm)
 
     def restore(self, vid: int) -> None:
         """Resume a SUSPENDED VM (the DM already made it ACTIVE) on the same host."""
@@ -168,7 +343,7 @@ class LifeCycleManager:
         self.vms.add_history(vm, record)
         self._charge(vm, record)
         self._set(vm, L.BOOT)
-        self.vmm.restore(vm)
+        self._restore(vm)
 
     # -- events (from the VMM and TM managers) ------------------------------------------
 
@@ -181,9 +356,9 @@ class LifeCycleManager:
         self.vms.save_history(vm.current)
         self._set(vm, L.BOOT)
         if fresh:
-            self.vmm.deploy(vm)
+            self._deploy(vm)
         else:
-            self.vmm.restore(vm)
+            self._restore(vm)
 
     def prolog_failure(self, vid: int) -> None:
         vm = self._vm(vid, "prolog_failure", L.PROLOG, L.PROLOG_MIGRATE, L.PROLOG_RESUME)
@@ -226,7 +401,7 @@ class LifeCycleManager:
             if vm.previous is not None:
                 self._leave_host(vm, vm.previous, ("etime", "retime"), Reason.USER, now)
             self._set(vm, L.PROLOG_MIGRATE)
-            self.tm.prolog_migrate(vm)
+            self._prolog(vm, self.tm.prolog_migrate(vm))
         elif vm.lcm_state is L.SAVE_SUSPEND:
             self._leave_host(vm, cur, ("retime", "etime"), Reason.STOP_RESUME)
             self.dm.suspend_success(vid)
@@ -235,7 +410,7 @@ class LifeCycleManager:
             cur.reason = Reason.STOP_RESUME
             self.vms.save_history(cur)
             self._set(vm, L.EPILOG_STOP)
-            self.tm.epilog_stop(vm)
+            self._epilog(vm, self.tm.epilog_stop(vm))
 
     def save_failure(self, vid: int) -> None:
         vm = self._vm(vid, "save_failure", L.SAVE_MIGRATE, L.SAVE_SUSPEND, L.SAVE_STOP)
@@ -245,7 +420,7 @@ class LifeCycleManager:
             self._back_on_previous_host(vm, self.now())
             return
         self._set(vm, L.RUNNING)
-        self.vmm.poll(vm)
+        self.poll(vm)
 
     def shutdown_success(self, vid: int) -> None:
         vm = self._vm(vid, "shutdown_success", L.SHUTDOWN)
@@ -254,13 +429,13 @@ class LifeCycleManager:
         vm.current.estime = vm.current.retime = self.now()
         self.vms.save_history(vm.current)
         self._set(vm, L.EPILOG)
-        self.tm.epilog(vm)
+        self._epilog(vm, self.tm.epilog(vm))
 
     def shutdown_failure(self, vid: int) -> None:
         vm = self._vm(vid, "shutdown_failure", L.SHUTDOWN)
         if vm is not None:
             self._set(vm, L.RUNNING)
-            self.vmm.poll(vm)
+            self.poll(vm)
 
     def cancel_success(self, vid: int) -> None:
         vm = self._vm(vid, "cancel_success", L.CANCEL)
@@ -274,7 +449,7 @@ class LifeCycleManager:
         vm = self._vm(vid, "cancel_failure", L.CANCEL)
         if vm is not None:
             self._set(vm, L.RUNNING)
-            self.vmm.poll(vm)
+            self.poll(vm)
 
     def epilog_success(self, vid: int) -> None:
         vm = self._vm(vid, "epilog_success", L.EPILOG, L.EPILOG_STOP)
@@ -334,7 +509,65 @@ class LifeCycleManager:
         vm = self._vm(vid, "restart_action", L.BOOT, L.UNKNOWN)
         if vm is not None:
             self._set(vm, L.BOOT)
-            self.vmm.deploy(vm)
+            self._deploy(vm)
+
+    def recover(self, vid: int, success: bool) -> None:
+        """``onevm recover``: the administrator says how the pending step of a VM in a
+        transient state ended (OpenNebula 4.2's semantics); it goes on from there, and a
+        late driver answer to the step is stale."""
+        vm = self._vm(vid, "recover_action", *RECOVERABLE)
+        if vm is None:
+            return
+        events = RECOVERABLE[vm.lcm_state]
+        outcome = "success" if success else "failure"
+        self.log.vm(vid, "LCM", 2, f"Recovering VM from {vm.lcm_state.name} as a {outcome}")
+        self._phases[vid] = self._phases.get(vid, 0) + 1
+        if success and vm.lcm_state is L.BOOT and not vm.deploy_id:
+            vm.deploy_id = f"one-{vid}"  # the name 1.2's drivers give the domain
+            self.vms.update(vm)
+        getattr(self, events[0] if success else events[1])(vid)
+
+    # -- start-up reconciliation (reconciliation.py decides, these act) ----------------
+
+    def retry(self, vid: int) -> None:
+        """Ask again for the pending driver step of a VM in a transient state, for the
+        steps that are idempotent (every one but a live migration)."""
+        vm = self.vms.get(vid)
+        if vm is None or vm.state is not VMState.ACTIVE or vm.current is None:
+            return
+        state, prev = vm.lcm_state, vm.previous
+        self._phases[vid] = self._phases.get(vid, 0) + 1
+        if state is L.PROLOG:
+            self._prolog(vm, self.tm.prolog(vm))
+        elif state is L.PROLOG_RESUME:
+            self._prolog(vm, self.tm.prolog_resume(vm))
+        elif state is L.PROLOG_MIGRATE:
+            self._prolog(vm, self.tm.prolog_migrate(vm))
+        elif state is L.BOOT:
+            # A record that follows a save (suspend, stop, cold migration) boots from
+            # the checkpoint; any other boots from the deployment file.
+            if prev is not None and prev.reason in (Reason.STOP_RESUME, Reason.USER):
+                self._restore(vm)
+            else:
+                self._deploy(vm)
+        elif state in (L.SAVE_STOP, L.SAVE_SUSPEND, L.SAVE_MIGRATE):
+            self._save(vm)
+        elif state is L.SHUTDOWN:
+            self._shutdown(vm)
+        elif state is L.CANCEL:
+            self._cancel(vm)
+        elif state is L.EPILOG:
+            self._epilog(vm, self.tm.epilog(vm))
+        elif state is L.EPILOG_STOP:
+            self._epilog(vm, self.tm.epilog_stop(vm))
+
+    def lost(self, vid: int, why: str) -> None:
+        """Nothing can tell where the domain of a RUNNING VM is: UNKNOWN, still charged
+        to its host and polled until it reappears (or recover/restart/finalize)."""
+        vm = self._vm(vid, "lost", L.RUNNING, L.UNKNOWN)
+        if vm is not None:
+            self.log.vm(vid, "LCM", 0, f"Domain state unknown: {why}")
+            self._set(vm, L.UNKNOWN)
 
     def delete(self, vid: int) -> None:
         """1.4 ``finalize`` of an ACTIVE VM: abandon whatever runs, then DONE.
@@ -365,10 +598,11 @@ class LifeCycleManager:
             self.vms.save_history(prev)
             self._release(vm, prev)
         if cur is not None and state not in _NO_DOMAIN:
+            # Nothing waits for these: the outcome is only logged.
             if state is not L.SAVE_MIGRATE:
-                self.vmm.cancel_domain(vm, cur)
+                self.vmm.cancel(vm, cur).addErrback(ignore_driver_failure)
             if both:
-                self.vmm.cancel_domain(vm, prev)
+                self.vmm.cancel(vm, prev).addErrback(ignore_driver_failure)
         # The images are where the last transfer left them.
         if state is L.SAVE_MIGRATE:
             doomed = [prev]
@@ -378,9 +612,37 @@ class LifeCycleManager:
             doomed = [cur]
         for record in doomed:
             if record is not None:
-                self.tm.delete(vm, record)
+                self.tm.delete(vm, record).addErrback(ignore_driver_failure)
         self.dm.done(vid)
 
 
+#: The events ``recover`` raises for each transient state: (success, failure).
+RECOVERABLE: dict[LCMState, tuple[str, str]] = {
+    **dict.fromkeys(
+        (L.PROLOG, L.PROLOG_MIGRATE, L.PROLOG_RESUME), ("prolog_success", "prolog_failure")
+    ),
+    **dict.fromkeys((L.BOOT, L.MIGRATE), ("deploy_success", "deploy_failure")),
+    **dict.fromkeys(
+        (L.SAVE_STOP, L.SAVE_SUSPEND, L.SAVE_MIGRATE), ("save_success", "save_failure")
+    ),
+    L.SHUTDOWN: ("shutdown_success", "shutdown_failure"),
+    L.CANCEL: ("cancel_success", "cancel_failure"),
+    **dict.fromkeys((L.EPILOG, L.EPILOG_STOP), ("epilog_success", "epilog_failure")),
+}
+
 #: LCM states in which no domain exists on the current host.
 _NO_DOMAIN = (L.PROLOG, L.PROLOG_RESUME, L.PROLOG_MIGRATE, L.EPILOG, L.EPILOG_STOP)
+
+
+def _event(event: Callable[[int], None]) -> Callable[[int, Any], None]:
+    """An LCM event as the callback of a request whose answer carries nothing more."""
+    return lambda vid, _answer: event(vid)
+
+
+def _nothing(_vid: int) -> None:
+    """A failed request whose failure is only logged (by the manager that made it)."""
+
+
+def _report_bug(failure: Failure) -> None:
+    # A bug in an event handler must not vanish silently.
+    twisted_log.err(failure, "Error while handling a driver answer")

@@ -3,27 +3,27 @@
 For each phase (prolog, prolog of a migration or a resume, epilog, epilog of a stop)
 it builds the command lines of drivers.md §6.1, writes them to
 ``$VAR/<vid>/transfer.<seq>`` exactly as 1.2 did, and asks the driver named by the
-history record's ``tm_mad`` to run them. The outcome becomes PROLOG_* or EPILOG_*
-according to the VM's LCM state when the answer arrives.
+history record's ``tm_mad`` to run them. Each phase returns the Deferred of the
+outcome: it fires when the script ran, or fails with
+:class:`~nebula_xr.interfaces.DriverFailure` (already logged to the VM's log).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from nebula_xr.drivers.base import TransferCommand, TransferDriver
 from nebula_xr.drivers.invoke import invoke
+from nebula_xr.interfaces import DriverFailure
 from nebula_xr.log import Log
-from nebula_xr.model import History, LCMState, VirtualMachine
+from nebula_xr.model import History, VirtualMachine
 from nebula_xr.pools import VirtualMachinePool
 
-if TYPE_CHECKING:
-    from nebula_xr.lifecycle_manager import LifeCycleManager
-
-_PROLOG_STATES = (LCMState.PROLOG, LCMState.PROLOG_MIGRATE, LCMState.PROLOG_RESUME)
-_EPILOG_STATES = (LCMState.EPILOG, LCMState.EPILOG_STOP)
+Commands = Callable[[VirtualMachine, History], list[TransferCommand]]
 
 
 class TransferError(Exception):
@@ -36,7 +36,7 @@ class TransferManager:
         drivers: dict[str, TransferDriver],
         timeouts: dict[str, float],
         vms: VirtualMachinePool,
-        clock: Any,
+        clock: IReactorTime,
         log: Log,
         frontend: str,
     ) -> None:
@@ -46,14 +46,13 @@ class TransferManager:
         self.clock = clock
         self.log = log
         self.frontend = frontend
-        self.lcm: LifeCycleManager
 
     # -- phases ---------------------------------------------------------------------------
 
-    def prolog(self, vm: VirtualMachine) -> None:
-        self._transfer(vm, self._prolog_commands)
+    def prolog(self, vm: VirtualMachine) -> Deferred[None]:
+        return self._transfer(vm, self._prolog_commands)
 
-    def prolog_migrate(self, vm: VirtualMachine) -> None:
+    def prolog_migrate(self, vm: VirtualMachine) -> Deferred[None]:
         def commands(vm: VirtualMachine, cur: History) -> list[TransferCommand]:
             prev = vm.previous
             if prev is None:
@@ -61,16 +60,16 @@ class TransferManager:
             source = f"{prev.host_name}:{prev.remote_dir}"
             return [TransferCommand("MV", (source, f"{cur.host_name}:{cur.remote_dir}"))]
 
-        self._transfer(vm, commands)
+        return self._transfer(vm, commands)
 
-    def prolog_resume(self, vm: VirtualMachine) -> None:
+    def prolog_resume(self, vm: VirtualMachine) -> Deferred[None]:
         def commands(vm: VirtualMachine, cur: History) -> list[TransferCommand]:
             source = f"{self.frontend}:{self.vms.vm_dir(vm.oid)}/images"
             return [TransferCommand("MV", (source, f"{cur.host_name}:{cur.remote_dir}"))]
 
-        self._transfer(vm, commands)
+        return self._transfer(vm, commands)
 
-    def epilog(self, vm: VirtualMachine) -> None:
+    def epilog(self, vm: VirtualMachine) -> Deferred[None]:
         def commands(vm: VirtualMachine, cur: History) -> list[TransferCommand]:
             local = self.vms.vm_dir(vm.oid)
             lines = [
@@ -87,39 +86,23 @@ class TransferManager:
             lines.append(TransferCommand("DELETE", (f"{cur.host_name}:{cur.remote_dir}",)))
             return lines
 
-        self._transfer(vm, commands)
+        return self._transfer(vm, commands)
 
-    def epilog_stop(self, vm: VirtualMachine) -> None:
+    def epilog_stop(self, vm: VirtualMachine) -> Deferred[None]:
         def commands(vm: VirtualMachine, cur: History) -> list[TransferCommand]:
             target = f"{self.frontend}:{self.vms.vm_dir(vm.oid)}"
             return [TransferCommand("MV", (f"{cur.host_name}:{cur.remote_dir}", target))]
 
-        self._transfer(vm, commands)
+        return self._transfer(vm, commands)
 
-    def delete(self, vm: VirtualMachine, record: History) -> None:
+    def delete(self, vm: VirtualMachine, record: History) -> Deferred[None]:
         """Delete the VM directory on ``record``'s host (1.4 finalize of an ACTIVE or
-        SUSPENDED VM); nothing waits for the outcome, which is only logged."""
-        driver = self.drivers.get(record.tm_mad)
-        commands = [TransferCommand("DELETE", (f"{record.host_name}:{record.remote_dir}",))]
-        script = self.vms.vm_dir(vm.oid) / f"transfer.{record.seq}.delete"
-        try:
-            if driver is None:
-                raise TransferError(f"TM driver {record.tm_mad} not loaded")
-            script.write_text("".join(f"{line}\n" for line in commands), encoding="utf-8")
-        except (TransferError, OSError) as error:
-            self.log.vm(vm.oid, "TM", 0, f"Error preparing transfer: {error}")
-            return
-        log = self.log.vm
-        invoke(
-            self.clock,
-            self.timeouts.get(record.tm_mad, 300.0),
-            driver.transfer,
-            vm.oid,
-            script,
-            commands,
-            on_success=lambda _: log(vm.oid, "TM", 2, f"Executed {commands[0]}"),
-            on_failure=lambda message, _: log(vm.oid, "TM", 0, f"Error deleting: {message}"),
-        )
+        SUSPENDED VM)."""
+
+        def commands(vm: VirtualMachine, record: History) -> list[TransferCommand]:
+            return [TransferCommand("DELETE", (f"{record.host_name}:{record.remote_dir}",))]
+
+        return self._run(vm, record, commands, f"transfer.{record.seq}.delete")
 
     def _prolog_commands(self, vm: VirtualMachine, cur: History) -> list[TransferCommand]:
         lines = []
@@ -139,48 +122,45 @@ class TransferManager:
 
     # -- running --------------------------------------------------------------------------
 
-    def _transfer(self, vm: VirtualMachine, build: Any) -> None:
+    def _transfer(self, vm: VirtualMachine, build: Commands) -> Deferred[None]:
         cur = vm.current
-        driver = self.drivers.get(cur.tm_mad) if cur is not None else None
+        return self._run(vm, cur, build, f"transfer.{cur.seq if cur else 0}")
+
+    def _run(
+        self, vm: VirtualMachine, record: History | None, build: Commands, name: str
+    ) -> Deferred[None]:
+        outcome: Deferred[None] = Deferred()
+        driver = self.drivers.get(record.tm_mad) if record is not None else None
         try:
-            if cur is None:
+            if record is None:
                 raise TransferError("no history")
             if driver is None:
-                raise TransferError(f"TM driver {cur.tm_mad} not loaded")
-            commands = build(vm, cur)
-            script = self.vms.vm_dir(vm.oid) / f"transfer.{cur.seq}"
+                raise TransferError(f"TM driver {record.tm_mad} not loaded")
+            commands = build(vm, record)
+            script = self.vms.vm_dir(vm.oid) / name
             script.write_text("".join(f"{line}\n" for line in commands), encoding="utf-8")
         except (TransferError, OSError) as error:
             self.log.vm(vm.oid, "TM", 0, f"Error preparing transfer: {error}")
-            self.clock.callLater(0, self._answered, vm.oid, False)
-            return
-        self.log.vm(vm.oid, "TM", 2, f"Sending transfer script {script} to {cur.tm_mad}")
+            # Reported on the next turn, like a driver reply.
+            self.clock.callLater(0, outcome.errback, DriverFailure(str(error)))
+            return outcome
+        self.log.vm(vm.oid, "TM", 2, f"Sending transfer script {script} to {record.tm_mad}")
 
         def failed(message: str, _failure: Failure) -> None:
             self.log.vm(vm.oid, "TM", 0, f"Error executing transfer script: {message}")
-            self._answered(vm.oid, False)
+            outcome.errback(DriverFailure(message))
 
         invoke(
             self.clock,
-            self.timeouts.get(cur.tm_mad, 300.0),
+            self.timeouts.get(record.tm_mad, 300.0),
             driver.transfer,
             vm.oid,
             script,
             commands,
-            on_success=lambda _: self._answered(vm.oid, True),
+            on_success=lambda _: outcome.callback(None),
             on_failure=failed,
         )
-
-    def _answered(self, vid: int, ok: bool) -> None:
-        vm = self.vms.get(vid)
-        if vm is None:
-            return
-        if vm.lcm_state in _PROLOG_STATES:
-            (self.lcm.prolog_success if ok else self.lcm.prolog_failure)(vid)
-        elif vm.lcm_state in _EPILOG_STATES:
-            (self.lcm.epilog_success if ok else self.lcm.epilog_failure)(vid)
-        else:
-            self.log.vm(vid, "TM", 0, "Wrong state in TM answer")
+        return outcome
 
 
 def _disks(vm: VirtualMachine) -> list[dict[str, str]]:

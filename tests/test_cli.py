@@ -294,9 +294,19 @@ def test_top_refreshes_until_interrupted(user: User) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
+    # Interrupt once three screens are out (and the fourth has begun).
+    seen = ""
+    deadline = time.monotonic() + 30
+    while seen.count("\33[H\33[2J") < 4:
+        assert time.monotonic() < deadline, f"no three screens in 30 s: {seen!r}"
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            chunk = os.read(process.stdout.fileno(), 65536).decode()
+            assert chunk, f"onevm top ended: {seen!r}"
+            seen += chunk
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=10)
+    out = seen + out
     assert process.returncode == 0 and err == ""
     screens = out.split("\33[H\33[2J")[1:]
     assert len(screens) >= 3

@@ -166,8 +166,7 @@ def test_fast_mode_lifecycle(fast_cluster: Cluster) -> None:
     c.configure_xen("node03", shutdown_delay=0.3)
     xm(c, "node03", "shutdown one-3")
     assert "one-3" in domains(c, "node03")
-    time.sleep(0.4)
-    assert "one-3" not in domains(c, "node03")
+    wait_for(lambda: "one-3" not in domains(c, "node03"), timeout=10)
     proc = xm(c, "node03", "destroy one-3", ok=False)
     assert (proc.returncode, proc.stderr) == (1, "Error: Domain 'one-3' does not exist.\n")
     assert [e["argv"][1] for e in c.xen_commands("node03")][:2] == ["migrate-receive",

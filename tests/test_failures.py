@@ -95,13 +95,14 @@ def test_failures(tmp_path) -> None:
         assert one.call("one.hostenable", good, False) == [True]
         with one.db() as db:
 
-            def mon_time() -> int:
+            def mon_time(hid: int = good) -> int:
                 return db.execute(
-                    "SELECT last_mon_time FROM host_pool WHERE oid = ?", (good,)
+                    "SELECT last_mon_time FROM host_pool WHERE oid = ?", (hid,)
                 ).fetchone()[0]
 
-            before = mon_time()
-            time.sleep(2.5)  # more than HOST_MONITORING_INTERVAL + a timer tick
+            before, other = mon_time(), mon_time(slow)
+            # Two monitoring rounds of an enabled host (HOST_MONITORING_INTERVAL = 1 s).
+            wait_for(lambda: mon_time(slow) >= other + 2, what="two monitoring rounds")
             assert mon_time() == before
             assert db.execute("SELECT state FROM host_pool WHERE oid = ?", (good,)).fetchone() == (
                 4,

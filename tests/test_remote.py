@@ -56,8 +56,9 @@ def test_timeout_and_cancel_kill_the_process(tmp_path: Path) -> None:
     assert time.monotonic() - begun < 3
     yield _gone(int(pidfile.read_text()))
 
+    pidfile.unlink()
     running = run_local(reactor, ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"])
-    yield _sleep(0.3)
+    yield _until(lambda: pidfile.exists() and pidfile.read_text().endswith("\n"))
     running.cancel()
     with pytest.raises(defer.CancelledError):
         yield running
@@ -96,6 +97,16 @@ def _sleep(seconds: float) -> defer.Deferred:
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def _until(condition, timeout: float = 10.0):
+    """Wait (without blocking the reactor) until ``condition()`` holds; fail after timeout."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        yield _sleep(0.05)
+    raise AssertionError(f"{condition} not met in {timeout}s")
 
 
 @defer.inlineCallbacks

@@ -216,6 +216,20 @@ def restart(vm: str) -> None:
     say("Restarting VM")
 
 
+@main.command()
+@click.option("--success", "outcome", flag_value="success", help="The pending step succeeded.")
+@click.option("--failure", "outcome", flag_value="failure", help="The pending step failed.")
+@click.argument("vm")
+def recover(vm: str, outcome: str | None) -> None:
+    """Settle by hand a VM stuck waiting for a driver (prol, boot, migr, save, epil,
+    shut...): say whether its pending step succeeded or failed; it goes on from there."""
+    if outcome is None:
+        raise click.UsageError("say how the pending step ended: --success or --failure")
+    one = client()
+    one.call("one.vm.recover", resolve_vm(one, vm), outcome == "success")
+    say("Recovering VM")
+
+
 def _vm_list(one: Client) -> str:
     columns = pick_columns(VM_COLUMNS, VM_DEFAULT)
     return render(one.document("one.vmpool.info", -2), lambda vms: render_table(columns, vms))

@@ -1,0 +1,328 @@
+"""SIGKILL of the real daemon in every transient state, then a restart (issue 11 item 11).
+
+The dummy drivers take an hour (DELAY) for the step the VMs must be caught in, so each
+VM waits in its transient state, written in one.db, when the daemon is killed. The
+daemon then starts again with instant drivers and every VM must reach the stable state
+its interrupted request leads to, within two polling intervals, with the host shares
+that state implies. Also: ``one.vm.recover`` and ``onevm recover`` on a real daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+
+from nebula_xr.model import LCMState, VMState
+from tests.cluster.cluster import Cluster
+from tests.oned import OneDaemon, wait_for, write_conf
+from tests.test_xen_cluster import add_cluster_hosts, start_daemon, tutorial, xm_domains
+
+POLLING_INTERVAL = 5
+SLOW = ", DELAY = 3600"
+TEMPLATE = (
+    "NAME = crash{n}\nCPU = 1\nMEMORY = 64\nOS = [ kernel = /k ]\n"
+    "DISK = [ source = /i, target = sda ]\n"
+)
+L = LCMState
+
+
+def configure(location: Path, *, slow_vmm: bool = False, slow_tm: bool = False) -> None:
+    conf = write_conf(
+        location, vmm_extra=SLOW if slow_vmm else "", tm_extra=SLOW if slow_tm else ""
+    )
+    text = conf.read_text().replace(
+        "VM_POLLING_INTERVAL = 1", f"VM_POLLING_INTERVAL = {POLLING_INTERVAL}"
+    )
+    conf.write_text(text)
+
+
+def ok(one: OneDaemon, method: str, *args: object) -> object:
+    """A call that must succeed: 1.4 methods with oneadmin's session, 1.2 ones as 1.2 sends."""
+    reply = one.call14(method, *args) if method.count(".") > 1 else one.call(method, *args)
+    assert reply[0] is True, (method, args, reply)
+    return reply[1] if len(reply) > 1 else None
+
+
+def stored(one: OneDaemon, vid: int) -> tuple[int, int]:
+    """(state, lcm_state) as committed to one.db."""
+    with one.db() as db:
+        return db.execute("SELECT state, lcm_state FROM vm_pool WHERE oid = ?", (vid,)).fetchone()
+
+
+def wait_stored(one: OneDaemon, wanted: dict[int, tuple[int, int]]) -> None:
+    wait_for(
+        lambda: all(stored(one, vid) == state for vid, state in wanted.items()),
+        timeout=30,
+        what=f"states {wanted}",
+    )
+
+
+def active(lcm: LCMState) -> tuple[int, int]:
+    return (int(VMState.ACTIVE), int(lcm))
+
+
+def in_flight(one: OneDaemon) -> int:
+    """VMs in a transient state in one.db: caught mid-operation by a kill now."""
+    stable = (int(L.RUNNING), int(L.UNKNOWN))
+    with one.db() as db:
+        states = db.execute("SELECT state, lcm_state FROM vm_pool").fetchall()
+    return sum(1 for state, lcm in states if state == int(VMState.ACTIVE) and lcm not in stable)
+
+
+def kill(one: OneDaemon) -> None:
+    assert one.process is not None
+    one.process.send_signal(signal.SIGKILL)
+    one.process.wait(10)
+    one.stop()
+
+
+def test_sigkill_in_every_transient_state(tmp_path: Path) -> None:
+    configure(tmp_path)
+    one = OneDaemon(tmp_path).start()
+    h1 = ok(one, "one.host.allocate", "h1", "im_xen", "vmm_xen", "tm_nfs")
+    h2 = ok(one, "one.host.allocate", "h2", "im_xen", "vmm_xen", "tm_nfs")
+    vids = [ok(one, "one.vm.allocate", TEMPLATE.format(n=n)) for n in range(13)]
+    for vid in vids[:11]:
+        ok(one, "one.vm.deploy", vid, h1)
+    wait_stored(one, {vid: active(L.RUNNING) for vid in vids[:11]})
+    ok(one, "one.vm.action", "suspend", vids[9])
+    ok(one, "one.vm.action", "stop", vids[10])
+    wait_stored(one, {vids[9]: (int(VMState.SUSPENDED), 0), vids[10]: (int(VMState.STOPPED), 0)})
+    assert one.stop() == 0
+
+    # Every VMM step takes an hour: caught in BOOT, SHUTDOWN, SAVE_*, CANCEL, MIGRATE.
+    configure(tmp_path, slow_vmm=True)
+    one = OneDaemon(tmp_path).start()
+    ok(one, "one.vm.action", "shutdown", vids[0])
+    ok(one, "one.vm.action", "stop", vids[1])
+    ok(one, "one.vm.action", "suspend", vids[2])
+    ok(one, "one.vm.action", "cancel", vids[3])
+    ok(one, "one.vm.migrate", vids[4], h2, False)
+    ok(one, "one.vm.migrate", vids[5], h2, True)
+    ok(one, "one.vm.action", "resume", vids[9])
+    ok(one, "one.vm.deploy", vids[11], h1)
+    caught = {
+        vids[0]: L.SHUTDOWN,
+        vids[1]: L.SAVE_STOP,
+        vids[2]: L.SAVE_SUSPEND,
+        vids[3]: L.CANCEL,
+        vids[4]: L.SAVE_MIGRATE,
+        vids[5]: L.MIGRATE,
+        vids[9]: L.BOOT,
+        vids[11]: L.BOOT,
+    }
+    wait_stored(one, {vid: active(lcm) for vid, lcm in caught.items()})
+    assert in_flight(one) == 8
+    kill(one)
+
+    # Every transfer takes an hour: caught in PROLOG*, EPILOG*. The VMs killed above
+    # are settled first by this daemon (its VMM is instant).
+    configure(tmp_path, slow_tm=True)
+    one = OneDaemon(tmp_path).start()
+    wait_stored(
+        one,
+        {
+            vids[0]: active(L.EPILOG),
+            vids[1]: active(L.EPILOG_STOP),
+            vids[4]: active(L.PROLOG_MIGRATE),
+            vids[5]: active(L.RUNNING),
+            vids[2]: (int(VMState.SUSPENDED), 0),
+            vids[3]: (int(VMState.DONE), 0),
+            vids[9]: active(L.RUNNING),
+            vids[11]: active(L.RUNNING),
+        },
+    )
+    assert in_flight(one) == 3  # killed again, in the transfers the restart started
+    kill(one)
+    configure(tmp_path, slow_tm=True)
+    one = OneDaemon(tmp_path).start()
+    ok(one, "one.vm.action", "shutdown", vids[6])
+    ok(one, "one.vm.action", "stop", vids[7])
+    ok(one, "one.vm.migrate", vids[8], h2, False)
+    ok(one, "one.vm.action", "resume", vids[10])
+    ok(one, "one.vm.deploy", vids[10], h2)
+    ok(one, "one.vm.deploy", vids[12], h1)
+    caught2 = {
+        vids[6]: L.EPILOG,
+        vids[7]: L.EPILOG_STOP,
+        vids[8]: L.PROLOG_MIGRATE,
+        vids[10]: L.PROLOG_RESUME,
+        vids[12]: L.PROLOG,
+    }
+    wait_stored(one, {vid: active(lcm) for vid, lcm in caught2.items()})
+    assert in_flight(one) == 8  # these five, and the three still in their transfers
+    killed_in = {lcm for lcm in (*caught.values(), *caught2.values())}
+    kill(one)
+
+    configure(tmp_path)
+    one = OneDaemon(tmp_path).start()
+    done, stopped, suspended = (
+        (int(VMState.DONE), 0),
+        (int(VMState.STOPPED), 0),
+        (
+            int(VMState.SUSPENDED),
+            0,
+        ),
+    )
+    expected = {
+        vids[0]: done,
+        vids[1]: stopped,
+        vids[2]: suspended,
+        vids[3]: done,
+        vids[4]: active(L.RUNNING),
+        vids[5]: active(L.RUNNING),
+        vids[6]: done,
+        vids[7]: stopped,
+        vids[8]: active(L.RUNNING),
+        vids[9]: active(L.RUNNING),
+        vids[10]: active(L.RUNNING),
+        vids[11]: active(L.RUNNING),
+        vids[12]: active(L.RUNNING),
+    }
+    # Within two polling intervals of the start (wait_for's deadline).
+    started = time.monotonic()
+    wait_for(
+        lambda: all(stored(one, vid) == state for vid, state in expected.items()),
+        timeout=2 * POLLING_INTERVAL,
+        what="every VM stable",
+    )
+    print(
+        f"19 VMs caught mid-operation in 3 SIGKILLs: all stable {time.monotonic() - started:.2f} s"
+    )
+    assert in_flight(one) == 0
+    with one.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM vm_pool").fetchone() == (13,)  # nothing lost
+        hosts = dict(db.execute("SELECT hid, running_vms FROM host_shares").fetchall())
+        cpu = dict(db.execute("SELECT hid, cpu_usage FROM host_shares").fetchall())
+        where = dict(
+            db.execute(
+                "SELECT h.vid, h.hid FROM history h WHERE h.seq = "
+                "(SELECT MAX(seq) FROM history WHERE vid = h.vid)"
+            ).fetchall()
+        )
+    running = [vid for vid, state in expected.items() if state == active(L.RUNNING)]
+    assert {vid: where[vid] for vid in running} == {
+        vids[4]: h2,
+        vids[5]: h2,
+        vids[8]: h2,
+        vids[9]: h1,
+        vids[10]: h2,
+        vids[11]: h1,
+        vids[12]: h1,
+    }
+    assert hosts == {h1: 3, h2: 4}
+    assert cpu == {h1: 300, h2: 400}
+    assert killed_in == {
+        L.PROLOG, L.BOOT, L.MIGRATE, L.SAVE_STOP, L.SAVE_SUSPEND, L.SAVE_MIGRATE,
+        L.PROLOG_MIGRATE, L.PROLOG_RESUME, L.EPILOG_STOP, L.EPILOG, L.SHUTDOWN, L.CANCEL,
+    }  # fmt: skip
+    log = (tmp_path / "var" / str(vids[5]) / "vm.log").read_text()
+    assert "Found in MIGRATE at start-up" in log
+    assert one.stop() == 0
+
+
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+
+
+def onevm(one: OneDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "ONE_LOCATION"}
+    env["ONE_XMLRPC"] = one.url
+    env["ONE_AUTH"] = str(one.one_auth)
+    return subprocess.run(
+        [str(SCRIPTS / "onevm"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_recover_settles_a_stuck_vm_by_hand(tmp_path: Path) -> None:
+    configure(tmp_path, slow_tm=True)
+    one = OneDaemon(tmp_path).start()
+    hid = ok(one, "one.host.allocate", "h1", "im_xen", "vmm_xen", "tm_nfs")
+    first, second = (ok(one, "one.vm.allocate", TEMPLATE.format(n=n)) for n in range(2))
+    for vid in (first, second):
+        ok(one, "one.vm.deploy", vid, hid)
+    wait_stored(one, {first: active(L.PROLOG), second: active(L.PROLOG)})
+
+    done = onevm(one, "recover", "--failure", str(first))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), done
+    assert ok(one, "one.vm.recover", second, True) is None
+    wait_stored(one, {first: (int(VMState.FAILED), 0), second: active(L.RUNNING)})
+    assert one.call14("one.vm.recover", second, False) == [False, "Wrong state to perform action"]
+    assert one.call14("one.vm.recover", 99, True) == [
+        False,
+        "The virtual machine 99 does not exists",
+    ]
+    unsaid = onevm(one, "recover", str(second))
+    assert unsaid.returncode == 2 and "--success or --failure" in unsaid.stderr
+    refused = onevm(one, "recover", "--success", str(second))
+    assert refused.returncode == 255
+    assert refused.stderr == "Error: Wrong state to perform action\n"
+    log = (tmp_path / "var" / str(first) / "vm.log").read_text()
+    assert "Recovering VM from PROLOG as a failure" in log
+    assert one.stop() == 0
+
+
+# -- on the namespace cluster: the domain ends on exactly one host ------------------------
+
+
+def _stored_history(one: OneDaemon, vid: int) -> list[tuple[str, int]]:
+    with one.db() as db:
+        return db.execute(
+            "SELECT host_name, reason FROM history WHERE vid = ? ORDER BY seq", (vid,)
+        ).fetchall()
+
+
+def _cluster_vm(c: Cluster, tmp_path: Path) -> OneDaemon:
+    one = start_daemon(tmp_path, c, str(c.shared_dir / "one"), timeout=60)
+    add_cluster_hosts(one, "tm_nfs")
+    assert one.call("one.vmallocate", tutorial(tmp_path / "disk.img")) == [True, 0]
+    assert one.call("one.vmdeploy", 0, 0) == [True]
+    wait_stored(one, {0: active(L.RUNNING)})
+    return one
+
+
+def test_sigkill_during_a_live_migration_on_a_cluster(fast_cluster: Cluster, tmp_path) -> None:
+    """The migration hangs on the source when the daemon dies: it is rolled back, the
+    domain stays on node01 alone, and the daemon's records say so."""
+    c = fast_cluster
+    one = _cluster_vm(c, tmp_path)
+    try:
+        c.inject_fault("node01", "migrate", action="hang", times=1)
+        assert one.call("one.vmmigrate", 0, 1, True) == [True]
+        wait_stored(one, {0: active(L.MIGRATE)})
+        kill(one)
+        one = OneDaemon(tmp_path).start()
+        wait_stored(one, {0: active(L.RUNNING)})
+        assert _stored_history(one, 0) == [("node01", 3), ("node02", 1), ("node01", 0)]
+        assert xm_domains(c, "node01") == {"one-0"} and xm_domains(c, "node02") == set()
+        with one.db() as db:
+            shares = db.execute("SELECT hid, running_vms FROM host_shares ORDER BY hid")
+            assert shares.fetchall() == [(0, 1), (1, 0), (2, 0)]
+        assert "rolled back, running on the source" in (tmp_path / "var/0/vm.log").read_text()
+    finally:
+        one.stop()
+
+
+def test_sigkill_during_a_cold_migration_on_a_cluster(fast_cluster: Cluster, tmp_path) -> None:
+    """The save hangs on the source when the daemon dies: the restarted daemon saves
+    again and finishes the migration; the domain runs on node02 alone."""
+    c = fast_cluster
+    one = _cluster_vm(c, tmp_path)
+    try:
+        c.inject_fault("node01", "save", action="hang", times=1)
+        assert one.call("one.vmmigrate", 0, 1, False) == [True]
+        wait_stored(one, {0: active(L.SAVE_MIGRATE)})
+        kill(one)
+        one = OneDaemon(tmp_path).start()
+        wait_stored(one, {0: active(L.RUNNING)})
+        assert _stored_history(one, 0) == [("node01", 3), ("node02", 0)]
+        assert xm_domains(c, "node01") == set() and xm_domains(c, "node02") == {"one-0"}
+        with one.db() as db:
+            shares = db.execute("SELECT hid, running_vms FROM host_shares ORDER BY hid")
+            assert shares.fetchall() == [(0, 0), (1, 1), (2, 0)]
+        assert "saving it again" in (tmp_path / "var/0/vm.log").read_text()
+    finally:
+        one.stop()
