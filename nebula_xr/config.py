@@ -7,10 +7,12 @@ With ``ONE_LOCATION`` set everything lives under it (``var/one.db``, ``var/oned.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nebula_xr.drivers.base import INFORMATION, TRANSFER, VIRTUAL_MACHINE
+from nebula_xr.hook_manager import HOST, VM, Hook, HookConfigError, parse_hook
 from nebula_xr.scheduling import SchedulerConfig
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.vnet import parse_mac_prefix
@@ -88,6 +90,14 @@ class Config:
     scheduler: SchedulerConfig | None = field(
         default_factory=lambda: SchedulerConfig(plugin="sched_rank")
     )
+    #: Monitoring failures in a row that put a host in ERROR (1: the first, as 1.2).
+    host_error_threshold: int = 1
+    #: VM_HOOK and HOST_HOOK entries, in file order.
+    hooks: tuple[Hook, ...] = ()
+    #: Seconds after which a hook is killed (HM_MAD = [ timeout = N ]).
+    hook_timeout: float = 300.0
+    #: The ssh command of remote hooks (HM_MAD = [ ssh = "ssh -F file" ]).
+    hook_ssh: tuple[str, ...] = ("ssh",)
 
 
 def _int(template: Template, key: str, default: int) -> int:
@@ -146,6 +156,29 @@ def _scheduler(template: Template) -> SchedulerConfig | None:
     return SchedulerConfig(plugin=plugin, interval=interval, options=dict(vector))
 
 
+def _command_words(text: str, key: str) -> tuple[str, ...]:
+    try:
+        words = tuple(shlex.split(text))
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from error
+    if not words:
+        raise ConfigError(f"{key} must name a command")
+    return words
+
+
+def _hooks(template: Template) -> tuple[Hook, ...]:
+    hooks = []
+    for key in (VM, HOST):
+        for value in template.get_all(key):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a vector attribute")
+            try:
+                hooks.append(parse_hook(key, value))
+            except HookConfigError as error:
+                raise ConfigError(str(error)) from error
+    return tuple(hooks)
+
+
 def parse_config(text: str, layout: Layout) -> Config:
     """Build the configuration from oned.conf text (1.2 template syntax)."""
     if not text.endswith("\n"):
@@ -170,6 +203,10 @@ def parse_config(text: str, layout: Layout) -> Config:
     port = _int(template, "PORT", 2633)
     if not 0 <= port <= 65535:
         raise ConfigError(f"PORT must be a TCP port, not {port}")
+    threshold = _int(template, "HOST_ERROR_THRESHOLD", 1)
+    if threshold < 1:
+        raise ConfigError(f"HOST_ERROR_THRESHOLD must be at least 1, not {threshold}")
+    hook_manager = template.get_vector("HM_MAD") or {}
     journal = (template.get_string("DB_JOURNAL") or "wal").lower()
     if journal not in ("wal", "delete"):
         raise ConfigError(f"DB_JOURNAL must be wal or delete, not {journal!r}")
@@ -188,6 +225,10 @@ def parse_config(text: str, layout: Layout) -> Config:
         driver_timeout=_float(template.get_string("DRIVER_TIMEOUT"), "DRIVER_TIMEOUT", 300.0),
         drivers=tuple(drivers),
         scheduler=_scheduler(template),
+        host_error_threshold=threshold,
+        hooks=_hooks(template),
+        hook_timeout=_float(hook_manager.get("TIMEOUT"), "HM_MAD timeout", 300.0),
+        hook_ssh=_command_words(hook_manager.get("SSH") or "ssh", "HM_MAD ssh"),
     )
 
 
