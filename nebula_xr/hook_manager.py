@@ -7,8 +7,8 @@ OpenNebula 1.4/2.2 syntax::
                   arguments = "$HID -r", remote = "no" ]
 
 A hook runs when a VM enters the (state, LCM state) its ``on`` names, or a host enters
-the named host state. ``arguments`` is split into words when oned.conf is read (shell
-quoting rules, in the administrator's file), and each ``$VARIABLE`` is then replaced
+the named host state. ``arguments`` is split into words when oned.conf is read (at
+blanks, quotes grouping words), and each ``$VARIABLE`` is then replaced
 inside its own word: whatever a template holds (a VM name full of quotes and ``;``)
 stays one argument of one program, never a shell line. Hooks run through the drivers'
 process runner: an argument list, no shell, a timeout; ``remote = yes`` runs it over ssh
@@ -95,7 +95,7 @@ def parse_hook(kind: str, vector: Mapping[str, str]) -> Hook:
     if on not in events:
         raise HookConfigError(f"{kind} on = {on!r}: use one of {', '.join(events)}")
     try:
-        arguments = tuple(shlex.split(vector.get("ARGUMENTS") or ""))
+        arguments = split_arguments(vector.get("ARGUMENTS") or "")
     except ValueError as error:
         raise HookConfigError(f"{kind} {command}: arguments: {error}") from error
     remote = (vector.get("REMOTE") or "no").strip().lower()
@@ -112,6 +112,41 @@ def parse_hook(kind: str, vector: Mapping[str, str]) -> Hook:
     return Hook(kind, name, on, command, arguments, remote == "yes", seconds)
 
 
+def split_arguments(text: str) -> tuple[str, ...]:
+    """``arguments`` as words: split at blanks outside quotes and outside the brackets
+    of ``$NIC[MAC, NETWORK="x"]``; quotes group words and are removed, except within
+    brackets where they belong to the condition. Raises ValueError on an open quote."""
+    words: list[str] = []
+    word: list[str] = []
+    quote: str | None = None
+    depth = 0
+    in_word = False
+    for char in text:
+        if quote is not None:
+            if char == quote:
+                quote = None
+            else:
+                word.append(char)
+        elif depth:
+            word.append(char)
+            depth += {"[": 1, "]": -1}.get(char, 0)
+        elif char in "'\"":
+            quote, in_word = char, True
+        elif char.isspace():
+            if in_word:
+                words.append("".join(word))
+                word, in_word = [], False
+        else:
+            word.append(char)
+            in_word = True
+            depth += char == "["
+    if quote is not None or depth:
+        raise ValueError("unbalanced quote or bracket")
+    if in_word:
+        words.append("".join(word))
+    return tuple(words)
+
+
 def hooks_directory(environ: Mapping[str, str] | None = None) -> Path:
     """Where relative hook commands live: 2.2's ``share/hooks``."""
     environ = os.environ if environ is None else environ
@@ -124,8 +159,9 @@ def substitute(word: str, lookup: Callable[[str, str | None, str | None, str | N
     replaced by ``lookup``; the result is one argument, whatever the values hold."""
 
     def replace(match: re.Match[str]) -> str:
-        return lookup(match["name"].upper(), _upper(match["key"]), _upper(match["ckey"]),
-                      match["cvalue"])
+        return lookup(
+            match["name"].upper(), _upper(match["key"]), _upper(match["ckey"]), match["cvalue"]
+        )
 
     return _VARIABLE.sub(replace, word)
 

@@ -67,8 +67,12 @@ class Fencing:
         if vm.lcm_state not in RESUBMITTABLE or record is None:
             return defer.succeed(RequestResult(False, "Wrong state to perform action"))
         action = self._action(vm, record)
-        self.log.vm(vid, "HFM", 2, f"Resubmitting: destroying domain {action.deploy_id} "
-                                   f"on {record.host_name}")
+        self.log.vm(
+            vid,
+            "HFM",
+            2,
+            f"Resubmitting: destroying domain {action.deploy_id} on {record.host_name}",
+        )
 
         def settled(gone: str | None) -> RequestResult:
             host = self.hosts.get(record.hid)
@@ -84,9 +88,14 @@ class Fencing:
                         f"not be destroyed ({gone}) and the host is not in ERROR",
                     )
                 self.stale.setdefault(record.hid, {})[vid] = (record.vm_mad, action)
-                self.log.vm(vid, "HFM", 1, f"Host {record.host_name} is in ERROR and does "
-                                           f"not answer ({gone}): the domain will be destroyed "
-                                           "when it answers again")
+                self.log.vm(
+                    vid,
+                    "HFM",
+                    1,
+                    f"Host {record.host_name} is in ERROR and does "
+                    f"not answer ({gone}): the domain will be destroyed "
+                    "when it answers again",
+                )
             reason = Reason.ERROR if in_error else Reason.USER
             return self.dm.resubmit(vid, reason=reason)
 
@@ -100,15 +109,21 @@ class Fencing:
 
             def settled(gone: str | None, vid: int = vid, action: VMAction = action) -> None:
                 if gone is not None:
-                    self.log.vm(vid, "HFM", 0, f"Stale domain {action.deploy_id} on "
-                                               f"{action.host} still not destroyed: {gone}")
+                    self.log.vm(
+                        vid,
+                        "HFM",
+                        0,
+                        f"Stale domain {action.deploy_id} on "
+                        f"{action.host} still not destroyed: {gone}",
+                    )
                     return
                 pending = self.stale.get(host.oid, {})
                 pending.pop(vid, None)
                 if not pending:
                     self.stale.pop(host.oid, None)
-                self.log.vm(vid, "HFM", 2, f"Stale domain {action.deploy_id} on {action.host} "
-                                           "destroyed")
+                self.log.vm(
+                    vid, "HFM", 2, f"Stale domain {action.deploy_id} on {action.host} destroyed"
+                )
 
             self._destroy(vm_mad, action).addCallback(settled)
 
