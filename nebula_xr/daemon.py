@@ -204,6 +204,7 @@ class Daemon(MultiService):
             clock,
             log,
             self.vm_dir,
+            self.im.in_error,
         )
         self.rm = RequestManager(
             self.dm,

@@ -25,7 +25,7 @@ from nebula_xr.dispatch_manager import DispatchManager
 from nebula_xr.drivers.base import VirtualMachineDriver, VMAction
 from nebula_xr.drivers.invoke import failure_message
 from nebula_xr.log import Log
-from nebula_xr.model import History, Host, HostState, LCMState, Reason, VirtualMachine, VMState
+from nebula_xr.model import History, Host, LCMState, Reason, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool
 from nebula_xr.scheduling import RequestResult
 
@@ -44,6 +44,7 @@ class Fencing:
         clock: Any,
         log: Log,
         local_dir: Callable[[int], Any],
+        in_error: Callable[[Host], bool],
     ) -> None:
         self.vms = vms
         self.hosts = hosts
@@ -53,6 +54,9 @@ class Fencing:
         self.clock = clock
         self.log = log
         self.local_dir = local_dir
+        #: Whether a host reached HOST_ERROR_THRESHOLD (the IM knows, even while it
+        #: monitors the host again).
+        self.in_error = in_error
         #: host id → vid → the action that destroys the VM's stale domain there.
         self.stale: dict[int, dict[int, tuple[str, VMAction]]] = {}
 
@@ -76,7 +80,7 @@ class Fencing:
 
         def settled(gone: str | None) -> RequestResult:
             host = self.hosts.get(record.hid)
-            in_error = host is not None and host.state is HostState.ERROR
+            in_error = host is None or self.in_error(host)
             current = self.vms.get(vid)
             if current is None or current.current is not record:
                 return RequestResult(False, f"VM {vid} changed while it was being resubmitted")

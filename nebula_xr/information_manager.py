@@ -124,6 +124,13 @@ class InformationManager:
         if state is HostState.MONITORED and self.on_monitored is not None:
             self.on_monitored(host)
 
+    def in_error(self, host: Host) -> bool:
+        """Whether ``host`` has failed HOST_ERROR_THRESHOLD monitorings in a row (also
+        while a new monitoring of it is under way)."""
+        if host.state is HostState.MONITORING:
+            return self._before.get(host.oid) is HostState.ERROR
+        return host.state is HostState.ERROR
+
     def _failed(self, host: Host, message: str, now: float) -> HostState:
         """Count a failure; the state the host goes to."""
         failures = self._failures[host.oid] = self._failures.get(host.oid, 0) + 1

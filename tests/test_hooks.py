@@ -348,13 +348,20 @@ def test_a_host_is_in_error_after_the_threshold_and_its_hook_runs_once(tmp_path:
     assert host.attributes["ERROR"].endswith(": no route to host")
     assert "ERROR=" in host.info_text() and "<ERROR>" in xmldoc.host_document(host)
     assert w.runner.calls[1:] == [["err", "0", "node01"]]
-    assert monitor("still down") is HostState.ERROR  # MONITORING → ERROR again: no new run
+    driver.outcomes.append("still down")
+    w.clock.advance(10)
+    im.monitor_due()
+    assert host.state is HostState.MONITORING and im.in_error(host)  # for the fencing
+    w.clock.advance(0)
+    w.clock.advance(0)
+    assert host.state is HostState.ERROR  # MONITORING → ERROR again: no new run
     assert w.runner.calls[1:] == [["err", "0", "node01"]]
 
     assert monitor(True) is HostState.MONITORED
     assert "ERROR" not in host.attributes
     assert Delete.__name__ in {type(op).__name__ for op in w.db.operations}
     assert monitor("down") is HostState.MONITORED  # the count started again
+    assert not im.in_error(host)
     w.hosts.set_state(host, HostState.DISABLED)
     w.clock.advance(0)
     assert w.remote.calls == [("node01", ["off", "0"])]
@@ -400,7 +407,17 @@ class FakeVMM:
 
 
 def fencing(w: World, vmm: FakeVMM) -> Fencing:
-    return Fencing(w.vms, w.hosts, w.dm, {"vmm": vmm}, {"vmm": 4}, w.clock, w.log, w.vms.vm_dir)
+    return Fencing(
+        w.vms,
+        w.hosts,
+        w.dm,
+        {"vmm": vmm},
+        {"vmm": 4},
+        w.clock,
+        w.log,
+        w.vms.vm_dir,
+        lambda host: host.state is HostState.ERROR,
+    )
 
 
 def outcome(deferred: defer.Deferred) -> Any:

@@ -21,7 +21,13 @@ RUNNING, SUSPENDED, STOPPED, DONE, FAILED = (3, 3), (5, 0), (4, 0), (6, 0), (7, 
 
 
 def start_daemon(
-    location: Path, cluster: Cluster, vm_dir: str, timeout: float = 20, toolstack: str = "xm"
+    location: Path,
+    cluster: Cluster,
+    vm_dir: str,
+    timeout: float = 20,
+    toolstack: str = "xm",
+    extra: str = "",
+    scheduler: str = 'SCHEDULER = [ plugin = "none" ]',
 ) -> OneDaemon:
     etc = location / "etc"
     (etc / "tm_nfs").mkdir(parents=True)
@@ -43,7 +49,9 @@ def start_daemon(
         'TM_MAD = [ name = "tm_nfs", executable = "one_tm", arguments = "tm_nfs/tm_nfs.conf" ]\n'
         'TM_MAD = [ name = "tm_ssh", executable = "one_tm", arguments = "tm_ssh/tm_ssh.conf" ]\n'
     )
-    write_conf(location, drivers=drivers, extra=f"DRIVER_TIMEOUT = {timeout}")
+    write_conf(
+        location, drivers=drivers, scheduler=scheduler, extra=f"DRIVER_TIMEOUT = {timeout}\n{extra}"
+    )
     conf = etc / "oned.conf"
     conf.write_text(re.sub(r"(?m)^VM_DIR = .*$", f"VM_DIR = {vm_dir}", conf.read_text()))
     return OneDaemon(location).start()
