@@ -44,7 +44,7 @@ VM, HOST = "VM_HOOK", "HOST_HOOK"
 
 #: What ``on`` of a VM hook means: the (state, LCM state) the VM enters.
 VM_EVENTS: dict[str, tuple[VMState, LCMState]] = {
-    "CREATE": (VMState.PENDING, LCMState.LCM_INIT),
+    "CREATE": (VMState.PENDING, LCMState.LCM_INIT),  # from INIT only: the allocation
     "RUNNING": (VMState.ACTIVE, LCMState.RUNNING),
     "SHUTDOWN": (VMState.ACTIVE, LCMState.EPILOG),
     "STOP": (VMState.STOPPED, LCMState.LCM_INIT),
@@ -259,10 +259,12 @@ class HookManager:
 
     # -- events ---------------------------------------------------------------------------
 
-    def vm_changed(self, vm: VirtualMachine, _state: int, _lcm: int) -> None:
+    def vm_changed(self, vm: VirtualMachine, state: int, _lcm: int) -> None:
         for hook in self.vm_hooks:
             if VM_EVENTS[hook.on] != (vm.state, vm.lcm_state):
                 continue
+            if hook.on == "CREATE" and state != VMState.INIT:
+                continue  # PENDING again (release, resubmit) is no creation
             host = vm.current.host_name if vm.current is not None else None
             if hook.remote and host is None:
                 self.log.vm(vm.oid, "HKM", 1, f"Hook {hook.name} skipped: the VM has no host")

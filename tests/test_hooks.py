@@ -192,6 +192,11 @@ def test_vm_hooks_run_on_entering_their_state_on_the_next_turn(tmp_path: Path) -
     w.vms.transition(vm, VMState.DONE)
     w.clock.advance(0)
     assert w.runner.calls[-1] == ["gone", "0"]
+    w.vms.transition(vm, VMState.PENDING)  # resubmitted: PENDING again is no creation
+    w.vms.transition(vm, VMState.HOLD)
+    w.vms.transition(vm, VMState.PENDING)
+    w.clock.advance(0)
+    assert [call[0] for call in w.runner.calls] == ["created", "up", "gone"]
     log = w.oned_log.read_text()
     assert "Hook up succeeded" in log and "Hook up stdout: out" in log
     assert "Hook gone succeeded" in (tmp_path / "vm0.log").read_text()
