@@ -269,8 +269,7 @@ class HookManager:
             if hook.remote and host is None:
                 self.log.vm(vm.oid, "HKM", 1, f"Hook {hook.name} skipped: the VM has no host")
                 continue
-            argv = self._argv(hook, vm_variables(vm, self.vm_document))
-            self._schedule(hook, argv, host if hook.remote else None, vm.oid)
+            self._prepare(hook, vm_variables(vm, self.vm_document), host, vm.oid)
 
     def host_changed(self, host: Host, previous: int, hosts: Any) -> None:
         if hosts.get(host.oid) is None:  # deleted
@@ -286,10 +285,19 @@ class HookManager:
         for hook in self.host_hooks:
             wanted = HOST_EVENTS[hook.on]
             if (wanted is None and created) or (wanted is not None and wanted is host.state):
-                argv = self._argv(hook, host_variables(host, self.host_document))
-                self._schedule(hook, argv, host.name if hook.remote else None, None)
+                self._prepare(hook, host_variables(host, self.host_document), host.name, None)
 
     # -- running --------------------------------------------------------------------------
+
+    def _prepare(self, hook: Hook, lookup: Callable, host: str | None, vid: int | None) -> None:
+        """Substitute now (the values of the moment of the change), run on the next turn.
+        This runs inside a pool's state change: nothing may escape to the caller."""
+        try:
+            argv = self._argv(hook, lookup)
+        except Exception as error:  # a hook must never break the life cycle
+            self._log(vid, 0, f"Hook {hook.name} not run: {error!r}")
+            return
+        self._schedule(hook, argv, host if hook.remote else None, vid)
 
     def _argv(self, hook: Hook, lookup: Callable) -> list[str]:
         return [self._command(hook), *(substitute(word, lookup) for word in hook.arguments)]

@@ -507,3 +507,17 @@ def test_resubmit_states(tmp_path: Path) -> None:
     w.vms.transition(vm, VMState.DONE)
     assert not outcome(f.resubmit(vm.oid)).ok
     assert not outcome(f.resubmit(99)).ok
+
+
+def test_a_hook_that_cannot_be_prepared_never_breaks_the_state_change(tmp_path: Path) -> None:
+    w = World(tmp_path, 'VM_HOOK = [ on = "RUNNING", command = "x", arguments = "$TEMPLATE" ]')
+
+    def broken(_vm: Any) -> str:
+        raise RuntimeError("no document")
+
+    w.hm.vm_document = broken
+    vm = w.running_vm(w.host())  # the transition to RUNNING fires the hook
+    w.clock.advance(0)
+    assert (vm.state, vm.lcm_state) == (VMState.ACTIVE, LCMState.RUNNING)
+    assert w.runner.calls == []
+    assert "Hook x not run: RuntimeError('no document')" in (tmp_path / "vm0.log").read_text()
