@@ -169,3 +169,26 @@ def test_resubmit_through_the_api(tmp_path: Path) -> None:
         assert one.call("nebula_xr.vm.resubmit", 0) == [False, "Wrong state to perform action"]
     finally:
         one.stop()
+
+
+def test_host_error_hook_deletes_the_vms_of_a_failed_host_with_d(tmp_path: Path) -> None:
+    hooks = (
+        "HOST_ERROR_THRESHOLD = 2\n"
+        f'HOST_HOOK = [ name = "error", on = "ERROR", command = "{installed("nebula-xr-host-error")}",'
+        ' arguments = "$HID -d" ]\n'
+    )
+    write_conf(tmp_path, drivers=DRIVERS, extra=hooks)
+    one = OneDaemon(tmp_path).start()
+    try:
+        ok, gone = one.call("one.hostallocate", "gone01", "im_xen", "vmm_xen", "tm_nfs", True)
+        assert one.call("one.hostenable", gone, False) == [True]
+        assert one.call("one.vmallocate", "NAME = v\nCPU = 0.5\nMEMORY = 64\n") == [True, 0]
+        assert one.call("one.vmdeploy", 0, gone) == [True]
+        wait_state(one, 0, *RUNNING)
+        assert one.call("one.hostenable", gone, True) == [True]
+        wait_state(one, 0, *DONE)
+        assert host_state(one, gone) == ERROR_STATE
+        wait_for(lambda: "Hook error stdout: VM 0: deleted" in log_text(tmp_path))
+        assert shares(one, gone) == (0, 0, 0)
+    finally:
+        one.stop()
