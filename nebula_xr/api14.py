@@ -2,9 +2,10 @@
 
 The nineteen dotted methods (``one.vm.allocate`` ...) answer from the same pools and
 life cycle as the twelve 1.2 methods, with 1.4's checks, messages and XML documents
-(:mod:`nebula_xr.xmldoc`). Two nebula-xr methods complete them for the CLI:
+(:mod:`nebula_xr.xmldoc`). nebula-xr methods complete them for the CLI:
 ``nebula_xr.vm.history`` (every history record; 1.4 only shows the current one) and
-``nebula_xr.vm.console`` (how to reach a VM's console, as its VMM driver says).
+``nebula_xr.vm.console`` (how to reach a VM's console, as its VMM driver says), and
+2.2's resubmit as ``nebula_xr.vm.resubmit`` (for the host_error hook).
 
 Sessions ``user:sha1(password)`` are verified (:mod:`nebula_xr.access`), and the caller
 is the owner of what it creates and the meaning of the pool filter -1. Beyond 1.4, which
@@ -24,6 +25,7 @@ from nebula_xr.access import Access, Caller
 from nebula_xr.database import Database
 from nebula_xr.dispatch_manager import ACTIONS, DispatchManager
 from nebula_xr.drivers.base import DriverError
+from nebula_xr.host_failure import Fencing
 from nebula_xr.log import Log
 from nebula_xr.model import LCMState, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
@@ -38,6 +40,7 @@ from nebula_xr.request_manager import (
     RequestManager,
     not_authorized_vm,
 )
+from nebula_xr.scheduling import RequestResult
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.template_policy import TemplateRefused, check_storable
 from nebula_xr.transport.xmlrpc import MethodRegistry
@@ -85,10 +88,12 @@ class RequestManager14(RequestManager):
         log: Log,
         on_host_added: Callable[[Any], None] | None = None,
         access: Access | None = None,
+        fencing: Fencing | None = None,
     ) -> None:
         super().__init__(dm, vms, hosts, networks, db, clock, log, on_host_added, access)
         self.users = users
         self.vmm = vmm
+        self.fencing = fencing
 
     def register(self, registry: MethodRegistry) -> None:
         # Help strings as xmlrpc-c announced them in 1.4 (userpool.info's sic included).
@@ -129,6 +134,12 @@ class RequestManager14(RequestManager):
             ("one.user.delete", self.user_delete, "A:si", "Deletes a user account"),
             ("one.userpool.info", self.user_pool_info, "A:s", "Creates a new user"),
             ("nebula_xr.vm.history", self.vm_history, "A:si", "Returns the history of a VM"),
+            (
+                "nebula_xr.vm.resubmit",
+                self.vm_resubmit,
+                "A:si",
+                "Sends a virtual machine back to PENDING, its domain destroyed first",
+            ),
             (
                 "nebula_xr.vm.console",
                 self.vm_console,
@@ -232,6 +243,23 @@ class RequestManager14(RequestManager):
         if isinstance(vm, list):
             return vm
         return [True, xmldoc.history_document(vm)]
+
+    def vm_resubmit(self, caller: Caller, vid: int) -> Deferred | Reply:
+        """2.2's resubmit (host_error -r): ``[true]`` once the VM is PENDING again. It
+        destroys a domain on a failed host, so, as host failure handling, it is oneadmin's."""
+        if self.vms.get(vid) is None:
+            return [False, f"The virtual machine {vid} does not exists"]
+        if not caller.admin:
+            return not_authorized_vm(vid)
+        if self.fencing is None:
+            return [False, "resubmit is not available"]
+
+        def answer(result: RequestResult) -> Deferred | Reply:
+            if not result.ok:
+                return [False, result.message]
+            return self._durable([True], [False, "Error writing the database, check oned.log"])
+
+        return self.fencing.resubmit(vid).addCallback(answer)
 
     def vm_console(self, caller: Caller, vid: int) -> Reply:
         """``[true, {host, domain, method}, banner]``: where the console is; the client

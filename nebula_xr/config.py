@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from nebula_xr.drivers.base import INFORMATION, TRANSFER, VIRTUAL_MACHINE
+from nebula_xr.hook_manager import HOST, VM, Hook, HookConfigError, parse_hook
 from nebula_xr.scheduling import SchedulerConfig
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.transport.http import Limits
@@ -132,6 +134,14 @@ class Config:
         default_factory=lambda: SchedulerConfig(plugin="sched_rank")
     )
     auth: AuthConfig = field(default_factory=AuthConfig)
+    #: Monitoring failures in a row that put a host in ERROR (1: the first, as 1.2).
+    host_error_threshold: int = 1
+    #: VM_HOOK and HOST_HOOK entries, in file order.
+    hooks: tuple[Hook, ...] = ()
+    #: Seconds after which a hook is killed (HM_MAD = [ timeout = N ]).
+    hook_timeout: float = 300.0
+    #: The ssh command of remote hooks (HM_MAD = [ ssh = "ssh -F file" ]).
+    hook_ssh: tuple[str, ...] = ("ssh",)
 
 
 def _int(template: Template, key: str, default: int) -> int:
@@ -276,6 +286,27 @@ def _auth(template: Template, listen_address: str) -> AuthConfig:
             "AUTH = [ enabled = no, insecure_network = yes ]"
         )
     return auth
+def _command_words(text: str, key: str) -> tuple[str, ...]:
+    try:
+        words = tuple(shlex.split(text))
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from error
+    if not words:
+        raise ConfigError(f"{key} must name a command")
+    return words
+
+
+def _hooks(template: Template) -> tuple[Hook, ...]:
+    hooks = []
+    for key in (VM, HOST):
+        for value in template.get_all(key):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a vector attribute")
+            try:
+                hooks.append(parse_hook(key, value))
+            except HookConfigError as error:
+                raise ConfigError(str(error)) from error
+    return tuple(hooks)
 
 
 def parse_config(text: str, layout: Layout) -> Config:
@@ -304,6 +335,10 @@ def parse_config(text: str, layout: Layout) -> Config:
         raise ConfigError(f"PORT must be a TCP port, not {port}")
     limits, call_limits = _limits(template)
     listen_address = template.get_string("LISTEN_ADDRESS") or "127.0.0.1"
+    threshold = _int(template, "HOST_ERROR_THRESHOLD", 1)
+    if threshold < 1:
+        raise ConfigError(f"HOST_ERROR_THRESHOLD must be at least 1, not {threshold}")
+    hook_manager = template.get_vector("HM_MAD") or {}
     journal = (template.get_string("DB_JOURNAL") or "wal").lower()
     if journal not in ("wal", "delete"):
         raise ConfigError(f"DB_JOURNAL must be wal or delete, not {journal!r}")
@@ -326,6 +361,10 @@ def parse_config(text: str, layout: Layout) -> Config:
         drivers=tuple(drivers),
         scheduler=_scheduler(template),
         auth=_auth(template, listen_address),
+        host_error_threshold=threshold,
+        hooks=_hooks(template),
+        hook_timeout=_float(hook_manager.get("TIMEOUT"), "HM_MAD timeout", 300.0),
+        hook_ssh=_command_words(hook_manager.get("SSH") or "ssh", "HM_MAD ssh"),
     )
 
 

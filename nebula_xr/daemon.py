@@ -23,7 +23,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
 
-from nebula_xr import __version__
+from nebula_xr import __version__, xmldoc
 from nebula_xr.access import Access
 from nebula_xr.api14 import RequestManager14
 from nebula_xr.config import Config, ConfigError, DriverEntry, Layout, is_loopback, load_config
@@ -38,6 +38,9 @@ from nebula_xr.drivers.base import (
     DriverContext,
     DriverError,
 )
+from nebula_xr.drivers.remote import RemoteRunner
+from nebula_xr.hook_manager import HookManager, hooks_directory
+from nebula_xr.host_failure import Fencing
 from nebula_xr.information_manager import InformationManager
 from nebula_xr.lifecycle_manager import LifeCycleManager
 from nebula_xr.log import Log
@@ -227,6 +230,18 @@ class Daemon(MultiService):
             log,
             config.host_monitoring_interval,
             on_monitored=self._host_monitored,
+            error_threshold=config.host_error_threshold,
+        )
+        self.fencing = Fencing(
+            self.vms,
+            self.hosts,
+            self.dm,
+            by_kind[VIRTUAL_MACHINE],
+            timeouts[VIRTUAL_MACHINE],
+            clock,
+            log,
+            self.vm_dir,
+            self.im.in_error,
         )
         self.rm = RequestManager(
             self.dm,
@@ -240,6 +255,7 @@ class Daemon(MultiService):
             access=self.access,
         )
         self._listen_to_pools()
+        self.hm = self._make_hook_manager()
 
         self.rm14 = RequestManager14(
             self.dm,
@@ -253,6 +269,7 @@ class Daemon(MultiService):
             log,
             on_host_added=self.im.host_added,
             access=self.access,
+            fencing=self.fencing,
         )
 
         self.registry = MethodRegistry(config.call_limits)
@@ -404,7 +421,34 @@ class Daemon(MultiService):
             self.hosts.listeners.append(host_changed)
 
     def _host_monitored(self, host: Host) -> None:
+        self.fencing.host_monitored(host)
         self.clock.callLater(0, self.plugins.host_monitored, host_view(host))
+
+    def _make_hook_manager(self) -> HookManager:
+        config = self.config
+
+        def environment() -> dict[str, str]:
+            # A hook talking back to the daemon (host_error) finds it in ONE_XMLRPC.
+            address = config.listen_address
+            address = "127.0.0.1" if address in ("0.0.0.0", "") else address
+            listening = self.listener.listening is not None
+            url = f"http://{address}:{self.port}/RPC2" if listening else None
+            return dict(os.environ, **({"ONE_XMLRPC": url} if url else {}))
+
+        hm = HookManager(
+            config.hooks,
+            self.reactor,
+            self.clock,
+            self.log,
+            directory=hooks_directory(),
+            timeout=config.hook_timeout,
+            remote=RemoteRunner(self.reactor, ssh=config.hook_ssh, timeout=config.hook_timeout),
+            environment=environment,
+            vm_document=xmldoc.vm_document,
+            host_document=xmldoc.host_document,
+        )
+        hm.watch(self.vms, self.hosts)
+        return hm
 
     # -- running --------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from nebula_xr.interfaces import LifeCycleActions, TransferOperations, ignore_driver_failure
 from nebula_xr.lifecycle_manager import RECOVERABLE
 from nebula_xr.log import Log
-from nebula_xr.model import History, LCMState, VirtualMachine, VMState
+from nebula_xr.model import History, LCMState, Reason, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.scheduling import RequestResult
 from nebula_xr.template import Template
@@ -228,6 +228,23 @@ class DispatchManager:
                 # The checkpoint and images wait on the host: nothing will resume them.
                 self.tm.delete(vm, vm.current).addErrback(ignore_driver_failure)
             self.states.finish(vm, VMState.DONE)
+        return OK
+
+    def resubmit(self, vid: int, *, reason: Reason = Reason.USER) -> RequestResult:
+        """2.2's resubmit: the VM goes back to PENDING, to be placed again. An ACTIVE VM
+        must be RUNNING or UNKNOWN with its domain already gone (see host_failure.py);
+        its history record is closed with ``reason``. SUSPENDED and DONE are refused."""
+        vm = self.vms.get(vid)
+        if vm is None:
+            return RequestResult(False, "Virtual machine does not exist")
+        if vm.state in (VMState.INIT, VMState.PENDING):
+            return OK
+        if vm.state is VMState.ACTIVE:
+            if not self.lcm.resubmit(vid, reason):
+                return RequestResult(False, "Wrong state to perform action")
+        elif vm.state not in (VMState.HOLD, VMState.STOPPED, VMState.FAILED):
+            return RequestResult(False, "Wrong state to perform action")
+        self.states.set(vm, VMState.PENDING)
         return OK
 
 

@@ -3,11 +3,15 @@
 Each timer tick takes the (at most ten) longest-unmonitored hosts that are not DISABLED
 and asks the driver named by the host's ``im_mad`` for fresh attributes
 (lifecycle.md §8). A reply updates ``host_attributes`` and the capacity maxima; a
-failure, or no answer within the driver's timeout, puts the host in ERROR.
+failure, or no answer within the driver's timeout, counts against the host: after
+HOST_ERROR_THRESHOLD failures in a row (1 by default, as 1.2) it is in ERROR, before
+that it keeps its state. The last failure's message is the host's ``ERROR`` attribute
+(shown by ``onehost show``) until a monitoring succeeds.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +26,8 @@ from nebula_xr.pools import HostPool
 #: A host stuck in MONITORING this long is given another chance (1.2's value).
 MONITORING_EXPIRY = 600
 HOSTS_PER_TICK = 10
+#: The host attribute holding the last monitoring failure (as later OpenNebulas do).
+ERROR_ATTRIBUTE = "ERROR"
 
 
 class InformationManager:
@@ -34,6 +40,7 @@ class InformationManager:
         log: Log,
         interval: int,
         on_monitored: Callable[[Host], None] | None = None,
+        error_threshold: int = 1,
     ) -> None:
         self.drivers = drivers
         self.timeouts = timeouts
@@ -45,6 +52,11 @@ class InformationManager:
         #: Hosts added while the daemon runs are monitored at the next tick (1.2
         #: waited a whole interval because last_mon_time starts at creation time).
         self._never_monitored: set[int] = set()
+        self.error_threshold = error_threshold
+        #: Monitoring failures in a row, and the state each host had before its
+        #: current monitoring (where a failure below the threshold leaves it).
+        self._failures: dict[int, int] = {}
+        self._before: dict[int, HostState] = {}
 
     def host_added(self, host: Host) -> None:
         self._never_monitored.add(host.oid)
@@ -72,6 +84,7 @@ class InformationManager:
             self.hosts.set_state(host, HostState.ERROR)
             return
         self.log.debug("InM", f"Monitoring host {host.name} ({host.oid})")
+        self._before[host.oid] = host.state
         self.hosts.set_state(host, HostState.MONITORING)
         hid = host.oid
 
@@ -92,11 +105,13 @@ class InformationManager:
         host = self.hosts.get(hid)
         if host is None:
             return
-        host.last_mon_time = int(self.clock.seconds())
+        now = self.clock.seconds()
+        host.last_mon_time = int(now)
         if attributes is None or not isinstance(attributes, dict):
-            self.log.error("InM", f"Error monitoring host {hid} : {message}")
-            state = HostState.ERROR
+            state = self._failed(host, message, now)
         else:
+            self._failures.pop(hid, None)
+            self.hosts.remove_attribute(host, ERROR_ATTRIBUTE)
             for name, value in attributes.items():
                 host.attributes[str(name).upper()] = str(value)
             host.shares.max_cpu = leading_int(host.attributes.get("TOTALCPU"))
@@ -108,3 +123,26 @@ class InformationManager:
             self.hosts.set_state(host, state)
         if state is HostState.MONITORED and self.on_monitored is not None:
             self.on_monitored(host)
+
+    def in_error(self, host: Host) -> bool:
+        """Whether ``host`` has failed HOST_ERROR_THRESHOLD monitorings in a row (also
+        while a new monitoring of it is under way)."""
+        if host.state is HostState.MONITORING:
+            return self._before.get(host.oid) is HostState.ERROR
+        return host.state is HostState.ERROR
+
+    def _failed(self, host: Host, message: str, now: float) -> HostState:
+        """Count a failure; the state the host goes to."""
+        failures = self._failures[host.oid] = self._failures.get(host.oid, 0) + 1
+        message = message.replace("\n", " ").strip() or "unknown error"
+        host.attributes[ERROR_ATTRIBUTE] = f"{time.ctime(now)}: {message}"
+        if failures >= self.error_threshold:
+            self.log.error("InM", f"Error monitoring host {host.oid} : {message}")
+            return HostState.ERROR
+        self.log.warning(
+            "InM",
+            f"Error monitoring host {host.oid} ({failures} of {self.error_threshold} "
+            f"failures before ERROR): {message}",
+        )
+        before = self._before.get(host.oid, HostState.INIT)
+        return HostState.INIT if before is HostState.MONITORING else before

@@ -569,6 +569,18 @@ class LifeCycleManager:
             self.log.vm(vid, "LCM", 0, f"Domain state unknown: {why}")
             self._set(vm, L.UNKNOWN)
 
+    def resubmit(self, vid: int, reason: Reason) -> bool:
+        """Take a RUNNING or UNKNOWN VM, whose domain is gone, off its host before the DM
+        makes it PENDING again (2.2's resubmit): the record is closed with ``reason``
+        and the capacity released. False when the VM is in another state."""
+        vm = self._vm(vid, "resubmit_action", L.RUNNING, L.UNKNOWN)
+        if vm is None or vm.current is None:
+            return False
+        why = "host error" if reason == Reason.ERROR else "resubmitted by the user"
+        self.log.vm(vid, "LCM", 2, f"Leaving host {vm.current.host_name}: {why}")
+        self._leave_host(vm, vm.current, ("retime", "etime"), reason)
+        return True
+
     def delete(self, vid: int) -> None:
         """1.4 ``finalize`` of an ACTIVE VM: abandon whatever runs, then DONE.
 

@@ -196,6 +196,11 @@ class HostPool:
             Replace(HostPoolRow, [host.pool_row()]),
         )
 
+    def remove_attribute(self, host: Host, name: str) -> None:
+        """Drop a host attribute (a report only ever adds or replaces them)."""
+        if host.attributes.pop(name, None) is not None:
+            self.db.write(Delete(HostAttributeRow, (("id", host.oid), ("name", name))))
+
     def set_state(self, host: Host, state: HostState) -> None:
         previous = host.state
         host.state = state

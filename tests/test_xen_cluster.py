@@ -28,6 +28,8 @@ def start_daemon(
     toolstack: str = "xm",
     extra_settings: str = "",
     vm_polling: int = 1,
+    extra: str = "",
+    scheduler: str = 'SCHEDULER = [ plugin = "none" ]',
 ) -> OneDaemon:
     etc = location / "etc"
     (etc / "tm_nfs").mkdir(parents=True)
@@ -50,7 +52,9 @@ def start_daemon(
         'TM_MAD = [ name = "tm_nfs", executable = "one_tm", arguments = "tm_nfs/tm_nfs.conf" ]\n'
         'TM_MAD = [ name = "tm_ssh", executable = "one_tm", arguments = "tm_ssh/tm_ssh.conf" ]\n'
     )
-    write_conf(location, drivers=drivers, extra=f"DRIVER_TIMEOUT = {timeout}")
+    write_conf(
+        location, drivers=drivers, scheduler=scheduler, extra=f"DRIVER_TIMEOUT = {timeout}\n{extra}"
+    )
     conf = etc / "oned.conf"
     text = re.sub(r"(?m)^VM_DIR = .*$", f"VM_DIR = {vm_dir}", conf.read_text())
     text = re.sub(r"(?m)^VM_POLLING_INTERVAL = .*$", f"VM_POLLING_INTERVAL = {vm_polling}", text)
