@@ -134,7 +134,11 @@ class Daemon(MultiService):
         )
         self.frontend = frontend or socket.gethostname()
         self.db = Database(
-            layout.database, wal=config.db_wal, reactor=reactor, on_error=self._db_error
+            layout.database,
+            wal=config.db_wal,
+            reactor=reactor,
+            on_error=self._db_error,
+            busy_retry=config.db_busy_timeout,
         )
         self._build()
 
@@ -152,6 +156,7 @@ class Daemon(MultiService):
         self.vms = VirtualMachinePool(self.db, config.layout.var_dir)
         self.hosts = HostPool(self.db)
         self.networks = VirtualNetworkPool(self.db, config.mac_prefix, config.network_size)
+        self.vms.networks = self.networks  # an undone allocation gives its leases back
         self.users = UserPool(self.db)
         for pool in (self.vms, self.hosts, self.networks, self.users):
             pool.load()
