@@ -130,7 +130,10 @@ class Daemon(MultiService):
             directory.mkdir(parents=True, exist_ok=True)
         self.vm_dir = lambda vid: layout.var_dir / str(vid)
         self.log = log or Log(
-            layout.log_dir / "oned.log", config.debug_level, lambda vid: self.vm_dir(vid) / "vm.log"
+            layout.log_dir / "oned.log",
+            config.debug_level,
+            lambda vid: self.vm_dir(vid) / "vm.log",
+            reactor=reactor,
         )
         self.frontend = frontend or socket.gethostname()
         self.db = Database(
@@ -423,6 +426,8 @@ def _run(config: Config, plugins: PluginManager) -> None:
         daemon.log.info("ONE", f"nebula-xr started, XML-RPC on {address}/RPC2")
 
     reactor.callWhenRunning(started)
+    daemon.log.observe_twisted()
+    daemon.log.reopen_on_sighup(reactor)  # logrotate's postrotate: kill -HUP
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
     # Twisted's own handlers: SIGTERM/SIGINT stop the reactor cleanly, and SIGCHLD
     # reaps the driver processes.
