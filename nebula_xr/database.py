@@ -502,8 +502,10 @@ class Database:
             assert change.undo is not None
             change.undo()
         self._durable_upto = max(self._durable_upto, durable_upto)
+        # A waiter's callbacks may run a request that waits in turn: keep what they add.
         waiting, self._waiters = self._waiters, []
-        self._waiters = [waiter for waiter in waiting if not self._resolve(waiter)]
+        still = [waiter for waiter in waiting if not self._resolve(waiter)]
+        self._waiters[:0] = still
 
 
 def schema_sql(connection: sqlite3.Connection) -> dict[str, list[tuple[str, str, int]]]:
