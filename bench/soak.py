@@ -8,7 +8,8 @@ random time (DELAY_JITTER), and meanwhile:
   allocate, deploy (or leave it to the scheduler), migrate, livemigrate, suspend/resume,
   stop/resume, shutdown, finalize (onevm delete);
 * reader processes query one.db as the 1.2 clients do: mm_sched (autocommit, 10 retries
-  100 ms apart on SQLITE_BUSY) and the Ruby CLI (5 s busy timeout);
+  100 ms apart on SQLITE_BUSY), the Ruby CLI (5 s busy timeout), and a script reading a
+  consistent snapshot in one transaction (1 s busy timeout, like tests/test_one_db.py);
 * every ``--kill-every`` seconds the daemon is SIGKILLed and restarted.
 
 At the end the clients stop, the daemon is killed and restarted once more, and after two
@@ -256,13 +257,17 @@ class Client(threading.Thread):
             if self.settle(vid) != (3, RUNNING):
                 break
             self.step(vid)
-        self.settle(vid)
-        if self.random.random() < 0.5:
+        # The end: shutdown, or delete (finalize) from a state that allows it.
+        current = self.settle(vid)
+        if current == (3, RUNNING) and self.random.random() < 0.5:
             self.call("one.vmaction", "shutdown", vid)
-            self.settle(vid)
-        if self.call("one.vmaction", "finalize", vid) == [True]:
-            with self.stats.lock:
-                self.stats.finalized.add(vid)
+            current = self.settle(vid)
+        elif current == (3, RUNNING) and self.call("one.vmaction", "stop", vid) == [True]:
+            current = self.settle(vid)
+        if current is not None and current[0] in (1, 2, 4, 5, 7):
+            if self.call("one.vmaction", "finalize", vid) == [True]:
+                with self.stats.lock:
+                    self.stats.finalized.add(vid)
         with self.stats.lock:
             self.stats.life_cycles += 1
 
@@ -306,16 +311,26 @@ def reader(kind: str, path: str, stop: Any, results: Any) -> None:
     if kind == "mm_sched":
         # SqliteDB.h: autocommit, retries SQLITE_BUSY 10 times 100 ms apart.
         db = sqlite3.connect(path, timeout=0, isolation_level=None)
-    else:
+    elif kind == "cli":
         db = sqlite3.connect(path, timeout=5, isolation_level=None)  # the Ruby CLI
+    else:  # a script reading a consistent snapshot: one transaction, 1 s busy timeout
+        db = sqlite3.connect(path, timeout=1, isolation_level=None)
     while not stop.is_set():
         started = time.monotonic()
         for attempt in range(10 if kind == "mm_sched" else 1):
             try:
-                (_mm_sched_cycle if kind == "mm_sched" else _cli_cycle)(db)
+                if kind == "txn":
+                    db.execute("BEGIN")
+                    _mm_sched_cycle(db)
+                    _cli_cycle(db)
+                    db.execute("COMMIT")
+                else:
+                    (_mm_sched_cycle if kind == "mm_sched" else _cli_cycle)(db)
                 done += 1
                 break
             except sqlite3.OperationalError:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 if kind == "mm_sched" and attempt < 9:
                     time.sleep(0.1)
                     continue
@@ -394,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
     db_path = str(location / "var" / "one.db")
     readers = [
         multiprocessing.Process(target=reader, args=(kind, db_path, reader_stop, results))
-        for kind in ("mm_sched", "cli", "cli")
+        for kind in ("mm_sched", "cli", "txn")
     ]
     for process in readers:
         process.start()
@@ -519,7 +534,7 @@ def report(
     print(f"not stable at end   {len(stranded)} (2 polling intervals after the final restart)")
     for vid, s in sorted(stranded.items())[:20]:
         print(f"    VM {vid}: {state_name(*s)}")
-    for kind in ("mm_sched", "cli"):
+    for kind in ("mm_sched", "cli", "txn"):
         rows = [r for r in reader_results if r[0] == kind]
         done = sum(r[1] for r in rows)
         failed = sum(r[2] for r in rows)

@@ -263,10 +263,11 @@ class DatabaseError(Exception):
 #: How long the writer keeps retrying a commit that readers block (SQLITE_BUSY) before it
 #: gives up: undoable changes are then undone and refused, the others retried later.
 BUSY_RETRY_SECONDS = 20.0
-#: The writer's own SQLite busy timeout. In rollback-journal mode it is short: SQLite's busy
-#: handler holds the PENDING lock while it waits, which locks every new reader out, so the
-#: writer rather steps back (rolls back) and lets readers in between its attempts.
-_WRITER_BUSY_MS = {True: 5000, False: 20}
+#: The writer's own SQLite busy timeout per attempt. In rollback-journal mode it is short:
+#: SQLite's busy handler holds the PENDING lock while it waits, which locks every new reader
+#: out, so after half a second the writer steps back (rolls back) and lets readers (whose
+#: busy timeouts are 1 to 5 s) in before its next attempt.
+_WRITER_BUSY_MS = {True: 5000, False: 500}
 #: A commit blocked this long is reported in oned.log (once per commit).
 _REPORT_BUSY_AFTER = 0.5
 #: Pause between two commit attempts: doubles from the first to the last value.
