@@ -263,11 +263,13 @@ class DatabaseError(Exception):
 #: How long the writer keeps retrying a commit that readers block (SQLITE_BUSY) before it
 #: gives up: undoable changes are then undone and refused, the others retried later.
 BUSY_RETRY_SECONDS = 20.0
-#: The writer's own SQLite busy timeout per attempt. In rollback-journal mode it is short:
-#: SQLite's busy handler holds the PENDING lock while it waits, which locks every new reader
-#: out, so after half a second the writer steps back (rolls back) and lets readers (whose
-#: busy timeouts are 1 to 5 s) in before its next attempt.
-_WRITER_BUSY_MS = {True: 5000, False: 500}
+#: The writer's own SQLite busy timeout (WAL: only another writer can block it). In
+#: rollback-journal mode SQLite's busy handler holds the PENDING lock while it waits, which
+#: locks every new reader out: the first attempt waits half a second (enough for short read
+#: transactions to drain), later ones only a moment, so that while one reader holds its
+#: lock for long the others still get in between the writer's attempts.
+_WRITER_BUSY_MS = 5000
+_ROLLBACK_FIRST_BUSY_MS, _ROLLBACK_RETRY_BUSY_MS = 500, 20
 #: A commit blocked this long is reported in oned.log (once per commit).
 _REPORT_BUSY_AFTER = 0.5
 #: Pause between two commit attempts: doubles from the first to the last value.
@@ -331,7 +333,7 @@ class Database:
                 "journal_mode": "wal" if wal else "delete",
                 # Every acknowledged change must survive a power cut, as in 1.2.
                 "synchronous": "full",
-                "busy_timeout": _WRITER_BUSY_MS[wal],
+                "busy_timeout": _WRITER_BUSY_MS if wal else _ROLLBACK_FIRST_BUSY_MS,
             },
             check_same_thread=False,
         )
@@ -405,6 +407,28 @@ class Database:
             self._waiters.append(waiter)
         return waiter.deferred
 
+    def settled(self, timeout: float) -> Deferred:
+        """A Deferred firing (never failing) once everything written so far is durable, or
+        after ``timeout`` seconds: a read should not wait long for a commit readers block."""
+        self._flush()
+        waiter = _Waiter(self._seq, self._seq, Deferred())
+        if self._resolve(waiter):
+            return waiter.deferred
+        self._waiters.append(waiter)
+        expiry = self.reactor.callLater(timeout, self._expire, waiter)
+
+        def durable(result: object) -> object:
+            if expiry.active():
+                expiry.cancel()
+            return result
+
+        return waiter.deferred.addBoth(durable)
+
+    def _expire(self, waiter: _Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            waiter.deferred.callback(None)
+
     def _resolve(self, waiter: _Waiter) -> bool:
         if any(waiter.since <= seq < waiter.upto for seq in self._undone):
             waiter.deferred.errback(DatabaseError("the change could not be written"))
@@ -468,6 +492,8 @@ class Database:
         deadline = start + self.busy_retry
         pause = _BACKOFF_SECONDS[0]
         reported = False
+        busy_ms = _WRITER_BUSY_MS if self.wal else _ROLLBACK_FIRST_BUSY_MS
+        connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
         while True:
             try:
                 connection.execute("BEGIN IMMEDIATE")
@@ -483,6 +509,9 @@ class Database:
             if not reported and time.monotonic() - start > _REPORT_BUSY_AFTER:
                 reported = True
                 self.reactor.callFromThread(self._report_busy)
+            if not self.wal and busy_ms != _ROLLBACK_RETRY_BUSY_MS:
+                busy_ms = _ROLLBACK_RETRY_BUSY_MS
+                connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
             # Randomised, so that the writer and polling readers do not keep colliding.
             time.sleep(pause * random.uniform(0.5, 1.5))
             pause = min(pause * 2, _BACKOFF_SECONDS[1])
