@@ -17,6 +17,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import xmlrpc.client
 from pathlib import Path
@@ -48,14 +49,17 @@ def _reader(path: str, timeout: float, stop: Any, reads: Any, failed: Any) -> No
     db.close()
 
 
-def measure(journal: str, seconds: float, readers: int, reader_timeout: float) -> dict:
+def measure(
+    journal: str, seconds: float, readers: int, reader_timeout: float, in_threads: bool
+) -> dict:
     location = Path(tempfile.mkdtemp(prefix=f"db-readers-{journal}-"))
     write_conf(location, extra=f"DB_JOURNAL = {journal}")
     one = OneDaemon(location).start()
     stop = multiprocessing.Event()
     reads, failed = multiprocessing.Value("l", 0), multiprocessing.Value("l", 0)
     arguments = (str(one.db_path), reader_timeout, stop, reads, failed)
-    threads = [multiprocessing.Process(target=_reader, args=arguments) for _ in range(readers)]
+    kind = threading.Thread if in_threads else multiprocessing.Process
+    threads = [kind(target=_reader, args=arguments) for _ in range(readers)]
 
     for name in ("node01", "node02"):
         assert one.call("one.hostallocate", name, "im_xen", "vmm_xen", "tm_nfs", True)[0]
@@ -84,6 +88,7 @@ def measure(journal: str, seconds: float, readers: int, reader_timeout: float) -
     total = reads.value + failed.value
     return {
         "journal": journal,
+        "readers": f"{readers} {'threads' if in_threads else 'processes'}",
         "reader cycles": total,
         "reader failures %": round(100.0 * failed.value / max(1, total), 1),
         "writes/s": round(writes / seconds, 1),
@@ -99,9 +104,15 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=3)
     parser.add_argument("--reader-timeout", type=float, default=1.0)
     parser.add_argument("--journal", nargs="+", default=["wal", "delete"])
+    parser.add_argument(
+        "--threads", action="store_true", help="readers as threads of one process (one lock)"
+    )
     args = parser.parse_args()
     for journal in args.journal:
-        print(measure(journal, args.seconds, args.readers, args.reader_timeout), flush=True)
+        print(
+            measure(journal, args.seconds, args.readers, args.reader_timeout, args.threads),
+            flush=True,
+        )
     return 0
 
 
