@@ -10,7 +10,10 @@ moment it happens and queued. A single writer thread commits everything queued s
 in one short transaction (group commit, one fsync for many changes), so readers in
 other processes never see half of a change and never wait long for the write lock.
 :meth:`Database.committed` gives a Deferred that fires once everything queued before it
-is durable: the request manager replies only then, as 1.2 did.
+is durable: the request manager replies only then, as 1.2 did. A commit that readers'
+locks block is retried with back-off; one that fails for good undoes the changes written
+with an ``undo`` (and the request that made them is refused) and keeps retrying the
+others, so the memory is never ahead of the file for anything acknowledged.
 """
 
 from __future__ import annotations
