@@ -347,7 +347,7 @@ class Database:
         self._seq = 0  # changes written so far
         self._durable_upto = 0  # every change below this seq is durable or undone
         self._since = 0  # first change not yet covered by a committed() call
-        self._undone: set[int] = set()
+        self._refused: set[int] = set()  # changes undone or refused by the file
         self._waiters: list[_Waiter] = []
 
     # -- lifecycle --
@@ -399,11 +399,13 @@ class Database:
     def committed(self) -> Deferred:
         """A Deferred firing once every operation queued so far is durable in the file.
 
-        It fails with :class:`DatabaseError` when a change written since the previous
-        call was undone (a request calls this once, after making its changes, so the
-        failure means its own change was refused).
+        It fails with :class:`DatabaseError` when a change written in this reactor turn,
+        since the previous call, was undone or refused: a request calls this once, right
+        after making its changes in the same turn, so the failure means its own change
+        was refused (and not a change the drivers' answers made in earlier turns).
         """
-        since, self._since = self._since, self._seq
+        turn_start = self._pending[0].seq if self._pending else self._seq
+        since, self._since = max(self._since, turn_start), self._seq
         self._flush()
         waiter = _Waiter(since, self._seq, Deferred())
         if not self._resolve(waiter):
@@ -433,7 +435,7 @@ class Database:
             waiter.deferred.callback(None)
 
     def _resolve(self, waiter: _Waiter) -> bool:
-        if any(waiter.since <= seq < waiter.upto for seq in self._undone):
+        if any(waiter.since <= seq < waiter.upto for seq in self._refused):
             waiter.deferred.errback(DatabaseError("the change could not be written"))
             return True
         if self._durable_upto >= waiter.upto:
@@ -473,12 +475,16 @@ class Database:
                     stopping = True
                     break
                 group.extend(more)
-            error = self._commit(connection, [op for change in group for op in change.operations])
+            error, refused = self._commit(connection, group)
             if error is None:
                 carried = []
                 backoff = _BACKOFF_SECONDS[0]
-                self.reactor.callFromThread(self._finish, group[-1].seq + 1, [], None)
+                first = refused[0][1] if refused else None
+                changes_refused = [change for change, _ in refused]
+                self.reactor.callFromThread(self._finish, group[-1].seq + 1, changes_refused, first)
             else:
+                # The file stayed busy (or the commit itself failed): new objects are
+                # undone, life-cycle steps retried ahead of everything written later.
                 undone = [change for change in group if change.undo is not None]
                 carried = [change for change in group if change.undo is None]
                 backoff = min(backoff * 2, _BACKOFF_SECONDS[1])
@@ -488,9 +494,12 @@ class Database:
                 return
 
     def _commit(
-        self, connection: sqlite3.Connection, operations: list[Operation]
-    ) -> Exception | None:
-        """One transaction; a busy file is retried with back-off for ``busy_retry`` s."""
+        self, connection: sqlite3.Connection, group: list[_Change]
+    ) -> tuple[Exception | None, list[tuple[_Change, Exception]]]:
+        """One transaction for the group; a busy file is retried with back-off for
+        ``busy_retry`` s. Each change is its own savepoint: one the file refuses for good
+        (a constraint, a trigger, a full disk on that statement) is left out and returned
+        with its error, and the others commit. Returns (error of the whole group, refused)."""
         start = time.monotonic()
         deadline = start + self.busy_retry
         pause = _BACKOFF_SECONDS[0]
@@ -498,17 +507,27 @@ class Database:
         busy_ms = _WRITER_BUSY_MS if self.wal else _ROLLBACK_FIRST_BUSY_MS
         connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
         while True:
+            refused: list[tuple[_Change, Exception]] = []
             try:
                 connection.execute("BEGIN IMMEDIATE")
-                for operation in operations:
-                    _apply(connection, operation)
+                for change in group:
+                    connection.execute("SAVEPOINT change")
+                    try:
+                        for operation in change.operations:
+                            _apply(connection, operation)
+                    except sqlite3.DatabaseError as error:
+                        if _is_busy(error):
+                            raise
+                        connection.execute("ROLLBACK TO change")
+                        refused.append((change, error))
+                    connection.execute("RELEASE change")
                 connection.execute("COMMIT")
-                return None
+                return None, refused
             except sqlite3.DatabaseError as error:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 if not _is_busy(error) or time.monotonic() + pause > deadline:
-                    return error
+                    return error, []
             if not reported and time.monotonic() - start > _REPORT_BUSY_AFTER:
                 reported = True
                 self.reactor.callFromThread(self._report_busy)
@@ -526,14 +545,20 @@ class Database:
                 f"retrying the commit for up to {self.busy_retry:g} s"
             )
 
-    def _finish(self, durable_upto: int, undone: list[_Change], error: Exception | None) -> None:
+    def _finish(self, durable_upto: int, refused: list[_Change], error: Exception | None) -> None:
+        """On the reactor: undo what was refused (what can be), answer the waiters."""
         if error is not None and self.on_error is not None:
-            what = f"{len(undone)} change(s) undone" if undone else "retrying"
+            undone = sum(change.undo is not None for change in refused)
+            what = (
+                f"{undone} change(s) undone, {len(refused) - undone} refused"
+                if refused
+                else "retrying"
+            )
             self.on_error(f"Error writing {self.path}: {error} ({what})")
-        for change in reversed(undone):
-            self._undone.add(change.seq)
-            assert change.undo is not None
-            change.undo()
+        for change in reversed(refused):
+            self._refused.add(change.seq)
+            if change.undo is not None:
+                change.undo()
         self._durable_upto = max(self._durable_upto, durable_upto)
         # A waiter's callbacks may run a request that waits in turn: keep what they add.
         waiting, self._waiters = self._waiters, []

@@ -227,3 +227,19 @@ def test_a_deleted_hosts_id_is_not_reused_under_its_running_vms(location: Path) 
         assert _rows(one, "SELECT min(running_vms), min(cpu_usage) FROM host_shares") == [(0, 0)]
     finally:
         one.stop()
+
+
+def test_a_change_the_file_refuses_for_good_blocks_nothing_else(one: OneDaemon) -> None:
+    add_hosts(one, "node01")
+    assert one.call("one.vmallocate", TUTORIAL) == [True, 0]
+    with sqlite3.connect(one.db_path, timeout=5) as db:
+        db.execute(
+            "CREATE TRIGGER refuse_history BEFORE INSERT ON history "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    assert one.call("one.vmdeploy", 0, 0) == [False, "Can not deploy VM 0, can not insert history"]
+    # Only that change was left out: everything written with it or after it is durable.
+    assert one.call("one.vmallocate", "NAME = next\n") == [True, 1]
+    assert _rows(one, "SELECT oid FROM vm_pool ORDER BY oid") == [(0,), (1,)]
+    assert one.call("one.hostallocate", "node02", "im_xen", "vmm_xen", "tm_nfs", True) == [True, 1]
+    assert _rows(one, "SELECT host_name FROM host_pool ORDER BY oid") == [("node01",), ("node02",)]
