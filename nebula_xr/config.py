@@ -127,6 +127,8 @@ class Config:
     mac_prefix: int = 1
     #: WAL lets the 1.2 clients read while the daemon writes; off for SQLite 3.6 readers.
     db_wal: bool = True
+    #: Seconds a commit blocked by readers is retried before a new object is refused.
+    db_busy_timeout: float = 20.0
     #: Seconds after which any driver action fails (per-driver ``timeout`` overrides).
     driver_timeout: float = 300.0
     drivers: tuple[DriverEntry, ...] = ()
@@ -357,6 +359,9 @@ def parse_config(text: str, layout: Layout) -> Config:
         network_size=_int(template, "NETWORK_SIZE", 254),
         mac_prefix=parse_mac_prefix(template.get_string("MAC_PREFIX")),
         db_wal=journal == "wal",
+        db_busy_timeout=_float(
+            template.get_string("DB_BUSY_TIMEOUT"), "DB_BUSY_TIMEOUT", 20.0
+        ),
         driver_timeout=_float(template.get_string("DRIVER_TIMEOUT"), "DRIVER_TIMEOUT", 300.0),
         drivers=tuple(drivers),
         scheduler=_scheduler(template),

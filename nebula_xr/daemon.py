@@ -159,11 +159,18 @@ class Daemon(MultiService):
             directory.mkdir(parents=True, exist_ok=True)
         self.vm_dir = lambda vid: layout.var_dir / str(vid)
         self.log = log or Log(
-            layout.log_dir / "oned.log", config.debug_level, lambda vid: self.vm_dir(vid) / "vm.log"
+            layout.log_dir / "oned.log",
+            config.debug_level,
+            lambda vid: self.vm_dir(vid) / "vm.log",
+            reactor=reactor,
         )
         self.frontend = frontend or socket.gethostname()
         self.db = Database(
-            layout.database, wal=config.db_wal, reactor=reactor, on_error=self._db_error
+            layout.database,
+            wal=config.db_wal,
+            reactor=reactor,
+            on_error=self._db_error,
+            busy_retry=config.db_busy_timeout,
         )
         self._build()
 
@@ -181,6 +188,7 @@ class Daemon(MultiService):
         self.vms = VirtualMachinePool(self.db, config.layout.var_dir)
         self.hosts = HostPool(self.db)
         self.networks = VirtualNetworkPool(self.db, config.mac_prefix, config.network_size)
+        self.vms.networks = self.networks  # an undone allocation gives its leases back
         self.users = UserPool(self.db)
         for pool in (self.vms, self.hosts, self.networks, self.users):
             pool.load()
@@ -592,6 +600,8 @@ def _run(config: Config, plugins: PluginManager) -> None:
         daemon.log.info("ONE", f"nebula-xr started, XML-RPC on {address}/RPC2")
 
     reactor.callWhenRunning(started)
+    daemon.log.observe_twisted()
+    daemon.log.reopen_on_sighup(reactor)  # logrotate's postrotate: kill -HUP
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
     # Twisted's own handlers: SIGTERM/SIGINT stop the reactor cleanly, and SIGCHLD
     # reaps the driver processes.

@@ -10,21 +10,26 @@ moment it happens and queued. A single writer thread commits everything queued s
 in one short transaction (group commit, one fsync for many changes), so readers in
 other processes never see half of a change and never wait long for the write lock.
 :meth:`Database.committed` gives a Deferred that fires once everything queued before it
-is durable: the request manager replies only then, as 1.2 did.
+is durable: the request manager replies only then, as 1.2 did. A commit that readers'
+locks block is retried with back-off; one that fails for good undoes the changes written
+with an ``undo`` (and the request that made them is refused) and keeps retrying the
+others, so the memory is never ahead of the file for anything acknowledged.
 """
 
 from __future__ import annotations
 
 import queue
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import peewee
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 
 database_proxy = peewee.DatabaseProxy()
 
@@ -258,20 +263,54 @@ class DatabaseError(Exception):
     """The database file cannot be opened or written."""
 
 
-class _Batch:
-    """Operations committed together, and who waits for that commit."""
+#: How long the writer keeps retrying a commit that readers block (SQLITE_BUSY) before it
+#: gives up: undoable changes are then undone and refused, the others retried later.
+BUSY_RETRY_SECONDS = 20.0
+#: The writer's own SQLite busy timeout (WAL: only another writer can block it). In
+#: rollback-journal mode SQLite's busy handler holds the PENDING lock while it waits, which
+#: locks every new reader out: the first attempt waits half a second (enough for short read
+#: transactions to drain), later ones only a moment, so that while one reader holds its
+#: lock for long the others still get in between the writer's attempts.
+_WRITER_BUSY_MS = 5000
+_ROLLBACK_FIRST_BUSY_MS, _ROLLBACK_RETRY_BUSY_MS = 500, 20
+#: A commit blocked this long is reported in oned.log (once per commit).
+_REPORT_BUSY_AFTER = 0.5
+#: Pause between two commit attempts: doubles from the first to the last value.
+_BACKOFF_SECONDS = (0.01, 0.25)
 
-    __slots__ = ("operations", "waiters", "done", "error")
 
-    def __init__(self, operations: list[Operation]) -> None:
-        self.operations = operations
-        self.waiters: list[Deferred] = []
-        self.done = False
-        self.error: Exception | None = None
+def _is_busy(error: BaseException) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(error) or "busy" in str(error)
+
+
+@dataclass(eq=False)
+class _Change:
+    """The operations of one :meth:`Database.write` call and how to take it back."""
+
+    seq: int
+    operations: tuple[Operation, ...]
+    undo: Callable[[], None] | None
+
+
+@dataclass(eq=False)
+class _Waiter:
+    since: int
+    upto: int  # the changes seq in [since, upto) must be durable
+    deferred: Deferred
 
 
 class Database:
-    """one.db: schema creation, start-up reads, and the group-commit writer."""
+    """one.db: schema creation, start-up reads, and the group-commit writer.
+
+    Every change is either made durable or, when a commit fails for good, undone: a change
+    written with ``undo`` (a new VM, host or network, a deleted host or network) is taken
+    back in memory and refused; one without (a life-cycle step the drivers already act on)
+    stays queued and is retried, ahead of everything written after it, until it commits.
+    So the memory is never ahead of the file for anything acknowledged.
+    """
 
     def __init__(
         self,
@@ -280,9 +319,11 @@ class Database:
         wal: bool = True,
         reactor: Any = None,
         on_error: Callable[[str], None] | None = None,
+        busy_retry: float = BUSY_RETRY_SECONDS,
     ) -> None:
         self.path = Path(path)
         self.wal = wal
+        self.busy_retry = busy_retry
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -295,15 +336,19 @@ class Database:
                 "journal_mode": "wal" if wal else "delete",
                 # Every acknowledged change must survive a power cut, as in 1.2.
                 "synchronous": "full",
-                "busy_timeout": 5000,
+                "busy_timeout": _WRITER_BUSY_MS if wal else _ROLLBACK_FIRST_BUSY_MS,
             },
             check_same_thread=False,
         )
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        self._pending: list[Operation] = []
+        self._queue: queue.SimpleQueue[list[_Change] | None] = queue.SimpleQueue()
+        self._pending: list[_Change] = []
         self._flush_scheduled = False
-        self._last: _Batch | None = None
         self._writer: threading.Thread | None = None
+        self._seq = 0  # changes written so far
+        self._durable_upto = 0  # every change below this seq is durable or undone
+        self._since = 0  # first change not yet covered by a committed() call
+        self._refused: set[int] = set()  # changes undone or refused by the file
+        self._waiters: list[_Waiter] = []
 
     # -- lifecycle --
 
@@ -335,83 +380,190 @@ class Database:
 
     # -- writes --
 
-    def write(self, *operations: Operation) -> None:
-        """Queue operations; they are committed together with everything queued this turn."""
-        self._pending.extend(operations)
+    def write(self, *operations: Operation, undo: Callable[[], None] | None = None) -> None:
+        """Queue operations; they are committed together with everything queued this turn.
+
+        ``undo`` takes the change back in memory if its commit fails for good; it may
+        write again (e.g. delete rows a later change re-created).
+        """
+        self._pending.append(_Change(self._seq, operations, undo))
+        self._seq += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.reactor.callLater(0, self._flush)
 
     def is_settled(self) -> bool:
         """True when nothing written so far is still waiting for its commit."""
-        return not self._pending and (self._last is None or self._last.done)
+        return self._durable_upto >= self._seq
 
     def committed(self) -> Deferred:
         """A Deferred firing once every operation queued so far is durable in the file.
 
-        It fails with :class:`DatabaseError` when that commit failed.
+        It fails with :class:`DatabaseError` when a change written in this reactor turn,
+        since the previous call, was undone or refused: a request calls this once, right
+        after making its changes in the same turn, so the failure means its own change
+        was refused (and not a change the drivers' answers made in earlier turns).
         """
+        turn_start = self._pending[0].seq if self._pending else self._seq
+        since, self._since = max(self._since, turn_start), self._seq
         self._flush()
-        last = self._last
-        if last is None or last.done:
-            if last is not None and last.error is not None:
-                return fail(DatabaseError(str(last.error)))
-            return succeed(None)
-        waiter: Deferred = Deferred()
-        last.waiters.append(waiter)
-        return waiter
+        waiter = _Waiter(since, self._seq, Deferred())
+        if not self._resolve(waiter):
+            self._waiters.append(waiter)
+        return waiter.deferred
+
+    def settled(self, timeout: float) -> Deferred:
+        """A Deferred firing (never failing) once everything written so far is durable, or
+        after ``timeout`` seconds: a read should not wait long for a commit readers block."""
+        self._flush()
+        waiter = _Waiter(self._seq, self._seq, Deferred())
+        if self._resolve(waiter):
+            return waiter.deferred
+        self._waiters.append(waiter)
+        expiry = self.reactor.callLater(timeout, self._expire, waiter)
+
+        def durable(result: object) -> object:
+            if expiry.active():
+                expiry.cancel()
+            return result
+
+        return waiter.deferred.addBoth(durable)
+
+    def _expire(self, waiter: _Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            waiter.deferred.callback(None)
+
+    def _resolve(self, waiter: _Waiter) -> bool:
+        if any(waiter.since <= seq < waiter.upto for seq in self._refused):
+            waiter.deferred.errback(DatabaseError("the change could not be written"))
+            return True
+        if self._durable_upto >= waiter.upto:
+            waiter.deferred.callback(None)
+            return True
+        return False
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._pending:
             return
-        batch = _Batch(self._pending)
-        self._pending = []
-        self._last = batch
-        self._queue.put(batch)
+        changes, self._pending = self._pending, []
+        self._queue.put(changes)
 
     def _write_loop(self) -> None:
         connection = self._db.connection()
+        carried: list[_Change] = []  # failed changes without undo, retried first
+        backoff = _BACKOFF_SECONDS[0]
+        stopping = False
         while True:
-            batch = self._queue.get()
-            if batch is None:
-                return
-            batches = [batch]
+            try:
+                changes = self._queue.get(timeout=backoff if carried else None)
+            except queue.Empty:
+                changes = []
+            if changes is None:
+                if not carried:
+                    return
+                stopping, changes = True, []
             # Group commit: everything queued meanwhile goes into the same transaction.
-            while True:
+            group = carried + changes
+            while not stopping:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
-                    self._queue.put(None)
+                    stopping = True
                     break
-                batches.append(more)
-            error = self._commit(connection, [op for b in batches for op in b.operations])
-            self.reactor.callFromThread(self._finish, batches, error)
+                group.extend(more)
+            error, refused = self._commit(connection, group)
+            if error is None:
+                carried = []
+                backoff = _BACKOFF_SECONDS[0]
+                first = refused[0][1] if refused else None
+                changes_refused = [change for change, _ in refused]
+                self.reactor.callFromThread(self._finish, group[-1].seq + 1, changes_refused, first)
+            else:
+                # The file stayed busy (or the commit itself failed): new objects are
+                # undone, life-cycle steps retried ahead of everything written later.
+                undone = [change for change in group if change.undo is not None]
+                carried = [change for change in group if change.undo is None]
+                backoff = min(backoff * 2, _BACKOFF_SECONDS[1])
+                durable_upto = carried[0].seq if carried else group[-1].seq + 1
+                self.reactor.callFromThread(self._finish, durable_upto, undone, error)
+            if stopping and (not carried or error is not None):
+                return
 
     def _commit(
-        self, connection: sqlite3.Connection, operations: list[Operation]
-    ) -> Exception | None:
-        try:
-            with self._db.atomic():
-                for operation in operations:
-                    _apply(connection, operation)
-        except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
-            return error
-        return None
+        self, connection: sqlite3.Connection, group: list[_Change]
+    ) -> tuple[Exception | None, list[tuple[_Change, Exception]]]:
+        """One transaction for the group; a busy file is retried with back-off for
+        ``busy_retry`` s. Each change is its own savepoint: one the file refuses for good
+        (a constraint, a trigger, a full disk on that statement) is left out and returned
+        with its error, and the others commit. Returns (error of the whole group, refused)."""
+        start = time.monotonic()
+        deadline = start + self.busy_retry
+        pause = _BACKOFF_SECONDS[0]
+        reported = False
+        busy_ms = _WRITER_BUSY_MS if self.wal else _ROLLBACK_FIRST_BUSY_MS
+        connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        while True:
+            refused: list[tuple[_Change, Exception]] = []
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                for change in group:
+                    connection.execute("SAVEPOINT change")
+                    try:
+                        for operation in change.operations:
+                            _apply(connection, operation)
+                    except sqlite3.DatabaseError as error:
+                        if _is_busy(error):
+                            raise
+                        connection.execute("ROLLBACK TO change")
+                        refused.append((change, error))
+                    connection.execute("RELEASE change")
+                connection.execute("COMMIT")
+                return None, refused
+            except sqlite3.DatabaseError as error:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                if not _is_busy(error) or time.monotonic() + pause > deadline:
+                    return error, []
+            if not reported and time.monotonic() - start > _REPORT_BUSY_AFTER:
+                reported = True
+                self.reactor.callFromThread(self._report_busy)
+            if not self.wal and busy_ms != _ROLLBACK_RETRY_BUSY_MS:
+                busy_ms = _ROLLBACK_RETRY_BUSY_MS
+                connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            # Randomised, so that the writer and polling readers do not keep colliding.
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, _BACKOFF_SECONDS[1])
 
-    def _finish(self, batches: list[_Batch], error: Exception | None) -> None:
+    def _report_busy(self) -> None:
+        if self.on_error is not None:
+            self.on_error(
+                f"{self.path} is locked by another process (a reader?); "
+                f"retrying the commit for up to {self.busy_retry:g} s"
+            )
+
+    def _finish(self, durable_upto: int, refused: list[_Change], error: Exception | None) -> None:
+        """On the reactor: undo what was refused (what can be), answer the waiters."""
         if error is not None and self.on_error is not None:
-            self.on_error(f"Error writing {self.path}: {error}")
-        for batch in batches:
-            batch.done = True
-            batch.error = error
-            for waiter in batch.waiters:
-                if error is None:
-                    waiter.callback(None)
-                else:
-                    waiter.errback(DatabaseError(str(error)))
+            undone = sum(change.undo is not None for change in refused)
+            what = (
+                f"{undone} change(s) undone, {len(refused) - undone} refused"
+                if refused
+                else "retrying"
+            )
+            self.on_error(f"Error writing {self.path}: {error} ({what})")
+        for change in reversed(refused):
+            self._refused.add(change.seq)
+            if change.undo is not None:
+                change.undo()
+        self._durable_upto = max(self._durable_upto, durable_upto)
+        # A waiter's callbacks may run a request that waits in turn: keep what they add.
+        waiting, self._waiters = self._waiters, []
+        still = [waiter for waiter in waiting if not self._resolve(waiter)]
+        self._waiters[:0] = still
 
 
 def schema_sql(connection: sqlite3.Connection) -> dict[str, list[tuple[str, str, int]]]:

@@ -8,9 +8,10 @@ like any other (``nebula-xr --list-plugins`` shows what is installed).
 
 Two families of hooks:
 
-* *Who handles this?* hooks (``firstresult=True``): the daemon asks every plugin to
-  build the driver or scheduler oned.conf names; the plugin whose name matches answers
-  with an object, the others return None. The first non-None answer wins.
+* *Builders*: the daemon calls the implementation of the one plugin oned.conf names
+  (by its entry-point name) to build that driver or scheduler; no other plugin is asked,
+  so no plugin can take over another's driver. The plugin returns the object, or None
+  when it cannot build it (a clear start-up error).
 * *Events* (broadcast): every plugin that implements them is told, in registration
   order, that something happened. Each event carries a snapshot taken when it happened
   and is delivered on the next reactor turn, in order, so a plugin may act on it (call
@@ -46,51 +47,49 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 # --- drivers -------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def nebula_xr_im_driver(config: DriverConfig, context: DriverContext) -> InformationDriver | None:
     """Build the information (host monitoring) driver of one ``IM_MAD`` entry.
 
-    Called once per ``IM_MAD`` at start-up. ``config.plugin`` is the entry-point name
-    oned.conf selected; return a :class:`~nebula_xr.drivers.base.InformationDriver`
-    when this plugin is that one, else None. The first non-None result wins.
+    Called once per ``IM_MAD`` that names this plugin (``config.plugin``, its
+    entry-point name), at start-up; return a
+    :class:`~nebula_xr.drivers.base.InformationDriver`.
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def nebula_xr_vmm_driver(
     config: DriverConfig, context: DriverContext
 ) -> VirtualMachineDriver | None:
     """Build the virtual machine driver of one ``VM_MAD`` entry.
 
-    Called once per ``VM_MAD`` at start-up. ``config.type`` carries the 1.2 ``type``
-    (xen, kvm...). Return a :class:`~nebula_xr.drivers.base.VirtualMachineDriver` when
-    ``config.plugin`` names this plugin, else None. The first non-None result wins.
+    Called once per ``VM_MAD`` that names this plugin, at start-up. ``config.type``
+    carries the 1.2 ``type`` (xen, kvm...). Return a
+    :class:`~nebula_xr.drivers.base.VirtualMachineDriver`.
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def nebula_xr_tm_driver(config: DriverConfig, context: DriverContext) -> TransferDriver | None:
     """Build the transfer driver of one ``TM_MAD`` entry.
 
-    Called once per ``TM_MAD`` at start-up. Return a
-    :class:`~nebula_xr.drivers.base.TransferDriver` when ``config.plugin`` names this
-    plugin, else None. The first non-None result wins.
+    Called once per ``TM_MAD`` that names this plugin, at start-up. Return a
+    :class:`~nebula_xr.drivers.base.TransferDriver`.
     """
 
 
 # --- scheduling ----------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> Scheduler | None:
     """Build the scheduler oned.conf selects with ``SCHEDULER = [ plugin = ... ]``.
 
     Called once at start-up unless the scheduler is switched off (``plugin = "none"``,
     for an external mm_sched or Haizea). ``context`` gives the clock, read-only views of
     the pools and the user actions (deploy, migrate, suspend, resume, shutdown...), so a
-    scheduler can place VMs and also enact leases. Return a
-    :class:`~nebula_xr.scheduling.Scheduler` when ``config.plugin`` names this plugin,
-    else None. The first non-None result wins.
+    scheduler can place VMs and also enact leases. Called only on the plugin
+    ``config.plugin`` names; return a :class:`~nebula_xr.scheduling.Scheduler`.
     """
 
 

@@ -1,43 +1,168 @@
-"""oned.log and the per-VM logs, in 1.2's line format.
+"""oned.log and the per-VM logs, in 1.2's line format, through ``twisted.logger``.
 
 ``<ctime> [<module>][<E|W|I|D>]: <message>``; the daemon log is filtered by
 DEBUG_LEVEL (0 ERROR, 1 WARNING, 2 INFO, 3 DEBUG), VM logs keep everything.
+
+:class:`Log` is the facade the managers call (``log.info("VMM", ...)``,
+``log.vm(vid, ...)``). Each call becomes one ``twisted.logger`` event on the Log's own
+publisher; two observers turn events into lines: one appends to oned.log, the other to
+``$VAR/<vid>/vm.log``. Twisted's own events (an unhandled error in a Deferred...) reach
+oned.log too once :meth:`Log.observe_twisted` is called. Files stay open and buffered;
+buffers are flushed at the end of the reactor turn that wrote them (errors at once), and
+``SIGHUP`` reopens every file, so logrotate can rename them away.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogLevel,
+    LogPublisher,
+    formatEvent,
+    globalLogPublisher,
+)
+from zope.interface import implementer
 
 ERROR, WARNING, INFO, DEBUG = 0, 1, 2, 3
 _LETTERS = "EWID"
+_TWISTED_LEVELS = {ERROR: LogLevel.error, WARNING: LogLevel.warn, INFO: LogLevel.info}
+#: Per-VM log files kept open at once (least recently written closed first).
+VM_LOGS_OPEN = 64
+_NAMESPACE = "nebula_xr"
 
 
-def _line(module: str, level: int, message: str) -> str:
+def _line(module: str, level: int, message: str, when: float | None = None) -> str:
     # One line per entry: a newline inside a message must not forge another entry.
     text = message.replace("\n", " ").replace("\r", " ")
-    return f"{time.ctime()} [{module}][{_LETTERS[level]}]: {text}\n"
+    return f"{time.ctime(when)} [{module}][{_LETTERS[level]}]: {text}\n"
+
+
+def _event_line(event: LogEvent) -> str:
+    return _line(event["one_module"], event["one_level"], event["one_message"], event["log_time"])
+
+
+def _open(path: Path) -> TextIO:
+    return path.open("a", encoding="utf-8", errors="replace")
+
+
+@implementer(ILogObserver)
+class _DaemonLogObserver:
+    """oned.log (or stderr): every daemon event at or below DEBUG_LEVEL."""
+
+    def __init__(self, path: Path | None, level: int) -> None:
+        self.path = path
+        self.level = level
+        self.stream: TextIO = _open(path) if path else sys.stderr
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("one_vid") is not None or event["one_level"] > self.level:
+            return
+        self.stream.write(_event_line(event))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def reopen(self) -> None:
+        if self.path is not None:
+            self.stream.close()
+            self.stream = _open(self.path)
+
+    def close(self) -> None:
+        if self.path is not None:
+            self.stream.close()
+
+
+@implementer(ILogObserver)
+class _VMLogObserver:
+    """``$VAR/<vid>/vm.log``: every event of a VM, files kept open (a bounded number)."""
+
+    def __init__(self, vm_log_path: Callable[[int], Path], report: Callable[[str], None]):
+        self.vm_log_path = vm_log_path
+        self.report = report
+        self.streams: OrderedDict[int, TextIO] = OrderedDict()
+
+    def __call__(self, event: LogEvent) -> None:
+        vid = event.get("one_vid")
+        if vid is None:
+            return
+        try:
+            self._stream(vid).write(_event_line(event))
+        except OSError as error:
+            self.report(f"Can not write {self.vm_log_path(vid)}: {error.strerror}")
+
+    def _stream(self, vid: int) -> TextIO:
+        stream = self.streams.get(vid)
+        if stream is not None and not stream.closed:
+            self.streams.move_to_end(vid)
+            return stream
+        stream = _open(self.vm_log_path(vid))
+        self.streams[vid] = stream
+        while len(self.streams) > VM_LOGS_OPEN:
+            _, oldest = self.streams.popitem(last=False)
+            _close_quietly(oldest)
+        return stream
+
+    def flush(self) -> None:
+        for vid, stream in list(self.streams.items()):
+            try:
+                stream.flush()
+            except OSError as error:  # its directory was removed (VM deleted)
+                del self.streams[vid]
+                _close_quietly(stream)
+                self.report(f"Can not write {self.vm_log_path(vid)}: {error.strerror}")
+
+    def close(self) -> None:
+        self.flush()
+        for stream in self.streams.values():
+            _close_quietly(stream)
+        self.streams.clear()
+
+
+def _close_quietly(stream: TextIO) -> None:
+    try:
+        stream.close()
+    except OSError:
+        pass
 
 
 class Log:
     """The daemon log plus the per-VM logs under ``$VAR/<vid>/vm.log``."""
 
     def __init__(
-        self, path: Path | None, level: int, vm_log_path: Callable[[int], Path] | None = None
+        self,
+        path: Path | None,
+        level: int,
+        vm_log_path: Callable[[int], Path] | None = None,
+        *,
+        reactor: Any = None,
     ) -> None:
         self.level = level
-        self._vm_log_path = vm_log_path
-        self._stream: TextIO = (
-            path.open("a", encoding="utf-8", errors="replace") if path else sys.stderr
+        self._reactor = reactor
+        self._daemon = _DaemonLogObserver(path, level)
+        self._vms = (
+            _VMLogObserver(vm_log_path, lambda message: self.error("VMM", message))
+            if vm_log_path is not None
+            else None
         )
+        self.publisher = LogPublisher(self._daemon, *([self._vms] if self._vms else []))
+        self._logger = Logger(namespace=_NAMESPACE, observer=self.publisher)
+        self._flush_scheduled = False
+
+    # -- the facade ---------------------------------------------------------------------
 
     def write(self, module: str, level: int, message: str) -> None:
         if level <= self.level:
-            self._stream.write(_line(module, level, message))
-            self._stream.flush()
+            self._emit(module, level, message, None)
 
     def error(self, module: str, message: str) -> None:
         self.write(module, ERROR, message)
@@ -53,15 +178,71 @@ class Log:
 
     def vm(self, vid: int, module: str, level: int, message: str) -> None:
         """Append to the VM's own log (created with its directory at allocation)."""
-        if self._vm_log_path is None:
-            return
-        path = self._vm_log_path(vid)
-        try:
-            with path.open("a", encoding="utf-8", errors="replace") as stream:
-                stream.write(_line(module, level, message))
-        except OSError as error:
-            self.error("VMM", f"Can not write {path}: {error.strerror}")
+        if self._vms is not None:
+            self._emit(module, level, message, vid)
+
+    # -- files --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        self._daemon.flush()
+        if self._vms is not None:
+            self._vms.flush()
+
+    def reopen(self) -> None:
+        """Close and reopen every file (after logrotate renamed them)."""
+        self.flush()
+        self._daemon.reopen()
+        if self._vms is not None:
+            self._vms.close()  # reopened on their next line
 
     def close(self) -> None:
-        if self._stream is not sys.stderr:
-            self._stream.close()
+        self.flush()
+        self._daemon.close()
+        if self._vms is not None:
+            self._vms.close()
+
+    def reopen_on_sighup(self, reactor: Any) -> None:
+        """Reopen the files on SIGHUP (the handler only hands the work to the reactor)."""
+        signal.signal(signal.SIGHUP, lambda _number, _frame: reactor.callFromThread(self.reopen))
+
+    def observe_twisted(self) -> None:
+        """Send Twisted's own warnings and errors (unhandled failures...) to oned.log."""
+        globalLogPublisher.addObserver(self._from_twisted)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _emit(self, module: str, level: int, message: str, vid: int | None) -> None:
+        self._logger.emit(
+            _TWISTED_LEVELS.get(level, LogLevel.debug),
+            "{one_message}",
+            one_module=module,
+            one_level=level,
+            one_message=message,
+            one_vid=vid,
+        )
+        if level == ERROR:
+            self.flush()
+        else:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._flush_scheduled:
+            return
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        self._flush_scheduled = True
+        reactor.callLater(0, self.flush)
+
+    def _from_twisted(self, event: LogEvent) -> None:
+        if event.get("log_namespace") == _NAMESPACE:
+            return
+        level = event.get("log_level")
+        if level not in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+            return
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text = f"{text}: {failure.getErrorMessage()} ({failure.type.__name__})"
+        self.write("ONE", WARNING if level is LogLevel.warn else ERROR, text)

@@ -103,18 +103,20 @@ class PluginManager:
         what = f"{_KIND_NAMES[config.kind]} driver {config.name!r}"
         self._require(config.plugin, what)
         hook = {
-            INFORMATION: self.pm.hook.nebula_xr_im_driver,
-            VIRTUAL_MACHINE: self.pm.hook.nebula_xr_vmm_driver,
-            TRANSFER: self.pm.hook.nebula_xr_tm_driver,
+            INFORMATION: "nebula_xr_im_driver",
+            VIRTUAL_MACHINE: "nebula_xr_vmm_driver",
+            TRANSFER: "nebula_xr_tm_driver",
         }[config.kind]
-        driver = hook(config=config, context=context)
+        driver = self._call_named(hook, config.plugin, config=config, context=context)
         if driver is None:
             raise PluginError(f"Plugin {config.plugin!r} does not provide the {what}")
         return driver
 
     def make_scheduler(self, config: SchedulerConfig, context: SchedulerContext) -> Scheduler:
         self._require(config.plugin, "scheduler")
-        scheduler = self.pm.hook.nebula_xr_scheduler(config=config, context=context)
+        scheduler = self._call_named(
+            "nebula_xr_scheduler", config.plugin, config=config, context=context
+        )
         if scheduler is None:
             raise PluginError(f"Plugin {config.plugin!r} does not provide a scheduler")
         return scheduler
@@ -149,6 +151,21 @@ class PluginManager:
                     raise PluginError(f"Can not add XML-RPC method: {error}") from error
                 names.append(method.name)
         return names
+    def _call_named(self, hook_name: str, plugin_name: str, **arguments: Any) -> Any:
+        """Call the implementation of ``hook_name`` of the plugin oned.conf names, only.
+
+        Not a broadcast: another installed plugin (buggy, or hostile) answering every call
+        first must not be able to build someone else's driver or scheduler.
+        """
+        plugin = self.pm.get_plugin(plugin_name)
+        caller: Any = getattr(self.pm.hook, hook_name)
+        for implementation in caller.get_hookimpls():
+            if implementation.plugin is plugin and not (
+                implementation.hookwrapper or implementation.wrapper
+            ):
+                accepted = {name: arguments[name] for name in implementation.argnames}
+                return implementation.function(**accepted)
+        return None
 
     # -- events ---------------------------------------------------------------------------
 

@@ -3,14 +3,19 @@
 The in-memory objects are the truth while the daemon runs; every change is queued to the
 database writer as whole rows, the way 1.2 writes them (``INSERT OR REPLACE`` of the
 full row). At start-up the pools are rebuilt from the file, so a restart loses nothing.
+Creating or deleting an object is written with an ``undo`` that takes it back in memory
+should its commit fail for good (the request is then refused, see database.py).
+Ids are never re-handed to a new object while anything of an old one with the same id
+remains (a VM directory, a history record naming a deleted host).
 State changes go through :meth:`VirtualMachinePool.transition` and
 :meth:`HostPool.set_state` so that listeners (the event hooks) hear about each one.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from nebula_xr.database import (
@@ -37,8 +42,18 @@ VMListener = Callable[[VirtualMachine, int, int], None]
 HostListener = Callable[[Host, int], None]
 
 
-def _next_id(ids: Iterator[int]) -> int:
+def _next_id(ids: Iterable[int]) -> int:
     return max(ids, default=-1) + 1
+
+
+def _numeric_names(directory: Path) -> Iterator[int]:
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.isdigit():
+            yield int(entry.name)
 
 
 class VirtualMachinePool:
@@ -47,6 +62,8 @@ class VirtualMachinePool:
         self.var_dir = var_dir
         self.vms: dict[int, VirtualMachine] = {}
         self.listeners: list[VMListener] = []
+        #: Wired by the daemon: gives back a VM's leases when its allocation is undone.
+        self.networks: VirtualNetworkPool | None = None
         self._next_oid = 0
 
     def load(self) -> None:
@@ -76,7 +93,9 @@ class VirtualMachinePool:
                 history=sorted(histories.get(oid, ()), key=lambda record: record.seq),
             )
             self.vms[oid] = vm
-        self._next_oid = _next_id(iter(self.vms))
+        # A VM acknowledged-then-lost (a crash before its commit) left only its directory:
+        # its id is not handed out again, so no new VM inherits that directory and log.
+        self._next_oid = _next_id([*self.vms, *_numeric_names(self.var_dir)])
 
     def next_oid(self) -> int:
         return self._next_oid
@@ -86,13 +105,32 @@ class VirtualMachinePool:
         vm = VirtualMachine(oid=self._next_oid, template=template, stime=now, uid=uid)
         self._next_oid += 1
         self.vms[vm.oid] = vm
+        directory = self.vm_dir(vm.oid)
+        if directory.exists():  # not ours: set aside, never inherited
+            directory.rename(directory.with_name(f"{vm.oid}.stale-{now}-{self._next_oid}"))
         # Owner and group only (1.2 used 0777): hosts reach it as the oneadmin group.
-        self.vm_dir(vm.oid).mkdir(mode=0o770, parents=True, exist_ok=True)
+        directory.mkdir(mode=0o770, parents=True)
         self.db.write(
-            Replace(VMPoolRow, [vm.pool_row()]), Insert(VMAttributeRow, vm.template_rows())
+            Replace(VMPoolRow, [vm.pool_row()]),
+            Insert(VMAttributeRow, vm.template_rows()),
+            undo=lambda: self._undo_allocate(vm),
         )
         self._notify(vm, VMState.INIT, LCMState.LCM_INIT)
         return vm
+
+    def _undo_allocate(self, vm: VirtualMachine) -> None:
+        if self.vms.get(vm.oid) is not vm:
+            return
+        del self.vms[vm.oid]
+        shutil.rmtree(self.vm_dir(vm.oid), ignore_errors=True)
+        if self.networks is not None:
+            self.networks.release_vm(vm)
+        # Rows a later change (a deploy in the same group commit) may have re-created.
+        self.db.write(
+            Delete(VMPoolRow, (("oid", vm.oid),)),
+            Delete(VMAttributeRow, (("id", vm.oid),)),
+            Delete(HistoryRow, (("vid", vm.oid),)),
+        )
 
     def vm_dir(self, oid: int) -> Path:
         """``$VAR/<vid>``: the VM's log, deployment and transfer files."""
@@ -171,16 +209,22 @@ class HostPool:
                     host.shares.running_vms,
                 ) = values
             self.hosts[oid] = host
-        # 1.2 takes MAX(oid)+1 at start-up, so a deleted last id is reused (kept: harmless).
-        self._next_oid = _next_id(iter(self.hosts))
+        # 1.2 takes MAX(oid)+1, so a host deleted under running VMs handed its id to the
+        # next host, whose shares those VMs then left: ids named in history stay taken.
+        hids = (row[4] for row in self.db.rows(HistoryRow) if row[4] is not None)
+        self._next_oid = _next_id([*self.hosts, *hids])
 
     def allocate(self, name: str, im: str, vmm: str, tm: str, managed: bool, now: int) -> Host:
         host = Host(self._next_oid, name, im, vmm, tm, managed, now)
         self._next_oid += 1
         self.hosts[host.oid] = host
-        self.save(host)
+        self.save(host, undo=lambda: self._undo_allocate(host))
         self._notify(host, -1)
         return host
+
+    def _undo_allocate(self, host: Host) -> None:
+        if self.hosts.get(host.oid) is host:
+            self.delete(host, undoable=False)
 
     def get(self, oid: int) -> Host | None:
         return self.hosts.get(oid)
@@ -188,12 +232,13 @@ class HostPool:
     def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
 
-    def save(self, host: Host) -> None:
+    def save(self, host: Host, undo: Callable[[], None] | None = None) -> None:
         """Write the host as 1.2 does: attributes, then shares, then the host_pool row."""
         self.db.write(
             Replace(HostAttributeRow, host.attribute_rows()),
             Replace(HostSharesRow, [host.shares.row()]),
             Replace(HostPoolRow, [host.pool_row()]),
+            undo=undo,
         )
 
     def remove_attribute(self, host: Host, name: str) -> None:
@@ -208,14 +253,21 @@ class HostPool:
         if state is not previous:
             self._notify(host, previous)
 
-    def delete(self, host: Host) -> None:
+    def delete(self, host: Host, *, undoable: bool = True) -> None:
         del self.hosts[host.oid]
         self.db.write(
             Delete(HostAttributeRow, (("id", host.oid),)),
             Delete(HostSharesRow, (("hid", host.oid),)),
             Delete(HostPoolRow, (("oid", host.oid),)),
+            undo=(lambda: self._undo_delete(host)) if undoable else None,
         )
         self._notify(host, host.state)
+
+    def _undo_delete(self, host: Host) -> None:
+        if host.oid not in self.hosts:
+            self.hosts[host.oid] = host
+            self.save(host)
+            self._notify(host, -1)
 
     def _notify(self, host: Host, previous: int) -> None:
         for listener in self.listeners:
@@ -263,12 +315,20 @@ class VirtualNetworkPool:
         network.uid = uid
         self._next_oid += 1
         self.networks[network.oid] = network
+        self._write_network(network, undo=lambda: self._undo_allocate(network))
+        return network
+
+    def _write_network(self, network: VirtualNetwork, undo: Callable[[], None] | None) -> None:
         self.db.write(
             Replace(NetworkPoolRow, [network.pool_row()]),
             Insert(VNTemplateRow, network.template_rows()),
             Replace(LeaseRow, [lease.row(network.oid) for lease in network.leases.values()]),
+            undo=undo,
         )
-        return network
+
+    def _undo_allocate(self, network: VirtualNetwork) -> None:
+        if self.networks.get(network.oid) is network:
+            self.delete(network, undoable=False)
 
     def get(self, oid: int) -> VirtualNetwork | None:
         return self.networks.get(oid)
@@ -279,13 +339,30 @@ class VirtualNetworkPool:
     def __iter__(self) -> Iterator[VirtualNetwork]:
         return iter(self.networks.values())
 
-    def delete(self, network: VirtualNetwork) -> None:
+    def delete(self, network: VirtualNetwork, *, undoable: bool = True) -> None:
         del self.networks[network.oid]
         self.db.write(
             Delete(VNTemplateRow, (("id", network.oid),)),
             Delete(LeaseRow, (("oid", network.oid),)),
             Delete(NetworkPoolRow, (("name", network.name),)),
+            undo=(lambda: self._undo_delete(network)) if undoable else None,
         )
+
+    def _undo_delete(self, network: VirtualNetwork) -> None:
+        if network.oid not in self.networks and self.by_name(network.name) is None:
+            self.networks[network.oid] = network
+            self.db.write(
+                Delete(VNTemplateRow, (("id", network.oid),)),
+                Delete(LeaseRow, (("oid", network.oid),)),
+            )
+            self._write_network(network, undo=None)
+
+    def release_vm(self, vm: VirtualMachine) -> None:
+        """Give back the leases ``vm`` holds (its allocation was undone)."""
+        for network in self.networks.values():
+            for lease in list(network.leases.values()):
+                if lease.used and lease.vid == vm.oid:
+                    self.release(network, lease.ip)
 
     def lease(self, network: VirtualNetwork, vid: int, ip: str | None) -> Lease:
         """Lease an address to ``vid`` and write it; raises LeaseError."""

@@ -99,10 +99,11 @@ class RequestManager:
 
     def _settled(self, reply: Reply) -> Deferred | Reply:
         """Answer a read once the changes it may show are in one.db too, so that a
-        client that reads the file after the reply never sees an older state."""
+        client that reads the file after the reply never sees an older state (but not
+        later than a second: a reader's lock may hold the commit up much longer)."""
         if self.db.is_settled():
             return reply
-        return self.db.committed().addBoth(lambda _: reply)
+        return self.db.settled(1.0).addCallback(lambda _: reply)
 
     def _durable(self, reply: Reply, on_error: Reply) -> Deferred:
         """Answer ``reply`` once every change made so far is committed to one.db."""

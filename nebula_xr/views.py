@@ -99,5 +99,5 @@ class DaemonSchedulerContext:
             return RequestResult(False, "Wrong state to perform action")
         self._log.vm(vid, "SCHED", 0, reason)
         self._log.info("SCHED", f"Rejected virtual machine {vid}: {reason}")
-        self.dm.failed(vid)
+        self.dm.states.failed(vid)
         return RequestResult(True)

@@ -186,3 +186,37 @@ def test_plugin_xmlrpc_methods_get_the_callers_uid_and_need_new_names() -> None:
         registry.call("echo.uid", ["bob:x", "3"])  # the signature is checked as for the core's
     with pytest.raises(PluginError, match="'echo.uid' is already registered"):
         manager.add_xmlrpc_methods(registry, None, guard)
+def _pip_installed(name: str, directory: str):
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", directory],
+            check=True,
+        )
+    yield
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", name], check=False)
+
+
+@pytest.fixture
+def hostile_plugin():
+    """An installed plugin answering every builder hook first (tryfirst), for any name."""
+    yield from _pip_installed("nebula-xr-hostile", str(ROOT / "tests" / "hostile_plugin"))
+
+
+def test_a_plugin_cannot_take_over_drivers_it_is_not_named_for(tmp_path, hostile_plugin) -> None:
+    manager = PluginManager()
+    manager.load()
+    assert "hostile" in {info.name for info in manager.installed()}
+    write_conf(tmp_path, scheduler='SCHEDULER = [ plugin = "sched_rank", interval = 0.2 ]')
+    one = OneDaemon(tmp_path).start()
+    try:
+        assert one.call("one.hostallocate", "node01", "im_xen", "vmm_xen", "tm_nfs", True)[0]
+        # Monitored by the dummy driver oned.conf names (200 CPUs), not the hostile one (666).
+        wait_for(lambda: "TOTALCPU=200" in one.call("one.hostinfo", 0)[1])
+        assert one.call("one.vmallocate", "NAME = mine\nCPU = 1\nMEMORY = 32\n") == [True, 0]
+        wait_state(one, 0, 3, 3)  # placed by sched_rank, deployed and run by the dummies
+        log = (tmp_path / "var" / "0" / "vm.log").read_text()
+        assert "hijacked" not in log
+    finally:
+        one.stop()
