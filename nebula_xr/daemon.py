@@ -436,7 +436,8 @@ class Daemon(MultiService):
         config = self.config
 
         def environment() -> dict[str, str]:
-            # A hook talking back to the daemon (host_error) finds it in ONE_XMLRPC.
+            # A hook talking back to the daemon (host_error) finds it in ONE_XMLRPC and
+            # authenticates as oneadmin with the daemon's inherited ONE_AUTH file.
             address = config.listen_address
             address = "127.0.0.1" if address in ("0.0.0.0", "") else address
             listening = self.listener.listening is not None

@@ -19,7 +19,7 @@ from twisted.internet import defer, reactor, task
 from nebula_xr import xmldoc
 from nebula_xr.config import ConfigError, Layout, parse_config
 from nebula_xr.database import Delete
-from nebula_xr.dispatch_manager import DispatchManager
+from nebula_xr.dispatch_manager import DispatchManager, VMStates
 from nebula_xr.drivers.base import DriverError
 from nebula_xr.drivers.remote import CommandResult, run_local
 from nebula_xr.hook_manager import HOST, VM, HookManager, parse_hook
@@ -30,6 +30,9 @@ from nebula_xr.log import Log
 from nebula_xr.model import History, HostState, LCMState, Reason, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.template import Template
+from nebula_xr.transfer_manager import TransferManager
+from nebula_xr.virtual_machine_manager import VirtualMachineManager
+from tests.fake.lifecycle import POLLING_INTERVAL, TIMEOUT, FakeHypervisor, FakeTransfers
 
 
 class RecordingDatabase:
@@ -76,11 +79,19 @@ class World:
         self.vms = VirtualMachinePool(self.db, tmp_path / "var")  # type: ignore[arg-type]
         self.hosts = HostPool(self.db)  # type: ignore[arg-type]
         networks = VirtualNetworkPool(self.db, 1, 254)  # type: ignore[arg-type]
-        self.lcm = LifeCycleManager(self.vms, self.hosts, self.clock, self.log)
-        self.dm = DispatchManager(
-            self.vms, self.hosts, networks, self.lcm, self.clock, self.log, "/vm"
+        vmm = VirtualMachineManager(
+            {"vmm": FakeHypervisor()}, {"vmm": TIMEOUT}, self.vms, self.clock, self.log
         )
-        self.lcm.dm = self.dm
+        tm = TransferManager(
+            {"tm": FakeTransfers()}, {"tm": TIMEOUT}, self.vms, self.clock, self.log, "front"
+        )
+        states = VMStates(self.vms, networks, self.clock, self.log)
+        self.lcm = LifeCycleManager(
+            self.vms, self.hosts, vmm, tm, states, self.clock, self.log, POLLING_INTERVAL
+        )
+        self.dm = DispatchManager(
+            self.vms, self.hosts, networks, states, self.lcm, tm, self.clock, self.log, "/vm"
+        )
         config = parse_config(hooks + "\n", Layout.from_environment({}))
         self.runner = RecordingRunner()
         self.remote = RecordingRemote()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nebula_xr.auth import password_hash, session_for
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.test_tutorial import history, shares, wait_state
 
@@ -124,7 +125,7 @@ def test_host_error_hook_resubmits_the_vms_of_a_failed_host(tmp_path: Path) -> N
         assert one.vm_state(2) == RUNNING
 
         # The last monitoring message is the host's ERROR attribute, for onehost show.
-        env = dict(os.environ, ONE_XMLRPC=one.url)
+        env = dict(os.environ, ONE_XMLRPC=one.url, ONE_AUTH=str(one.one_auth))
         shown = subprocess.run(
             [installed("onehost"), "show", "gone01"], env=env, capture_output=True, text=True
         )
@@ -153,20 +154,28 @@ def test_resubmit_through_the_api(tmp_path: Path) -> None:
     try:
         assert one.call("one.hostallocate", "good01", "im_xen", "vmm_xen", "tm_nfs", True)[0]
         assert one.call("one.vmallocate", "NAME = v\nCPU = 1\nMEMORY = 64\n") == [True, 0]
-        assert one.call("nebula_xr.vm.resubmit", 0) == [True]  # PENDING already
-        assert one.call("nebula_xr.vm.resubmit", 7) == [
+        assert one.call14("nebula_xr.vm.resubmit", 0) == [True]  # PENDING already
+        assert one.call14("nebula_xr.vm.resubmit", 7) == [
             False,
             "The virtual machine 7 does not exists",
         ]
         assert one.call("one.vmdeploy", 0, 0) == [True]
         wait_state(one, 0, *RUNNING)
-        assert one.call("nebula_xr.vm.resubmit", 0) == [True]
+        # Host failure handling is oneadmin's: neither a 1.2 client nor another user.
+        ok, _alice = one.call14("one.user.allocate", "alice", password_hash("alice-pw"))
+        assert ok
+        refused = [False, "User not authorized to perform operation upon VirtualMachine [0]"]
+        assert one.call("nebula_xr.vm.resubmit", 0) == refused
+        alice = session_for("alice", "alice-pw")
+        assert one.call14("nebula_xr.vm.resubmit", 0, session=alice) == refused
+        assert one.vm_state(0) == RUNNING
+        assert one.call14("nebula_xr.vm.resubmit", 0) == [True]
         assert one.vm_state(0) == PENDING  # the answer comes once it is done
         (record,) = history(one, 0)
         assert record["reason"] == 3  # USER: the host was fine, the domain destroyed
         assert shares(one, 0) == (0, 0, 0)
         assert one.call("one.vmaction", "finalize", 0) == [True]
-        assert one.call("nebula_xr.vm.resubmit", 0) == [False, "Wrong state to perform action"]
+        assert one.call14("nebula_xr.vm.resubmit", 0) == [False, "Wrong state to perform action"]
     finally:
         one.stop()
 

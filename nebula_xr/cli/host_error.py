@@ -10,7 +10,10 @@ finalize). With ``y`` as the last argument SUSPENDED VMs of the host are include
 refuses to resubmit them; they can be deleted).
 
 It talks to the daemon over XML-RPC (``$ONE_XMLRPC``, set by the daemon for its hooks)
-with the ONE_AUTH session, and does nothing unless the host is in ERROR. The daemon
+with the session of the ONE_AUTH file (``$ONE_AUTH``, else ``~/.one/one_auth``): run as a
+local hook it inherits the daemon's environment, so that is the administrator's file the
+daemon was started with (``nebula_xr.vm.resubmit`` is oneadmin's). It does nothing unless
+the host is in ERROR. The daemon
 fences: a VM is resubmitted only once its domain is destroyed, or its host is in
 ERROR and unreachable (the domain is then destroyed as soon as the host answers again).
 """
