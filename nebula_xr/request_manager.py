@@ -52,17 +52,23 @@ class RequestManager:
         self.on_host_added = on_host_added
 
     def register(self, registry: MethodRegistry) -> None:
+        # 1.2's help texts (include/RequestManager.h), in 1.2's registration order.
         methods: tuple[tuple[str, Callable[..., Any], str, str], ...] = (
-            ("one.vmallocate", self.vm_allocate, "A:ss", "Allocates a virtual machine"),
-            ("one.vmdeploy", self.vm_deploy, "A:sii", "Deploys a virtual machine on a host"),
+            (
+                "one.vmallocate",
+                self.vm_allocate,
+                "A:ss",
+                "Allocates a virtual machine in the pool",
+            ),
+            ("one.vmdeploy", self.vm_deploy, "A:sii", "Deploys a virtual machine"),
             ("one.vmaction", self.vm_action, "A:ssi", "Performs an action on a virtual machine"),
             ("one.vmmigrate", self.vm_migrate, "A:siib", "Migrates a virtual machine"),
             ("one.vmget_info", self.vm_info, "A:si", "Returns virtual machine information"),
-            ("one.hostallocate", self.host_allocate, "A:sssssb", "Allocates a host"),
+            ("one.hostallocate", self.host_allocate, "A:sssssb", "Allocates a host in the pool"),
             ("one.hostinfo", self.host_info, "A:si", "Returns host information"),
-            ("one.hostdelete", self.host_delete, "A:si", "Deletes a host"),
+            ("one.hostdelete", self.host_delete, "A:si", "Deletes a host from the pool"),
             ("one.hostenable", self.host_enable, "A:sib", "Enables or disables a host"),
-            ("one.vnallocate", self.vn_allocate, "A:ss", "Allocates a virtual network"),
+            ("one.vnallocate", self.vn_allocate, "A:ss", "Creates a virtual network"),
             ("one.vninfo", self.vn_info, "A:si", "Returns virtual network information"),
             ("one.vndelete", self.vn_delete, "A:si", "Deletes a virtual network"),
         )
