@@ -9,7 +9,7 @@ import xmlrpc.client
 import pytest
 
 from tests.oned import OneDaemon, wait_for, write_conf
-from tests.test_api14 import METHODS_14, METHODS_12
+from tests.test_api14 import METHODS_12, METHODS_14
 
 #: system.* as xmlrpc-c installs them in every registry, before the application's methods.
 SYSTEM_METHODS = [
