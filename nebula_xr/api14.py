@@ -23,7 +23,7 @@ from nebula_xr.database import Database
 from nebula_xr.dispatch_manager import ACTIONS, AllocationError, DispatchManager
 from nebula_xr.drivers.base import DriverError
 from nebula_xr.log import Log
-from nebula_xr.model import LCMState, VMState
+from nebula_xr.model import LCMState, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.request_manager import Reply, RequestManager
 from nebula_xr.template import Template, TemplateSyntaxError
@@ -31,6 +31,22 @@ from nebula_xr.transport.xmlrpc import MethodRegistry
 from nebula_xr.users import ADMIN, UserPool
 from nebula_xr.virtual_machine_manager import VirtualMachineManager
 from nebula_xr.vnet import NetworkTemplateError
+
+WRONG_STATE = "Wrong state to perform action"
+
+#: VM template attributes that must be numbers (what each counts, for the message).
+NUMERIC_VM_ATTRIBUTES = {
+    "MEMORY": "a number of megabytes",
+    "CPU": "a number of CPUs",
+    "VCPU": "a number of virtual CPUs",
+}
+
+
+def describe_state(vm: VirtualMachine) -> str:
+    """``PENDING``, or ``ACTIVE (PROLOG)`` with the life-cycle state of an ACTIVE VM."""
+    if vm.state is VMState.ACTIVE:
+        return f"{vm.state.name} ({vm.lcm_state.name})"
+    return vm.state.name
 
 
 def _pool_filter(flag: int, caller: int) -> Callable[[int], bool]:
@@ -113,8 +129,23 @@ class RequestManager14(RequestManager):
     # -- virtual machines ---------------------------------------------------------------
 
     def vm_allocate14(self, session: str, text: str) -> Deferred | Reply:
+        try:
+            # Where the mistake is, and the mistakes 1.2 let through (MEMORY = lots).
+            Template.parse_strict(text + "\n", NUMERIC_VM_ATTRIBUTES)
+        except TemplateSyntaxError as error:
+            return [False, f"Error parsing VM template: {error.located()}"]
         uid = self.caller(session)
         return self._allocate_vm(text, uid, lambda template: self._check_networks(template, uid))
+
+    def allocation_refused(self, error: AllocationError) -> Reply:
+        return [False, f"Error inserting VM in the database: {error}"]
+
+    def _refused(self, vid: int, message: str) -> Reply:
+        """A refusal; a wrong-state one also says which state the VM is in."""
+        vm = self.vms.get(vid)
+        if vm is not None and (message == WRONG_STATE or message.endswith(", wrong state")):
+            message = f"{message}: VM {vid} is {describe_state(vm)}"
+        return [False, message]
 
     def _check_networks(self, template: Template, uid: int) -> None:
         """1.4 fails a NIC naming an unknown network (1.2 kept it as written) or another
@@ -133,7 +164,7 @@ class RequestManager14(RequestManager):
         # 1.4 hosts have no "managed" flag: a host added unmanaged through 1.2 is usable.
         result = self.dm.deploy(vid, hid, managed_only=False)
         if not result.ok:
-            return [False, result.message]
+            return self._refused(vid, result.message)
         return self._durable([True], [False, f"Can not deploy VM {vid}, can not insert history"])
 
     def vm_action14(self, _session: str, action: str, vid: int) -> Deferred | Reply:
@@ -149,13 +180,13 @@ class RequestManager14(RequestManager):
         else:
             return [False, "Unknown action"]
         if not result.ok:
-            return [False, result.message]
+            return self._refused(vid, result.message)
         return self._durable([True], [False, "Error writing the database, check oned.log"])
 
     def vm_migrate14(self, _session: str, vid: int, hid: int, live: bool) -> Deferred | Reply:
         result = self.dm.migrate(vid, hid, live, managed_only=False, verb="migrate")
         if not result.ok:
-            return [False, result.message]
+            return self._refused(vid, result.message)
         return self._durable([True], [False, f"Can not migrate VM {vid}, can not insert history"])
 
     def vm_info14(self, _session: str, vid: int) -> Reply:
@@ -213,15 +244,20 @@ class RequestManager14(RequestManager):
 
     def vn_allocate14(self, session: str, text: str) -> Deferred | Reply:
         uid = self.caller(session)
-        failure = [False, f"Error allocating VN with template: \n{text}"]
+        failure = f"Error allocating VN with template: \n{text}"
+        # 1.4's message, then why (a line of its own, so clients matching 1.4 still do).
+        failure += "" if failure.endswith("\n") else "\n"
         try:
             # The 1.4 grammar needs no final newline; the 1.2 one we parse does.
             template = Template.parse(text + "\n")
             network = self.networks.allocate(template, uid)
-        except (TemplateSyntaxError, NetworkTemplateError, ValueError) as error:
+        except TemplateSyntaxError as error:
             self.log.error("ReM", f"Error allocating virtual network: {error}")
-            return failure
-        return self._durable([True, network.oid], failure)
+            return [False, f"{failure}Template error at {error.located()}"]
+        except (NetworkTemplateError, ValueError) as error:
+            self.log.error("ReM", f"Error allocating virtual network: {error}")
+            return [False, f"{failure}{error}"]
+        return self._durable([True, network.oid], [False, f"{failure}database write failed"])
 
     def vn_info14(self, _session: str, nid: int) -> Reply:
         network = self.networks.get(nid)

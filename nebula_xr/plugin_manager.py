@@ -8,6 +8,7 @@ hook implementation fails at start-up instead of being silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import pluggy
@@ -35,6 +36,20 @@ class PluginError(Exception):
 
 
 @dataclass(frozen=True)
+class BrokenPlugin:
+    """An installed plugin that could not be loaded: only an error if oned.conf names it."""
+
+    name: str
+    distribution: str
+    version: str
+    error: str
+
+    @property
+    def package(self) -> str:
+        return f"{self.distribution} {self.version}".strip() or "unknown package"
+
+
+@dataclass(frozen=True)
 class PluginInfo:
     name: str
     distribution: str
@@ -46,11 +61,38 @@ class PluginManager:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
+        #: Installed plugins that failed to import or to register, by entry-point name.
+        self.broken: dict[str, BrokenPlugin] = {}
 
     def load(self) -> None:
-        """Register every installed plugin and check their hook implementations."""
-        self.pm.load_setuptools_entrypoints(PROJECT_NAME)
-        self.pm.check_pending()
+        """Register every installed plugin and check their hook implementations.
+
+        A plugin that fails (import error, misspelt hook) is set aside in ``broken``:
+        it stops the daemon only if oned.conf names it.
+        """
+        for entry_point in metadata.entry_points(group=PROJECT_NAME):
+            try:
+                self.pm.load_setuptools_entrypoints(PROJECT_NAME, name=entry_point.name)
+            except Exception as error:  # whatever a third-party import raises
+                self._set_aside(entry_point.name, entry_point.dist, error)
+        while True:
+            try:
+                self.pm.check_pending()
+                return
+            except pluggy.PluginValidationError as error:
+                name = self.pm.get_name(error.plugin) or repr(error.plugin)
+                distributions = dict(self.pm.list_plugin_distinfo())
+                self.pm.unregister(error.plugin)
+                dist = distributions.get(error.plugin)
+                self._set_aside(name, dist, error)
+
+    def _set_aside(self, name: str, dist: Any, error: Exception) -> None:
+        self.broken[name] = BrokenPlugin(
+            name=name,
+            distribution=getattr(dist, "project_name", None) or getattr(dist, "name", "") or "",
+            version=getattr(dist, "version", "") or "",
+            error=f"{type(error).__name__}: {error}",
+        )
 
     def register(self, plugin: object, name: str) -> None:
         """Register a plugin object directly (embedding, tests)."""
@@ -79,6 +121,12 @@ class PluginManager:
         return ", ".join(info.name for info in self.installed()) or "none"
 
     def _require(self, plugin: str, what: str) -> None:
+        broken = self.broken.get(plugin)
+        if broken is not None:
+            raise PluginError(
+                f"Plugin {plugin!r} (package {broken.package}) for the {what} is broken: "
+                f"{broken.error}"
+            )
         if self.pm.get_plugin(plugin) is None:
             raise PluginError(
                 f"No plugin named {plugin!r} for the {what}; installed plugins: {self._names()}"

@@ -112,8 +112,12 @@ class RequestManager:
             vm = self.dm.allocate(template, uid)
         except AllocationError as error:
             self.log.error("ReM", f"Error allocating VM: {error}")
-            return failure
+            return self.allocation_refused(error)
         return self._durable([True, vm.oid], failure)
+
+    def allocation_refused(self, error: AllocationError) -> Reply:
+        """The reply when a VM's leases cannot be had: 1.2 only says to look in oned.log."""
+        return [False, "Error inserting VM in the database, check oned.log"]
 
     def vm_deploy(self, _session: str, vid: int, hid: int) -> Deferred | Reply:
         result = self.dm.deploy(vid, hid)
