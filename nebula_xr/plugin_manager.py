@@ -91,7 +91,7 @@ class PluginManager:
             name=name,
             distribution=getattr(dist, "project_name", None) or getattr(dist, "name", "") or "",
             version=getattr(dist, "version", "") or "",
-            error=f"{type(error).__name__}: {error}",
+            error=" ".join(f"{type(error).__name__}: {error}".split()),  # one line
         )
 
     def register(self, plugin: object, name: str) -> None:
@@ -120,7 +120,9 @@ class PluginManager:
     def _names(self) -> str:
         return ", ".join(info.name for info in self.installed()) or "none"
 
-    def _require(self, plugin: str, what: str) -> None:
+    def require(self, plugin: str, what: str) -> None:
+        """Raise PluginError unless ``plugin`` is installed and loaded; ``what`` says
+        what oned.conf wants it for."""
         broken = self.broken.get(plugin)
         if broken is not None:
             raise PluginError(
@@ -134,9 +136,13 @@ class PluginManager:
 
     # -- drivers --------------------------------------------------------------------------
 
+    def require_driver(self, kind: str, name: str, plugin: str) -> None:
+        """Check, before anything starts, that the plugin of a driver entry can be used."""
+        self.require(plugin, f"{_KIND_NAMES[kind]} driver {name!r}")
+
     def make_driver(self, config: DriverConfig, context: DriverContext) -> Driver:
         what = f"{_KIND_NAMES[config.kind]} driver {config.name!r}"
-        self._require(config.plugin, what)
+        self.require(config.plugin, what)
         hook = {
             INFORMATION: self.pm.hook.nebula_xr_im_driver,
             VIRTUAL_MACHINE: self.pm.hook.nebula_xr_vmm_driver,
@@ -148,7 +154,7 @@ class PluginManager:
         return driver
 
     def make_scheduler(self, config: SchedulerConfig, context: SchedulerContext) -> Scheduler:
-        self._require(config.plugin, "scheduler")
+        self.require(config.plugin, "scheduler")
         scheduler = self.pm.hook.nebula_xr_scheduler(config=config, context=context)
         if scheduler is None:
             raise PluginError(f"Plugin {config.plugin!r} does not provide a scheduler")
