@@ -13,7 +13,7 @@ of what it creates, the meaning of the pool filter -1); anything else is oneadmi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -26,20 +26,13 @@ from nebula_xr.log import Log
 from nebula_xr.model import LCMState, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.request_manager import Reply, RequestManager
-from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.template import VM_NUMERIC_ATTRIBUTES, Template, TemplateSyntaxError
 from nebula_xr.transport.xmlrpc import MethodRegistry
 from nebula_xr.users import ADMIN, UserPool
 from nebula_xr.virtual_machine_manager import VirtualMachineManager
 from nebula_xr.vnet import NetworkTemplateError
 
 WRONG_STATE = "Wrong state to perform action"
-
-#: VM template attributes that must be numbers (what each counts, for the message).
-NUMERIC_VM_ATTRIBUTES = {
-    "MEMORY": "a number of megabytes",
-    "CPU": "a number of CPUs",
-    "VCPU": "a number of virtual CPUs",
-}
 
 
 def describe_state(vm: VirtualMachine) -> str:
@@ -72,8 +65,12 @@ class RequestManager14(RequestManager):
         clock: Any,
         log: Log,
         on_host_added: Callable[[Any], None] | None = None,
+        *,
+        driver_names: Mapping[str, Collection[str]] | None = None,
     ) -> None:
-        super().__init__(dm, vms, hosts, networks, db, clock, log, on_host_added)
+        super().__init__(
+            dm, vms, hosts, networks, db, clock, log, on_host_added, driver_names=driver_names
+        )
         self.users = users
         self.vmm = vmm
 
@@ -131,7 +128,7 @@ class RequestManager14(RequestManager):
     def vm_allocate14(self, session: str, text: str) -> Deferred | Reply:
         try:
             # Where the mistake is, and the mistakes 1.2 let through (MEMORY = lots).
-            Template.parse_strict(text + "\n", NUMERIC_VM_ATTRIBUTES)
+            Template.parse_strict(text + "\n", VM_NUMERIC_ATTRIBUTES)
         except TemplateSyntaxError as error:
             return [False, f"Error parsing VM template: {error.located()}"]
         uid = self.caller(session)
@@ -227,8 +224,13 @@ class RequestManager14(RequestManager):
 
     # -- hosts --------------------------------------------------------------------------
 
-    def host_allocate14(self, session: str, name: str, im: str, vmm: str, tm: str) -> Deferred:
-        return self.host_allocate(session, name, im, vmm, tm, True)
+    def host_allocate14(
+        self, _session: str, name: str, im: str, vmm: str, tm: str
+    ) -> Deferred | Reply:
+        problems = self.unknown_drivers(im, vmm, tm)
+        if problems:
+            return [False, f"Can not allocate host {name}: {problems}"]
+        return self._allocate_host(name, im, vmm, tm, True)
 
     def host_info14(self, _session: str, hid: int) -> Reply:
         host = self.hosts.get(hid)

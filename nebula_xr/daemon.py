@@ -201,6 +201,7 @@ class Daemon(MultiService):
             clock,
             log,
             on_host_added=self.im.host_added,
+            driver_names=by_kind,
         )
         self._listen_to_pools()
 
@@ -215,6 +216,7 @@ class Daemon(MultiService):
             clock,
             log,
             on_host_added=self.im.host_added,
+            driver_names=by_kind,
         )
 
         self.registry = MethodRegistry()

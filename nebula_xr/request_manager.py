@@ -8,13 +8,14 @@ durable in one.db. The session argument is accepted and ignored, as in 1.2.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from nebula_xr.database import Database
 from nebula_xr.dispatch_manager import AllocationError, DispatchManager
+from nebula_xr.drivers.base import INFORMATION, TRANSFER, VIRTUAL_MACHINE
 from nebula_xr.log import Log
 from nebula_xr.model import HostState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
@@ -41,8 +42,12 @@ class RequestManager:
         clock: Any,
         log: Log,
         on_host_added: Callable[[Any], None] | None = None,
+        *,
+        driver_names: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.dm = dm
+        #: The driver names oned.conf configures, by kind (IM, VMM, TM).
+        self.driver_names = driver_names or {}
         self.vms = vms
         self.hosts = hosts
         self.networks = networks
@@ -145,9 +150,27 @@ class RequestManager:
 
     # -- hosts --------------------------------------------------------------------------
 
+    def unknown_drivers(self, im: str, vmm: str, tm: str) -> str:
+        """What is wrong with a host's driver names ('' when oned.conf has them all)."""
+        wanted = ((INFORMATION, "IM", im), (VIRTUAL_MACHINE, "VMM", vmm), (TRANSFER, "TM", tm))
+        problems = [
+            f"no {label} driver named {name} in oned.conf (configured: "
+            f"{', '.join(sorted(self.driver_names.get(kind, ()))) or 'none'})"
+            for kind, label, name in wanted
+            if name not in self.driver_names.get(kind, ())
+        ]
+        return "; ".join(problems)
+
     def host_allocate(
         self, _session: str, name: str, im: str, vmm: str, tm: str, managed: bool
     ) -> Deferred:
+        problems = self.unknown_drivers(im, vmm, tm)
+        if problems:
+            # 1.2 accepts it (the host fails at monitoring or deploy); say so in oned.log.
+            self.log.warning("ReM", f"Host {name} added with unknown drivers: {problems}")
+        return self._allocate_host(name, im, vmm, tm, managed)
+
+    def _allocate_host(self, name: str, im: str, vmm: str, tm: str, managed: bool) -> Deferred:
         host = self.hosts.allocate(name, im, vmm, tm, managed, int(self.clock.seconds()))
         if self.on_host_added is not None:
             self.on_host_added(host)

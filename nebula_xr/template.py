@@ -17,6 +17,7 @@ from operator import itemgetter
 
 __all__ = [
     "VECTOR_SEPARATOR",
+    "VM_NUMERIC_ATTRIBUTES",
     "Template",
     "TemplateSyntaxError",
     "Value",
@@ -31,6 +32,14 @@ Value = str | Vector
 
 #: Joins a vector's ``KEY=value`` pairs in the database (``VectorAttribute::magic_sep``).
 VECTOR_SEPARATOR = "@^_^@"
+
+
+#: VM template attributes that must be numbers (what each counts, for the message).
+VM_NUMERIC_ATTRIBUTES = {
+    "MEMORY": "a number of megabytes",
+    "CPU": "a number of CPUs",
+    "VCPU": "a number of virtual CPUs",
+}
 
 
 class TemplateSyntaxError(ValueError):

@@ -264,7 +264,15 @@ def test_host_documents(one: OneDaemon) -> None:
     assert dict(template(node01))["TOTALCPU"] == "200"
 
     # never monitored: STATE 0, zero capacity, empty template
-    ok, hid = call(one, "one.host.allocate", "fresh", "im_none", "vmm_xen", "tm_nfs")
+    # an IM driver oned.conf lacks: 1.4 refuses it, 1.2 accepts it and says so in oned.log
+    assert call(one, "one.host.allocate", "fresh", "im_none", "vmm_xen", "tm_nfs") == [
+        False,
+        "Can not allocate host fresh: no IM driver named im_none in oned.conf "
+        "(configured: im_xen)",
+    ]
+    ok, hid = one.call("one.hostallocate", "fresh", "im_none", "vmm_xen", "tm_nfs", True)
+    log = (one.location / "var" / "oned.log").read_text()
+    assert "[ReM][W]: Host fresh added with unknown drivers: no IM driver named im_none" in log
     ok, document = call(one, "one.host.info", hid)
     assert ok and document.endswith("<TEMPLATE></TEMPLATE></HOST>")
     fresh = check_host(parse(document), pool=False)
