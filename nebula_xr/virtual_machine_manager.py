@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
+from nebula_xr.deployment import deployment_file
 from nebula_xr.drivers.base import DriverError, VirtualMachineDriver, VMAction
 from nebula_xr.drivers.invoke import invoke
 from nebula_xr.log import Log
@@ -115,7 +116,7 @@ class VirtualMachineManager:
         local = self.vms.vm_dir(vm.oid) / f"deployment.{record.seq}"
         remote = f"{record.remote_dir}/deployment.{record.seq}"
         try:
-            text = driver.deployment_file(self._action(vm, record))
+            text = deployment_file(driver, self._action(vm, record))
             local.write_text(text, encoding="utf-8")
         except (DriverError, OSError) as error:
             message = f"Can not create deployment file: {error}"

@@ -575,7 +575,7 @@ class SteeredPlugin:
 
 STEERED = """
 IM_MAD = [ name = "im_xen", executable = "im_dummy" ]
-VM_MAD = [ name = "vmm_xen", executable = "vmm_steered", type = "xen" ]
+VM_MAD = [ name = "vmm_xen", executable = "vmm_steered" ]
 TM_MAD = [ name = "tm_nfs", executable = "tm_dummy" ]
 """
 

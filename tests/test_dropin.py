@@ -10,6 +10,7 @@ import pytest
 
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.test_api14 import METHODS_12, METHODS_14
+from tests.test_tutorial import wait_state
 
 #: system.* as xmlrpc-c installs them in every registry, before the application's methods.
 SYSTEM_METHODS = [
@@ -102,3 +103,42 @@ def test_system_shutdown_never_stops_the_daemon(one: OneDaemon) -> None:
     assert one.process is not None and one.process.poll() is None
     assert one.call("one.hostallocate", "node01", "im_xen", "vmm_xen", "tm_nfs", True) == [True, 0]
     wait_for(lambda: one.call("one.hostinfo", 0)[0])
+
+
+def test_vm_mad_type_chooses_the_deployment_file_whatever_the_plugin(tmp_path) -> None:
+    drivers = (
+        'IM_MAD = [ name = "im_xen", executable = "im_dummy" ]\n'
+        'VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" ]\n'
+        'VM_MAD = [ name = "vmm_own", executable = "vmm_dummy" ]\n'
+        'TM_MAD = [ name = "tm_nfs", executable = "tm_dummy" ]\n'
+    )
+    write_conf(tmp_path, drivers=drivers)
+    one = OneDaemon(tmp_path).start()
+    try:
+        for name, vmm in (("xenhost", "vmm_xen"), ("ownhost", "vmm_own")):
+            assert one.call("one.hostallocate", name, "im_xen", vmm, "tm_nfs", True)[0]
+        kernel_less = "NAME = bare\nCPU = 1\nMEMORY = 64\n"
+        booted = kernel_less + "OS = [ kernel = /boot/vmlinuz, root = sda1 ]\n"
+        vms = {}
+        for key, template, hid in (("bare", kernel_less, 0), ("booted", booted, 0)):
+            ok, vms[key] = one.call("one.vmallocate", template)
+            assert one.call("one.vmdeploy", vms[key], hid) == [True]
+        ok, vms["own"] = one.call("one.vmallocate", kernel_less)
+        assert one.call("one.vmdeploy", vms["own"], 1) == [True]
+
+        wait_state(one, vms["bare"], 7)  # FAILED, as 1.2 failed it at deploy
+        var = tmp_path / "var"
+        log = (var / str(vms["bare"]) / "vm.log").read_text()
+        assert "No kernel or bootloader defined and no default provided." in log
+        assert not (var / str(vms["bare"]) / "deployment.0").exists()
+
+        wait_state(one, vms["booted"], 3, 3)
+        xen_file = (var / str(vms["booted"]) / "deployment.0").read_text()
+        assert xen_file.startswith(f"name = 'one-{vms['booted']}'\n")
+        assert "kernel = '/boot/vmlinuz'\n" in xen_file and "root = '/dev/sda1'\n" in xen_file
+
+        wait_state(one, vms["own"], 3, 3)  # no type: the plugin's own file
+        own_file = (var / str(vms["own"]) / "deployment.0").read_text()
+        assert own_file.startswith(f"# dummy deployment of one-{vms['own']}\n")
+    finally:
+        assert one.stop() == 0

@@ -73,7 +73,11 @@ def test_refusal_is_also_in_an_existing_oned_log(tmp_path: Path) -> None:
 
 
 def test_missing_default_file_is_named(tmp_path: Path) -> None:
-    write_conf(tmp_path, vmm_extra=', default = "vmm_xen/vmm_xen.conf"')
+    write_conf(
+        tmp_path,
+        drivers='VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", '
+        'default = "vmm_xen/vmm_xen.conf" ]',
+    )
     line = refused(run_daemon(tmp_path))
     assert "vmm_xen: its default file" in line and line.endswith("does not exist")
     assert created(tmp_path) == set()
