@@ -6,10 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from nebula_xr.drivers.base import DriverError, VMAction
+from nebula_xr.drivers.base import (
+    VIRTUAL_MACHINE,
+    DriverConfig,
+    DriverContext,
+    DriverError,
+    VMAction,
+)
 from nebula_xr.template import Template
 from nebula_xr_plugins.im_xen import parse_probe
-from nebula_xr_plugins.vmm_xen import deployment_file, parse_xentop
+from nebula_xr_plugins.vmm_xen import XenDriver, deployment_file, parse_xentop
 
 SAMPLE = """NAME = vm-example
 CPU = 0.5
@@ -153,3 +159,33 @@ def test_probe_units_and_sums() -> None:
     }
     with pytest.raises(DriverError):
         parse_probe("HOSTNAME=x\n--- info\n--- xentop\n")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [("", "/usr/sbin/xl"), ("own.conf", "/usr/sbin/xm")],
+)
+def test_vmm_xen_shares_im_xen_settings_without_arguments(
+    tmp_path: Path, arguments: str, expected: str
+) -> None:
+    """A 1.2 VM_MAD names no file: vmm_xen then uses the toolstack im_xen monitors with."""
+    (tmp_path / "im_xen").mkdir()
+    (tmp_path / "im_xen" / "im_xen.conf").write_text("TOOLSTACK = xl\nSUDO = no\n")
+    (tmp_path / "own.conf").write_text("SUDO = no\n")
+    logged: list[str] = []
+    context = DriverContext(
+        reactor=None,
+        var_dir=tmp_path,
+        etc_dir=tmp_path,
+        frontend="front",
+        vm_log=lambda vid, message: None,
+        log=logged.append,
+    )
+    config = DriverConfig(
+        name="vmm_xen", kind=VIRTUAL_MACHINE, plugin="vmm_xen", arguments=arguments, type="xen"
+    )
+    driver = XenDriver(config, context)
+    assert driver.tools.tool("create", "f") == [expected, "create", "f"]
+    source = tmp_path / ("im_xen/im_xen.conf" if not arguments else arguments)
+    toolstack = expected.rsplit("/", 1)[1]
+    assert logged == [f"vmm_xen: Xen toolstack {toolstack} (from {source})"]
