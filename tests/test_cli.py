@@ -417,6 +417,25 @@ def test_mistakes_are_refused_with_their_reason(user: User, tmp_path: Path) -> N
     wait_stat(user, "0", "runn", "node02")
 
 
+def test_a_host_in_error_is_refused_unless_forced(tmp_path: Path) -> None:
+    write_conf(tmp_path, im_extra=', fail_hosts = "bad*"')
+    (tmp_path / "xen01.one").write_text(TUTORIAL)
+    daemon = OneDaemon(tmp_path).start()
+    try:
+        user = User(daemon.url, tmp_path)
+        user.ok("onehost", "add", "badhost", "im_xen", "vmm_xen", "tm_nfs")
+        wait_for(lambda: user.table("onehost", "list")[1][-1] == "err")
+        user.ok("onevm", "create", "xen01.one")
+        assert user.fails("onevm", "deploy", "xen01", "badhost") == (
+            "Error: Host badhost is ERROR: use --force to deploy on it anyway"
+        )
+        assert user.json("onevm", "show", "0")["STATE"] == 1  # still PENDING
+        user.ok("onevm", "deploy", "--force", "xen01", "badhost")
+        assert user.json("onevm", "show", "0")["STATE"] in (3, 7)  # ACTIVE, then it fails
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_a_hung_server_times_out(tmp_path: Path) -> None:
     with socket.socket() as hung:  # accepts connections (the kernel does), never answers
         hung.bind(("127.0.0.1", 0))
