@@ -460,6 +460,8 @@ def _run(config: Config, plugins: PluginManager) -> None:
         daemon = Daemon(config, plugins, reactor=reactor)
     except (StartupError, ConfigError, PluginError) as error:
         _refuse_to_start(str(error), config.layout)
+    except OSError as error:  # e.g. the var dir cannot be created
+        _refuse_to_start(f"Can not start: {error}", config.layout)
     for warning in config.warnings:
         daemon.log.warning("ONE", warning)
     failed: list[str] = []
