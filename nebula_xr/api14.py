@@ -183,6 +183,10 @@ class RequestManager14(RequestManager):
     def vm_migrate14(self, _session: str, vid: int, hid: int, live: bool) -> Deferred | Reply:
         result = self.dm.migrate(vid, hid, live, managed_only=False, verb="migrate")
         if not result.ok:
+            vm = self.vms.get(vid)
+            if vm is not None and vm.current is not None and vm.current.hid == hid:
+                if vm.lcm_state is LCMState.RUNNING:
+                    return [False, f"{result.message}: VM {vid} already runs on host {hid}"]
             return self._refused(vid, result.message)
         return self._durable([True], [False, f"Can not migrate VM {vid}, can not insert history"])
 

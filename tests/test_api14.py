@@ -505,7 +505,7 @@ def test_vm_actions_14_beside_12(one: OneDaemon) -> None:
     wait_for(lambda: lcm(one, vid) == (ACTIVE, RUNNING))
     assert call(one, "one.vm.migrate", vid, 1, True) == [
         False,
-        f"Can not migrate VM {vid}, wrong state: VM {vid} is ACTIVE (RUNNING)",
+        f"Can not migrate VM {vid}, wrong state: VM {vid} already runs on host 1",
     ]
     assert one.call("one.vmmigrate", vid, 1, True) == [
         False,

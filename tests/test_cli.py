@@ -415,6 +415,14 @@ def test_mistakes_are_refused_with_their_reason(user: User, tmp_path: Path) -> N
     )
     user.ok("onevm", "livemigrate", "xen01", "node02", "--force")
     wait_stat(user, "0", "runn", "node02")
+    assert user.fails("onevm", "migrate", "xen01", "node02", "--force") == (
+        "Error: Can not deploy VM 0, wrong state: VM 0 already runs on host 1"
+    )
+    user.ok("onevm", "suspend", "xen01")
+    wait_stat(user, "0", "susp")
+    assert user.fails("onevm", "suspend", "xen01") == (
+        "Error: Wrong state to perform action: VM 0 is SUSPENDED"
+    )
 
 
 def test_a_host_in_error_is_refused_unless_forced(tmp_path: Path) -> None:

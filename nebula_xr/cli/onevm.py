@@ -145,13 +145,17 @@ def _state_text(vm: dict[str, Any]) -> str:
     return state
 
 
-def _vm_call(one: Client, vid: int, method: str, *args: Any) -> Any:
-    """A request about VM ``vid``; a wrong-state refusal also says the VM's state."""
+def _vm_call(one: Client, vid: int, method: str, *args: Any, hid: int | None = None) -> Any:
+    """A request about VM ``vid`` (to host ``hid``); a wrong-state refusal also says the
+    VM's state, or that it already runs on that host."""
     try:
         return one.call(method, *args)
     except CliError as error:
         if error.message == WRONG_STATE or error.message.endswith(", wrong state"):
             vm = one.data("one.vm.info", vid)
+            running = (vm["STATE"], vm["LCM_STATE"]) == (VMState.ACTIVE, LCMState.RUNNING)
+            if running and hid is not None and vm.get("HISTORY", {}).get("HID") == hid:
+                raise CliError(f"{error.message}: VM {vid} already runs on host {hid}") from error
             raise CliError(f"{error.message}: VM {vid} is {_state_text(vm)}") from error
         raise
 
@@ -203,7 +207,8 @@ def deploy(vm: str, host: str, force: bool) -> None:
 def _migrate(vm: str, host: str, live: bool, force: bool) -> None:
     one = client()
     vid = resolve_vm(one, vm)
-    _vm_call(one, vid, "one.vmmigrate", vid, _usable_host(one, host, force, "migrate"), live)
+    hid = _usable_host(one, host, force, "migrate")
+    _vm_call(one, vid, "one.vmmigrate", vid, hid, live, hid=hid)
     say("Migrating VM")
 
 
