@@ -126,13 +126,17 @@ class RequestManager14(RequestManager):
     # -- virtual machines ---------------------------------------------------------------
 
     def vm_allocate14(self, session: str, text: str) -> Deferred | Reply:
-        try:
-            # Where the mistake is, and the mistakes 1.2 let through (MEMORY = lots).
-            Template.parse_strict(text + "\n", VM_NUMERIC_ATTRIBUTES)
-        except TemplateSyntaxError as error:
-            return [False, f"Error parsing VM template: {error.located()}"]
         uid = self.caller(session)
-        return self._allocate_vm(text, uid, lambda template: self._check_networks(template, uid))
+        return self._allocate_vm(
+            text,
+            uid,
+            lambda template: self._check_networks(template, uid),
+            # Also refuses what 1.2 let through to fail later (MEMORY = lots).
+            lambda text: Template.parse_strict(text, VM_NUMERIC_ATTRIBUTES),
+        )
+
+    def parse_refused(self, error: TemplateSyntaxError) -> Reply:
+        return [False, f"Error parsing VM template: {error.located()}"]
 
     def allocation_refused(self, error: AllocationError) -> Reply:
         return [False, f"Error inserting VM in the database: {error}"]

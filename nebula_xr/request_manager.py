@@ -102,14 +102,19 @@ class RequestManager:
         return self._allocate_vm(text, 0)
 
     def _allocate_vm(
-        self, text: str, uid: int, check: Callable[[Template], None] | None = None
+        self,
+        text: str,
+        uid: int,
+        check: Callable[[Template], None] | None = None,
+        parse: Callable[[str], Template] = Template.parse,
     ) -> Deferred | Reply:
-        """Parse (with the newline 1.2 appends), ``check``, allocate; AllocationError fails."""
+        """``parse`` (with the newline 1.2 appends), ``check``, allocate; AllocationError
+        fails. TemplateSyntaxError answers :meth:`parse_refused`."""
         try:
-            template = Template.parse(text + "\n")
+            template = parse(text + "\n")
         except TemplateSyntaxError as error:
             self.log.error("ReM", f"Error parsing VM template: {error}")
-            return [False, "Error parsing VM template"]
+            return self.parse_refused(error)
         failure = [False, "Error inserting VM in the database, check oned.log"]
         try:
             if check is not None:
@@ -119,6 +124,10 @@ class RequestManager:
             self.log.error("ReM", f"Error allocating VM: {error}")
             return self.allocation_refused(error)
         return self._durable([True, vm.oid], failure)
+
+    def parse_refused(self, error: TemplateSyntaxError) -> Reply:
+        """The reply to a VM template that does not parse: 1.2 does not say where."""
+        return [False, "Error parsing VM template"]
 
     def allocation_refused(self, error: AllocationError) -> Reply:
         """The reply when a VM's leases cannot be had: 1.2 only says to look in oned.log."""
