@@ -15,7 +15,7 @@ networks (one.vm.info, the pools, nebula_xr.vm.*).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -23,16 +23,17 @@ from twisted.internet.defer import Deferred
 from nebula_xr import xmldoc
 from nebula_xr.access import Access, Caller
 from nebula_xr.database import Database
-from nebula_xr.dispatch_manager import ACTIONS, DispatchManager
+from nebula_xr.dispatch_manager import ACTIONS, AllocationError, DispatchManager
 from nebula_xr.drivers.base import DriverError
 from nebula_xr.host_failure import Fencing
 from nebula_xr.log import Log
-from nebula_xr.model import LCMState, VMState
+from nebula_xr.model import LCMState, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.request_manager import (
     NOT_AUTHENTICATED_ALLOCATE,
     NOT_AUTHENTICATED_HOST_INFO,
     NOT_AUTHENTICATED_VN_ALLOCATE,
+    NOT_AUTHORIZED_ADD_HOST,
     NOT_AUTHORIZED_DEPLOY,
     NOT_AUTHORIZED_MIGRATE,
     NOT_AUTHORIZED_VN_INFO,
@@ -41,12 +42,21 @@ from nebula_xr.request_manager import (
     not_authorized_vm,
 )
 from nebula_xr.scheduling import RequestResult
-from nebula_xr.template import Template, TemplateSyntaxError
+from nebula_xr.template import VM_NUMERIC_ATTRIBUTES, Template, TemplateSyntaxError
 from nebula_xr.template_policy import TemplateRefused, check_storable
 from nebula_xr.transport.xmlrpc import MethodRegistry
 from nebula_xr.users import ADMIN, UserPool
 from nebula_xr.virtual_machine_manager import VirtualMachineManager
 from nebula_xr.vnet import NetworkTemplateError
+
+WRONG_STATE = "Wrong state to perform action"
+
+
+def describe_state(vm: VirtualMachine) -> str:
+    """``PENDING``, or ``ACTIVE (PROLOG)`` with the life-cycle state of an ACTIVE VM."""
+    if vm.state is VMState.ACTIVE:
+        return f"{vm.state.name} ({vm.lcm_state.name})"
+    return vm.state.name
 
 
 def _pool_filter(flag: int, caller: int) -> Callable[[int], bool]:
@@ -89,8 +99,21 @@ class RequestManager14(RequestManager):
         on_host_added: Callable[[Any], None] | None = None,
         access: Access | None = None,
         fencing: Fencing | None = None,
+        *,
+        driver_names: Mapping[str, Collection[str]] | None = None,
     ) -> None:
-        super().__init__(dm, vms, hosts, networks, db, clock, log, on_host_added, access)
+        super().__init__(
+            dm,
+            vms,
+            hosts,
+            networks,
+            db,
+            clock,
+            log,
+            on_host_added,
+            access,
+            driver_names=driver_names,
+        )
         self.users = users
         self.vmm = vmm
         self.fencing = fencing
@@ -157,7 +180,26 @@ class RequestManager14(RequestManager):
         if not caller.authenticated:
             return NOT_AUTHENTICATED_ALLOCATE
         check = self.network_check(caller, unknown_fails=True)
-        return self._allocate_vm(text, caller.uid, check)
+        return self._allocate_vm(
+            text,
+            caller.uid,
+            check,
+            # Also refuses what 1.2 let through to fail later (MEMORY = lots).
+            lambda text: Template.parse_strict(text, VM_NUMERIC_ATTRIBUTES),
+        )
+
+    def parse_refused(self, error: TemplateSyntaxError) -> Reply:
+        return [False, f"Error parsing VM template: {error.located()}"]
+
+    def allocation_refused(self, error: AllocationError) -> Reply:
+        return [False, f"Error inserting VM in the database: {error}"]
+
+    def _refused(self, vid: int, message: str) -> Reply:
+        """A refusal; a wrong-state one also says which state the VM is in."""
+        vm = self.vms.get(vid)
+        if vm is not None and (message == WRONG_STATE or message.endswith(", wrong state")):
+            message = f"{message}: VM {vid} is {describe_state(vm)}"
+        return [False, message]
 
     def vm_deploy14(self, caller: Caller, vid: int, hid: int) -> Deferred | Reply:
         if self.hosts.get(hid) is not None:
@@ -167,7 +209,7 @@ class RequestManager14(RequestManager):
         # 1.4 hosts have no "managed" flag: a host added unmanaged through 1.2 is usable.
         result = self.dm.deploy(vid, hid, managed_only=False)
         if not result.ok:
-            return [False, result.message]
+            return self._refused(vid, result.message)
         return self._durable([True], [False, f"Can not deploy VM {vid}, can not insert history"])
 
     def vm_action14(self, caller: Caller, action: str, vid: int) -> Deferred | Reply:
@@ -186,7 +228,7 @@ class RequestManager14(RequestManager):
         else:
             return [False, "Unknown action"]
         if not result.ok:
-            return [False, result.message]
+            return self._refused(vid, result.message)
         return self._durable([True], [False, "Error writing the database, check oned.log"])
 
     def vm_migrate14(self, caller: Caller, vid: int, hid: int, live: bool) -> Deferred | Reply:
@@ -196,7 +238,11 @@ class RequestManager14(RequestManager):
                 return refused
         result = self.dm.migrate(vid, hid, live, managed_only=False, verb="migrate")
         if not result.ok:
-            return [False, result.message]
+            vm = self.vms.get(vid)
+            if vm is not None and vm.current is not None and vm.current.hid == hid:
+                if vm.lcm_state is LCMState.RUNNING:
+                    return [False, f"{result.message}: VM {vid} already runs on host {hid}"]
+            return self._refused(vid, result.message)
         return self._durable([True], [False, f"Can not migrate VM {vid}, can not insert history"])
 
     def vm_recover(self, caller: Caller, vid: int, success: bool) -> Deferred | Reply:
@@ -283,7 +329,12 @@ class RequestManager14(RequestManager):
     def host_allocate14(
         self, caller: Caller, name: str, im: str, vmm: str, tm: str
     ) -> Deferred | Reply:
-        return self.host_allocate(caller, name, im, vmm, tm, True)
+        if not caller.admin:
+            return NOT_AUTHORIZED_ADD_HOST
+        problems = self.unknown_drivers(im, vmm, tm)
+        if problems:
+            return [False, f"Can not allocate host {name}: {problems}"]
+        return self._allocate_host(name, im, vmm, tm, True)
 
     def host_info14(self, caller: Caller, hid: int) -> Reply:
         if not caller.authenticated:
@@ -304,7 +355,9 @@ class RequestManager14(RequestManager):
     def vn_allocate14(self, caller: Caller, text: str) -> Deferred | Reply:
         if not caller.authenticated:
             return NOT_AUTHENTICATED_VN_ALLOCATE
-        failure = [False, f"Error allocating VN with template: \n{text}"]
+        failure = f"Error allocating VN with template: \n{text}"
+        # 1.4's message, then why (a line of its own, so clients matching 1.4 still do).
+        failure += "" if failure.endswith("\n") else "\n"
         try:
             # The 1.4 grammar needs no final newline; the 1.2 one we parse does.
             template = Template.parse(text + "\n")
@@ -313,10 +366,13 @@ class RequestManager14(RequestManager):
         except TemplateRefused as error:
             self.log.error("ReM", f"Error allocating virtual network: {error}")
             return [False, str(error)]
-        except (TemplateSyntaxError, NetworkTemplateError, ValueError) as error:
+        except TemplateSyntaxError as error:
             self.log.error("ReM", f"Error allocating virtual network: {error}")
-            return failure
-        return self._durable([True, network.oid], failure)
+            return [False, f"{failure}Template error at {error.located()}"]
+        except (NetworkTemplateError, ValueError) as error:
+            self.log.error("ReM", f"Error allocating virtual network: {error}")
+            return [False, f"{failure}{error}"]
+        return self._durable([True, network.oid], [False, f"{failure}database write failed"])
 
     def vn_info14(self, caller: Caller, nid: int) -> Reply:
         if not caller.authenticated:

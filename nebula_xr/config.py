@@ -30,6 +30,39 @@ EXECUTABLE_ALIASES = {
 
 DRIVER_KEYS = {"IM_MAD": INFORMATION, "VM_MAD": VIRTUAL_MACHINE, "TM_MAD": TRANSFER}
 
+#: Every key oned.conf may hold; any other is warned about at start-up (a typo).
+#: A feature reading a new key adds it here.
+KNOWN_KEYS = frozenset(
+    {
+        # OpenNebula 1.2
+        "HOST_MONITORING_INTERVAL",
+        "VM_POLLING_INTERVAL",
+        "MANAGER_TIMER",
+        "VM_DIR",
+        "PORT",
+        "DEBUG_LEVEL",
+        "NETWORK_SIZE",
+        "MAC_PREFIX",
+        *DRIVER_KEYS,
+        # OpenNebula 1.4 / 2.2
+        "DB",
+        "VM_HOOK",
+        "HOST_HOOK",
+        "HM_MAD",
+        # nebula-xr
+        "AUTH",
+        "TLS",
+        "LIMITS",
+        "WEB",
+        "HOST_ERROR_THRESHOLD",
+        "SCHEDULER",
+        "DB_JOURNAL",
+        "DB_BUSY_TIMEOUT",
+        "DRIVER_TIMEOUT",
+        "LISTEN_ADDRESS",
+    }
+)
+
 
 class ConfigError(Exception):
     """oned.conf cannot be used; the message says why."""
@@ -50,6 +83,9 @@ class Layout:
         location = environ.get("ONE_LOCATION")
         if location:
             root = Path(location)
+            if not root.is_dir():
+                what = "is not a directory" if root.exists() else "does not exist"
+                raise ConfigError(f"ONE_LOCATION={location} {what}")
             return cls(root / "var", root / "etc", root / "var", root / "var" / ".lock")
         return cls(
             Path("/var/lib/one"), Path("/etc/one"), Path("/var/log/one"), Path("/var/lock/one")
@@ -144,6 +180,8 @@ class Config:
     hook_timeout: float = 300.0
     #: The ssh command of remote hooks (HM_MAD = [ ssh = "ssh -F file" ]).
     hook_ssh: tuple[str, ...] = ("ssh",)
+    #: Things worth telling the user that do not stop the daemon (unknown keys).
+    warnings: tuple[str, ...] = ()
 
 
 def _int(template: Template, key: str, default: int) -> int:
@@ -245,6 +283,8 @@ def _limits(template: Template) -> tuple[Limits, CallLimits]:
             value = int(text)
         (calls if name in call_fields else http)[name] = value
     return replace(Limits(), **http), replace(CallLimits(), **calls)
+
+
 def _yes(vector: dict[str, str], key: str, default: bool) -> bool:
     value = vector.get(key)
     if value is None:
@@ -288,6 +328,8 @@ def _auth(template: Template, listen_address: str) -> AuthConfig:
             "AUTH = [ enabled = no, insecure_network = yes ]"
         )
     return auth
+
+
 def _command_words(text: str, key: str) -> tuple[str, ...]:
     try:
         words = tuple(shlex.split(text))
@@ -311,14 +353,20 @@ def _hooks(template: Template) -> tuple[Hook, ...]:
     return tuple(hooks)
 
 
-def parse_config(text: str, layout: Layout) -> Config:
-    """Build the configuration from oned.conf text (1.2 template syntax)."""
+def parse_config(text: str, layout: Layout, source: str = "oned.conf") -> Config:
+    """Build the configuration from oned.conf text (1.2 template syntax); ``source``
+    names the file in messages."""
     if not text.endswith("\n"):
         text += "\n"
     try:
         template = Template.parse(text)
     except TemplateSyntaxError as error:
-        raise ConfigError(f"Error parsing configuration file: {error}") from error
+        raise ConfigError(f"{source}:{error.line}:{error.column}: {error.reason}") from error
+    warnings = tuple(
+        f"{source}: unknown key {name} (ignored)"
+        for name in dict.fromkeys(name for name, _ in template.attributes)
+        if name not in KNOWN_KEYS
+    )
     drivers: list[DriverEntry] = []
     for key, kind in DRIVER_KEYS.items():
         for value in template.get_all(key):
@@ -370,6 +418,7 @@ def parse_config(text: str, layout: Layout) -> Config:
         hooks=_hooks(template),
         hook_timeout=_float(hook_manager.get("TIMEOUT"), "HM_MAD timeout", 300.0),
         hook_ssh=_command_words(hook_manager.get("SSH") or "ssh", "HM_MAD ssh"),
+        warnings=warnings,
     )
 
 
@@ -379,4 +428,21 @@ def load_config(path: Path, layout: Layout | None = None) -> Config:
         text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as error:
         raise ConfigError(f"Can not read configuration file {path}: {error.strerror}") from error
-    return parse_config(text, layout)
+    config = parse_config(text, layout, str(path))
+    check_driver_files(config)
+    return config
+
+
+def check_driver_files(config: Config) -> None:
+    """Every ``arguments`` and ``default`` file a driver entry names must be readable
+    (relative paths are under the etc dir, as 1.2 resolved them)."""
+    for entry in config.drivers:
+        for key, name in (("arguments", entry.arguments), ("default", entry.default)):
+            if not name:
+                continue
+            path = Path(name) if Path(name).is_absolute() else config.layout.etc_dir / name
+            if not path.is_file():
+                what = "is not a file" if path.exists() else "does not exist"
+                raise ConfigError(
+                    f"Driver {entry.name}: its {key} file {path} {what}"
+                )

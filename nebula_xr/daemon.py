@@ -14,9 +14,10 @@ import os
 import resource
 import socket
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import click
 from twisted.application.internet import TimerService
@@ -261,6 +262,7 @@ class Daemon(MultiService):
             log,
             on_host_added=self.im.host_added,
             access=self.access,
+            driver_names=by_kind,
         )
         self._listen_to_pools()
         self.hm = self._make_hook_manager()
@@ -278,6 +280,7 @@ class Daemon(MultiService):
             on_host_added=self.im.host_added,
             access=self.access,
             fencing=self.fencing,
+            driver_names=by_kind,
         )
 
         self.registry = MethodRegistry(config.call_limits)
@@ -527,25 +530,30 @@ def _default_conf(layout: Layout) -> Path:
 def main(conf_path: Path | None, list_plugins: bool) -> None:
     """Run the nebula-xr daemon: OpenNebula 1.2's oned, XML-RPC on PORT/RPC2."""
     plugins = PluginManager()
-    try:
-        plugins.load()
-    except Exception as error:  # a broken third-party plugin must be named, not traced
-        raise click.ClickException(f"Error loading plugins: {error}") from error
+    plugins.load()
     if list_plugins:
         for info in plugins.installed():
             origin = f"{info.distribution} {info.version}".strip()
             click.echo(f"{info.name:<14} {origin:<24} {', '.join(info.hooks)}")
+        for broken in plugins.broken.values():
+            click.echo(f"{broken.name:<14} {broken.package:<24} BROKEN: {broken.error}")
         return
-    layout = Layout.from_environment()
-    conf_path = conf_path or _default_conf(layout)
+    # Nothing is created on disk (var dir, log, one.db, lock) until all of this holds.
+    layout: Layout | None = None
     try:
+        layout = Layout.from_environment()
+        conf_path = conf_path or _default_conf(layout)
         # Driver configuration files are relative to oned.conf's directory, the etc dir.
         layout = replace(layout, etc_dir=conf_path.resolve().parent)
         config = load_config(conf_path, layout)
+        for warning in config.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+        _check_plugins(config, plugins)
+        _check_port(config)
         lock = _Lock(layout.lock_file)
         lock.acquire()
-    except (ConfigError, StartupError) as error:
-        raise click.ClickException(str(error)) from error
+    except (ConfigError, StartupError, PluginError) as error:
+        _refuse_to_start(str(error), layout)
     try:
         _run(config, plugins)
     finally:
@@ -576,29 +584,81 @@ def _raise_file_limit(connections: int) -> str | None:
     return None
 
 
+def _refuse_to_start(message: str, layout: Layout | None) -> NoReturn:
+    """One line on stderr, the same in oned.log when its directory exists (it is never
+    created for this), and exit status 1."""
+    if layout is not None and layout.log_dir.is_dir():
+        try:
+            with (layout.log_dir / "oned.log").open("a", encoding="utf-8") as log:
+                log.write(f"{time.ctime()} [ONE][E]: {' '.join(message.split())}\n")
+        except OSError:
+            pass  # stderr still says it
+    raise click.ClickException(" ".join(message.split()))
+
+
+def _check_plugins(config: Config, plugins: PluginManager) -> None:
+    for entry in config.drivers:
+        plugins.require_driver(entry.kind, entry.name, entry.plugin)
+    if config.scheduler is not None:
+        plugins.require(config.scheduler.plugin, "scheduler")
+
+
+def _check_port(config: Config) -> None:
+    """Fail now, before anything is created, if PORT is taken (the listener opens last)."""
+    if config.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in config.listen_address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((config.listen_address, config.port))
+        except OSError as error:
+            raise StartupError(
+                f"Can not listen on {config.listen_address}:{config.port}: "
+                f"{error.strerror or error}"
+            ) from error
+
+
+def _startup_line(daemon: Daemon) -> str:
+    config = daemon.config
+    drivers = ", ".join(f"{entry.name} ({entry.plugin})" for entry in config.drivers) or "none"
+    scheduler = config.scheduler.plugin if config.scheduler is not None else "none (external)"
+    address = f"{config.listen_address}:{daemon.port}"
+    return (
+        f"nebula-xr {__version__}: XML-RPC on {daemon.listener.scheme}://{address}/RPC2, "
+        f"database {config.layout.database}, log {config.layout.log_dir / 'oned.log'}, "
+        f"drivers {drivers}, scheduler {scheduler}"
+    )
+
+
 def _run(config: Config, plugins: PluginManager) -> None:
     from twisted.internet import reactor
 
     file_warning = _raise_file_limit(config.limits.connections)
     try:
         daemon = Daemon(config, plugins, reactor=reactor)
-    except StartupError as error:
-        raise click.ClickException(str(error)) from error
+    except (StartupError, ConfigError, PluginError) as error:
+        _refuse_to_start(str(error), config.layout)
+    except OSError as error:  # e.g. the var dir cannot be created
+        _refuse_to_start(f"Can not start: {error}", config.layout)
+    for warning in config.warnings:
+        daemon.log.warning("ONE", warning)
     if file_warning:
         click.echo(f"Warning: {file_warning}", err=True)
         daemon.log.error("ONE", file_warning)
+    failed: list[str] = []
 
     def started() -> None:
         try:
             daemon.startService()
-        except Exception as error:  # e.g. the port is taken
-            click.echo(f"Error: can not start: {error}", err=True)
+        except Exception as error:  # e.g. the port was taken since it was checked
+            failed.append(f"Can not start: {error}")
+            daemon.log.error("ONE", failed[0])
             reactor.stop()
             return
-        address = f"{config.listen_address}:{daemon.port}"
-        url = f"{daemon.listener.scheme}://{address}/RPC2"
-        click.echo(f"nebula-xr {__version__}: XML-RPC on {url}", err=True)
-        daemon.log.info("ONE", f"nebula-xr started, XML-RPC on {address}/RPC2")
+        line = _startup_line(daemon)
+        click.echo(line, err=True)
+        daemon.log.info("ONE", line)
 
     reactor.callWhenRunning(started)
     daemon.log.observe_twisted()
@@ -608,3 +668,5 @@ def _run(config: Config, plugins: PluginManager) -> None:
     # reaps the driver processes.
     reactor.run()
     sys.stderr.flush()
+    if failed:
+        raise click.ClickException(" ".join(failed[0].split()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import pluggy
@@ -36,6 +37,20 @@ class PluginError(Exception):
 
 
 @dataclass(frozen=True)
+class BrokenPlugin:
+    """An installed plugin that could not be loaded: only an error if oned.conf names it."""
+
+    name: str
+    distribution: str
+    version: str
+    error: str
+
+    @property
+    def package(self) -> str:
+        return f"{self.distribution} {self.version}".strip() or "unknown package"
+
+
+@dataclass(frozen=True)
 class PluginInfo:
     name: str
     distribution: str
@@ -59,11 +74,38 @@ class PluginManager:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
+        #: Installed plugins that failed to import or to register, by entry-point name.
+        self.broken: dict[str, BrokenPlugin] = {}
 
     def load(self) -> None:
-        """Register every installed plugin and check their hook implementations."""
-        self.pm.load_setuptools_entrypoints(PROJECT_NAME)
-        self.pm.check_pending()
+        """Register every installed plugin and check their hook implementations.
+
+        A plugin that fails (import error, misspelt hook) is set aside in ``broken``:
+        it stops the daemon only if oned.conf names it.
+        """
+        for entry_point in metadata.entry_points(group=PROJECT_NAME):
+            try:
+                self.pm.load_setuptools_entrypoints(PROJECT_NAME, name=entry_point.name)
+            except Exception as error:  # whatever a third-party import raises
+                self._set_aside(entry_point.name, entry_point.dist, error)
+        while True:
+            try:
+                self.pm.check_pending()
+                return
+            except pluggy.PluginValidationError as error:
+                name = self.pm.get_name(error.plugin) or repr(error.plugin)
+                distributions = dict(self.pm.list_plugin_distinfo())
+                self.pm.unregister(error.plugin)
+                dist = distributions.get(error.plugin)
+                self._set_aside(name, dist, error)
+
+    def _set_aside(self, name: str, dist: Any, error: Exception) -> None:
+        self.broken[name] = BrokenPlugin(
+            name=name,
+            distribution=getattr(dist, "project_name", None) or getattr(dist, "name", "") or "",
+            version=getattr(dist, "version", "") or "",
+            error=" ".join(f"{type(error).__name__}: {error}".split()),  # one line
+        )
 
     def register(self, plugin: object, name: str) -> None:
         """Register a plugin object directly (embedding, tests)."""
@@ -91,7 +133,15 @@ class PluginManager:
     def _names(self) -> str:
         return ", ".join(info.name for info in self.installed()) or "none"
 
-    def _require(self, plugin: str, what: str) -> None:
+    def require(self, plugin: str, what: str) -> None:
+        """Raise PluginError unless ``plugin`` is installed and loaded; ``what`` says
+        what oned.conf wants it for."""
+        broken = self.broken.get(plugin)
+        if broken is not None:
+            raise PluginError(
+                f"Plugin {plugin!r} (package {broken.package}) for the {what} is broken: "
+                f"{broken.error}"
+            )
         if self.pm.get_plugin(plugin) is None:
             raise PluginError(
                 f"No plugin named {plugin!r} for the {what}; installed plugins: {self._names()}"
@@ -99,9 +149,13 @@ class PluginManager:
 
     # -- drivers --------------------------------------------------------------------------
 
+    def require_driver(self, kind: str, name: str, plugin: str) -> None:
+        """Check, before anything starts, that the plugin of a driver entry can be used."""
+        self.require(plugin, f"{_KIND_NAMES[kind]} driver {name!r}")
+
     def make_driver(self, config: DriverConfig, context: DriverContext) -> Driver:
         what = f"{_KIND_NAMES[config.kind]} driver {config.name!r}"
-        self._require(config.plugin, what)
+        self.require(config.plugin, what)
         hook = {
             INFORMATION: "nebula_xr_im_driver",
             VIRTUAL_MACHINE: "nebula_xr_vmm_driver",
@@ -113,7 +167,7 @@ class PluginManager:
         return driver
 
     def make_scheduler(self, config: SchedulerConfig, context: SchedulerContext) -> Scheduler:
-        self._require(config.plugin, "scheduler")
+        self.require(config.plugin, "scheduler")
         scheduler = self._call_named(
             "nebula_xr_scheduler", config.plugin, config=config, context=context
         )

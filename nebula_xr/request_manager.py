@@ -10,7 +10,7 @@ valid session, who may only act on its own VMs and networks, as through the 1.4 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,6 +19,7 @@ from nebula_xr.access import Access, Caller
 from nebula_xr.config import AuthConfig
 from nebula_xr.database import Database
 from nebula_xr.dispatch_manager import AllocationError, DispatchManager
+from nebula_xr.drivers.base import INFORMATION, TRANSFER, VIRTUAL_MACHINE
 from nebula_xr.log import Log
 from nebula_xr.model import HostState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
@@ -67,9 +68,13 @@ class RequestManager:
         log: Log,
         on_host_added: Callable[[Any], None] | None = None,
         access: Access | None = None,
+        *,
+        driver_names: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.access = access or Access(AuthConfig(enabled=False))
         self.dm = dm
+        #: The driver names oned.conf configures, by kind (IM, VMM, TM).
+        self.driver_names = driver_names or {}
         self.vms = vms
         self.hosts = hosts
         self.networks = networks
@@ -79,17 +84,23 @@ class RequestManager:
         self.on_host_added = on_host_added
 
     def register(self, registry: MethodRegistry) -> None:
+        # 1.2's help texts (include/RequestManager.h), in 1.2's registration order.
         methods: tuple[tuple[str, Callable[..., Any], str, str], ...] = (
-            ("one.vmallocate", self.vm_allocate, "A:ss", "Allocates a virtual machine"),
-            ("one.vmdeploy", self.vm_deploy, "A:sii", "Deploys a virtual machine on a host"),
+            (
+                "one.vmallocate",
+                self.vm_allocate,
+                "A:ss",
+                "Allocates a virtual machine in the pool",
+            ),
+            ("one.vmdeploy", self.vm_deploy, "A:sii", "Deploys a virtual machine"),
             ("one.vmaction", self.vm_action, "A:ssi", "Performs an action on a virtual machine"),
             ("one.vmmigrate", self.vm_migrate, "A:siib", "Migrates a virtual machine"),
             ("one.vmget_info", self.vm_info, "A:si", "Returns virtual machine information"),
-            ("one.hostallocate", self.host_allocate, "A:sssssb", "Allocates a host"),
+            ("one.hostallocate", self.host_allocate, "A:sssssb", "Allocates a host in the pool"),
             ("one.hostinfo", self.host_info, "A:si", "Returns host information"),
-            ("one.hostdelete", self.host_delete, "A:si", "Deletes a host"),
+            ("one.hostdelete", self.host_delete, "A:si", "Deletes a host from the pool"),
             ("one.hostenable", self.host_enable, "A:sib", "Enables or disables a host"),
-            ("one.vnallocate", self.vn_allocate, "A:ss", "Allocates a virtual network"),
+            ("one.vnallocate", self.vn_allocate, "A:ss", "Creates a virtual network"),
             ("one.vninfo", self.vn_info, "A:si", "Returns virtual network information"),
             ("one.vndelete", self.vn_delete, "A:si", "Deletes a virtual network"),
         )
@@ -143,14 +154,19 @@ class RequestManager:
         return check
 
     def _allocate_vm(
-        self, text: str, uid: int, check: Callable[[Template], None] | None = None
+        self,
+        text: str,
+        uid: int,
+        check: Callable[[Template], None] | None = None,
+        parse: Callable[[str], Template] = Template.parse,
     ) -> Deferred | Reply:
-        """Parse (with the newline 1.2 appends), ``check``, allocate; AllocationError fails."""
+        """``parse`` (with the newline 1.2 appends), ``check``, allocate; AllocationError
+        fails. TemplateSyntaxError answers :meth:`parse_refused`."""
         try:
-            template = Template.parse(text + "\n")
+            template = parse(text + "\n")
         except TemplateSyntaxError as error:
             self.log.error("ReM", f"Error parsing VM template: {error}")
-            return [False, "Error parsing VM template"]
+            return self.parse_refused(error)
         try:
             check_vm_template(template, uid)
         except TemplateRefused as error:
@@ -163,8 +179,16 @@ class RequestManager:
             vm = self.dm.allocate(template, uid)
         except AllocationError as error:
             self.log.error("ReM", f"Error allocating VM: {error}")
-            return failure
+            return self.allocation_refused(error)
         return self._durable([True, vm.oid], failure)
+
+    def parse_refused(self, error: TemplateSyntaxError) -> Reply:
+        """The reply to a VM template that does not parse: 1.2 does not say where."""
+        return [False, "Error parsing VM template"]
+
+    def allocation_refused(self, error: AllocationError) -> Reply:
+        """The reply when a VM's leases cannot be had: 1.2 only says to look in oned.log."""
+        return [False, "Error inserting VM in the database, check oned.log"]
 
     def _vm_refused(self, caller: Caller, vid: int, refusal: Reply) -> Reply | None:
         """``refusal`` when VM ``vid`` exists and is not the caller's (a missing VM gets
@@ -211,11 +235,29 @@ class RequestManager:
 
     # -- hosts --------------------------------------------------------------------------
 
+    def unknown_drivers(self, im: str, vmm: str, tm: str) -> str:
+        """What is wrong with a host's driver names ('' when oned.conf has them all)."""
+        wanted = ((INFORMATION, "IM", im), (VIRTUAL_MACHINE, "VMM", vmm), (TRANSFER, "TM", tm))
+        problems = [
+            f"no {label} driver named {name} in oned.conf (configured: "
+            f"{', '.join(sorted(self.driver_names.get(kind, ()))) or 'none'})"
+            for kind, label, name in wanted
+            if name not in self.driver_names.get(kind, ())
+        ]
+        return "; ".join(problems)
+
     def host_allocate(
         self, caller: Caller, name: str, im: str, vmm: str, tm: str, managed: bool
     ) -> Deferred | Reply:
         if not caller.admin:
             return NOT_AUTHORIZED_ADD_HOST
+        problems = self.unknown_drivers(im, vmm, tm)
+        if problems:
+            # 1.2 accepts it (the host fails at monitoring or deploy); say so in oned.log.
+            self.log.warning("ReM", f"Host {name} added with unknown drivers: {problems}")
+        return self._allocate_host(name, im, vmm, tm, managed)
+
+    def _allocate_host(self, name: str, im: str, vmm: str, tm: str, managed: bool) -> Deferred:
         host = self.hosts.allocate(name, im, vmm, tm, managed, int(self.clock.seconds()))
         if self.on_host_added is not None:
             self.on_host_added(host)

@@ -10,18 +10,21 @@ upper-cased names to single (``str``) or vector (``dict``) values, with the stor
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from operator import itemgetter
 
 __all__ = [
     "VECTOR_SEPARATOR",
+    "VM_NUMERIC_ATTRIBUTES",
     "Template",
     "TemplateSyntaxError",
     "Value",
     "Vector",
     "decode_vector",
     "encode_vector",
+    "text_position",
 ]
 
 Vector = dict[str, str]
@@ -31,8 +34,37 @@ Value = str | Vector
 VECTOR_SEPARATOR = "@^_^@"
 
 
+#: VM template attributes that must be numbers (what each counts, for the message).
+VM_NUMERIC_ATTRIBUTES = {
+    "MEMORY": "a number of megabytes",
+    "CPU": "a number of CPUs",
+    "VCPU": "a number of virtual CPUs",
+}
+
+
 class TemplateSyntaxError(ValueError):
-    """The text is not a valid template; the message reads like 1.2's bison error."""
+    """The text is not a valid template; the message reads like 1.2's bison error.
+
+    ``line`` and ``column`` (1-based, characters within that line) locate the offending
+    token for people; the message keeps 1.2's offsets counted from the start of the text.
+    """
+
+    def __init__(self, message: str, line: int = 0, column: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+        #: The message without its location (``unexpected X, expecting Y``).
+        self.reason = reason or message
+
+    def located(self) -> str:
+        """``line L, column C: <reason>``, how the 1.4 API and the CLI say it."""
+        return f"line {self.line}, column {self.column}: {self.reason}"
+
+
+def text_position(text: str, offset: int) -> tuple[int, int]:
+    """The 1-based line and column (in characters) of ``offset`` in ``text``."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return 1 + text.count("\n", 0, offset), offset - line_start + 1
 
 
 _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -136,9 +168,14 @@ def _syntax_error(text: str, token: _Token, expecting: str) -> TemplateSyntaxErr
     line = 1 + text.count("\n", 0, end)
     first = len(text[:start].encode("utf-8", "surrogatepass"))
     last = first + len(text[start:end].encode("utf-8", "surrogatepass"))
+    reason = f"syntax error, unexpected {kind}, expecting {expecting}"
+    # An operator token carries the blanks and newlines before it: point at the operator.
+    lexeme = text[start:end]
+    shown = start if kind == _NL else start + len(lexeme) - len(lexeme.lstrip(" \t\n"))
     return TemplateSyntaxError(
-        f"syntax error, unexpected {kind}, expecting {expecting} at line {line}, "
-        f"columns {first}:{last}"
+        f"{reason} at line {line}, columns {first}:{last}",
+        *text_position(text, min(shown, end)),
+        reason,
     )
 
 
@@ -270,6 +307,40 @@ class Template:
         """Parse template syntax. 1.2 requires every attribute (the last one too) to end
         with a newline; callers that append one, as oned does for VM templates, do so."""
         return cls._build(_parse(text), replace)
+
+    @classmethod
+    def parse_strict(cls, text: str, numeric: Mapping[str, str] = {}) -> Template:  # noqa: B006
+        """Parse like :meth:`parse`, then also refuse what 1.2 let through only to fail
+        later: a quote never closed (1.2 kept it as part of the word) and a single
+        attribute named in ``numeric`` (name: what it counts) that is not a number.
+        Every TemplateSyntaxError says the line and column."""
+        attributes = _parse(text)
+        tokens = _lex(text)
+        for kind, word, start, end in tokens:
+            if kind == _STRING and text[start] in "\"'" and word == text[start:end]:
+                raise TemplateSyntaxError(
+                    f"unterminated string {word}",
+                    *text_position(text, start),
+                    f"unterminated string, {text[start]} is never closed",
+                )
+        for index in range(len(tokens) - 2):
+            name, equal, value = tokens[index : index + 3]
+            at_line_start = index == 0 or tokens[index - 1][0] == _NL  # not a vector key
+            wanted = numeric.get(_upper(name[1])) if name[0] == _STRING and at_line_start else None
+            if wanted is None or equal[0] != _EQUAL or value[0] not in (_STRING, _NL):
+                continue
+            try:
+                number = float(value[1])
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number) or number < 0:
+                shown = value[2] if value[0] == _STRING else equal[3]
+                raise TemplateSyntaxError(
+                    f"{_upper(name[1])} must be {wanted}, not {value[1]!r}",
+                    *text_position(text, shown),
+                    f"{_upper(name[1])} must be {wanted}, not {value[1]!r}",
+                )
+        return cls._build(attributes, False)
 
     # -- lookups (names are case-insensitive) ---------------------------------------
 

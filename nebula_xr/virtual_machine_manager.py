@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from nebula_xr.deployment import deployment_file
 from nebula_xr.drivers.base import DriverError, VirtualMachineDriver, VMAction
 from nebula_xr.drivers.invoke import invoke
 from nebula_xr.interfaces import DriverFailure
@@ -105,7 +106,7 @@ class VirtualMachineManager:
         local = self.vms.vm_dir(vm.oid) / f"deployment.{record.seq}"
         remote = f"{record.remote_dir}/deployment.{record.seq}"
         try:
-            text = driver.deployment_file(self._action(vm, record))
+            text = deployment_file(driver, self._action(vm, record))
             local.write_text(text, encoding="utf-8")
         except (DriverError, OSError) as error:
             return self._failed(vm.oid, "DEPLOY", f"Can not create deployment file: {error}")

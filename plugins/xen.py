@@ -1,7 +1,8 @@
 """What im_xen and vmm_xen share: their settings and how to reach a host's toolstack.
 
 Settings come from the file named by the driver's ``arguments`` (template syntax,
-relative to the directory of oned.conf), then from keys of the oned.conf vector itself:
+relative to the directory of oned.conf; ``im_xen/im_xen.conf`` when a driver names none,
+as 1.2's VM_MAD did not), then from keys of the oned.conf vector itself:
 
 =================== ====================== ==============================================
 key                 default                meaning
@@ -24,15 +25,28 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nebula_xr.drivers.base import DriverConfig, DriverContext, DriverError
 from nebula_xr.drivers.remote import RemoteRunner
 
+#: Where 1.2 kept the Xen settings: im_xen's ``arguments``. A 1.2 VM_MAD names no file,
+#: so vmm_xen reads this one when it has none, and both use the same TOOLSTACK.
+SHARED_SETTINGS = "im_xen/im_xen.conf"
+
 
 def load_settings(config: DriverConfig, context: DriverContext) -> dict[str, str]:
-    """The driver's single-valued settings (see :meth:`DriverConfig.settings`)."""
-    return {k: v for k, v in config.settings(context.etc_dir) if isinstance(v, str)}
+    """The driver's single-valued settings (see :meth:`DriverConfig.settings`); without
+    ``arguments``, those of :data:`SHARED_SETTINGS` when that file exists."""
+    if not config.arguments and (context.etc_dir / SHARED_SETTINGS).is_file():
+        config = replace(config, arguments=SHARED_SETTINGS)
+    settings = {k: v for k, v in config.settings(context.etc_dir) if isinstance(v, str)}
+    origin = config.resolve(config.arguments, context.etc_dir) if config.arguments else None
+    context.log(
+        f"{config.name}: Xen toolstack {settings.get('TOOLSTACK', 'xm')} "
+        f"({f'from {origin}' if origin else 'default'})"
+    )
+    return settings
 
 
 def _number(settings: dict[str, str], key: str, default: float) -> float:

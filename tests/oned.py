@@ -21,11 +21,14 @@ from nebula_xr.auth import read_one_auth, session_for
 #: The administrator password of test daemons whose ONE_AUTH file the test did not write.
 ADMIN_PASSWORD = "test-admin-password"
 #: Dummy plugins under the 1.2 driver names, as the tutorial's `onehost add` uses them.
+#: The VMM has type xen, so VMs get Xen deployment files, with a default kernel.
 DUMMY_AS_XEN = """
 IM_MAD = [ name = "im_xen",  executable = "im_dummy" {im_extra} ]
-VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" {vmm_extra} ]
+VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" {vmm_extra},
+           default = "vmm_xen_defaults.conf" ]
 TM_MAD = [ name = "tm_nfs",  executable = "tm_dummy" {tm_extra} ]
 """
+XEN_DEFAULTS = "OS = [ kernel = /boot/vmlinuz, root = sda1 ]\n"
 
 #: Authentication as shipped, with refusals delayed by milliseconds instead of seconds, so
 #: that tests of refusals do not wait; the delays themselves are tested on a task.Clock.
@@ -48,6 +51,7 @@ def write_conf(
     etc.mkdir(parents=True, exist_ok=True)
     if drivers is None:
         drivers = DUMMY_AS_XEN.format(im_extra=im_extra, vmm_extra=vmm_extra, tm_extra=tm_extra)
+        (etc / "vmm_xen_defaults.conf").write_text(XEN_DEFAULTS)
     conf = etc / "oned.conf"
     conf.write_text(
         "HOST_MONITORING_INTERVAL = 1\n"

@@ -273,7 +273,15 @@ def test_host_documents(one: OneDaemon) -> None:
     assert dict(template(node01))["TOTALCPU"] == "200"
 
     # never monitored: STATE 0, zero capacity, empty template
-    ok, hid = call(one, "one.host.allocate", "fresh", "im_none", "vmm_xen", "tm_nfs")
+    # an IM driver oned.conf lacks: 1.4 refuses it, 1.2 accepts it and says so in oned.log
+    assert call(one, "one.host.allocate", "fresh", "im_none", "vmm_xen", "tm_nfs") == [
+        False,
+        "Can not allocate host fresh: no IM driver named im_none in oned.conf "
+        "(configured: im_xen)",
+    ]
+    ok, hid = one.call("one.hostallocate", "fresh", "im_none", "vmm_xen", "tm_nfs", True)
+    log = (one.location / "var" / "oned.log").read_text()
+    assert "[ReM][W]: Host fresh added with unknown drivers: no IM driver named im_none" in log
     ok, document = call(one, "one.host.info", hid)
     assert ok and document.endswith("<TEMPLATE></TEMPLATE></HOST>")
     fresh = check_host(parse(document), pool=False)
@@ -393,7 +401,7 @@ def test_users_and_ownership(one: OneDaemon) -> None:
     ok, bob = call(one, "one.user.allocate", "bob", "b")  # a client may register any string
     assert call(one, "one.vm.allocate", "NIC = [ NETWORK = alice-net ]", session="bob:b") == [
         False,
-        "Error inserting VM in the database, check oned.log",
+        "Error inserting VM in the database: network alice-net is not usable by user 2",
     ]
     assert call(one, "one.vn.allocate", "NAME = shared\nTYPE = FIXED\nLEASES = [ IP = 10.8.0.1 ]")[
         0
@@ -420,11 +428,37 @@ def test_users_and_ownership(one: OneDaemon) -> None:
 @pytest.mark.parametrize(
     ("method", "args", "reply"),
     [
-        ("one.vm.allocate", ("A = hello world",), [False, "Error parsing VM template"]),
+        (
+            "one.vm.allocate",
+            ("A = hello world",),
+            [
+                False,
+                "Error parsing VM template: line 1, column 11: "
+                "syntax error, unexpected STRING, expecting NL",
+            ],
+        ),
+        (
+            "one.vm.allocate",
+            ("NAME = x\nMEMORY = lots",),
+            [
+                False,
+                "Error parsing VM template: line 2, column 10: "
+                "MEMORY must be a number of megabytes, not 'lots'",
+            ],
+        ),
+        (
+            "one.vm.allocate",
+            ('NAME = "x\nMEMORY = 1',),
+            [
+                False,
+                "Error parsing VM template: line 1, column 8: "
+                'unterminated string, " is never closed',
+            ],
+        ),
         (
             "one.vm.allocate",
             ("NIC = [ NETWORK = nowhere ]",),
-            [False, "Error inserting VM in the database, check oned.log"],
+            [False, "Error inserting VM in the database: no network named nowhere"],
         ),
         ("one.vm.deploy", (0, 99), [False, "The host 99 does not exists"]),
         ("one.vm.deploy", (99, 0), [False, "The virtual machine 99 does not exists"]),
@@ -440,7 +474,11 @@ def test_users_and_ownership(one: OneDaemon) -> None:
         (
             "one.vn.allocate",
             ("NAME = r\nTYPE = RANGED",),
-            [False, "Error allocating VN with template: \nNAME = r\nTYPE = RANGED"],
+            [
+                False,
+                "Error allocating VN with template: \nNAME = r\nTYPE = RANGED\n"
+                "RANGED network without NETWORK_ADDRESS",
+            ],
         ),
         ("one.user.info", (99,), [False, "Error getting user"]),
         ("one.user.delete", (99,), [False, "Error retrieving user 99"]),
@@ -458,9 +496,16 @@ def test_vm_actions_14_beside_12(one: OneDaemon) -> None:
     assert one.call("one.vmaction", "reboot", 999) == [False, "Unknown action"]
     assert call(one, "one.vm.action", "reboot", vid) == [False, "Unknown action"]
     assert call(one, "one.vm.action", "SHUTDOWN", vid) == [False, "Unknown action"]
-    assert call(one, "one.vm.action", "shutdown", vid) == [False, "Wrong state to perform action"]
+    assert call(one, "one.vm.action", "shutdown", vid) == [
+        False,
+        f"Wrong state to perform action: VM {vid} is PENDING",
+    ]
+    assert one.call("one.vmaction", "shutdown", vid) == [False, "Wrong state to perform action"]
     assert one.call("one.vmaction", "restart", vid) == [False, "Unknown action"]
-    assert call(one, "one.vm.action", "restart", vid) == [False, "Wrong state to perform action"]
+    assert call(one, "one.vm.action", "restart", vid) == [
+        False,
+        f"Wrong state to perform action: VM {vid} is PENDING",
+    ]
     assert call(one, "one.vm.action", "hold", vid) == [True]
     assert lcm(one, vid) == (HOLD, 0)
     assert call(one, "one.vm.action", "release", vid) == [True]
@@ -468,11 +513,13 @@ def test_vm_actions_14_beside_12(one: OneDaemon) -> None:
     # 1.2 refuses unmanaged hosts, 1.4 does not know the flag
     assert one.call("one.vmdeploy", vid, 2) == [False, "Not managed hosts (id:2) not supported"]
     assert call(one, "one.vm.deploy", vid, 1) == [True]
-    assert call(one, "one.vm.deploy", vid, 1) == [False, f"Can not deploy VM {vid}, wrong state"]
+    assert call(one, "one.vm.deploy", vid, 1)[1].startswith(
+        f"Can not deploy VM {vid}, wrong state: VM {vid} is ACTIVE ("
+    )
     wait_for(lambda: lcm(one, vid) == (ACTIVE, RUNNING))
     assert call(one, "one.vm.migrate", vid, 1, True) == [
         False,
-        f"Can not migrate VM {vid}, wrong state",
+        f"Can not migrate VM {vid}, wrong state: VM {vid} already runs on host 1",
     ]
     assert one.call("one.vmmigrate", vid, 1, True) == [
         False,
@@ -542,7 +589,7 @@ class SteeredPlugin:
 
 STEERED = """
 IM_MAD = [ name = "im_xen", executable = "im_dummy" ]
-VM_MAD = [ name = "vmm_xen", executable = "vmm_steered", type = "xen" ]
+VM_MAD = [ name = "vmm_xen", executable = "vmm_steered" ]
 TM_MAD = [ name = "tm_nfs", executable = "tm_dummy" ]
 """
 
@@ -600,9 +647,9 @@ async def test_vanished_vm_is_unknown_until_it_reappears(steered: InProcess) -> 
     steered.driver.state = "d"
     await steered.until(lambda: steered.lcm(vid) == (ACTIVE, UNKNOWN))
     assert host.shares.running_vms == 1 and host.shares.cpu_usage == 100  # kept
-    assert (await steered.call("one.vm.action", "shutdown", vid))[
-        1
-    ] == "Wrong state to perform action"
+    assert (await steered.call("one.vm.action", "shutdown", vid))[1] == (
+        f"Wrong state to perform action: VM {vid} is ACTIVE (UNKNOWN)"
+    )
     assert (await steered.call("nebula_xr.vm.console", vid)) == [False, f"VM {vid} is not running"]
     steered.driver.state = "a"  # still polled: back to RUNNING
     await steered.until(lambda: steered.lcm(vid) == (ACTIVE, RUNNING))
@@ -626,7 +673,7 @@ async def test_restart_boots_an_unknown_vm_on_the_same_record(steered: InProcess
     assert len(steered.daemon.vms.get(vid).history) == 1
     assert await steered.call("one.vm.action", "restart", vid) == [
         False,
-        "Wrong state to perform action",
+        f"Wrong state to perform action: VM {vid} is ACTIVE (RUNNING)",
     ]
 
 

@@ -11,6 +11,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -349,7 +350,9 @@ def test_a_user_signs_in_from_one_auth(user: User, tmp_path: Path) -> None:
 
 def test_errors(user: User, tmp_path: Path) -> None:
     user.ok("onehost", "add", "node01", "im_xen", "vmm_xen", "tm_nfs")
-    user.ok("onehost", "add", "node01", "im_xen", "vmm_xen", "tm_nfs")  # 1.2 accepts twins
+    twin = user.run("onehost", "add", "node01", "im_xen", "vmm_xen", "tm_nfs")  # accepted...
+    assert twin.returncode == 0 and twin.stdout == ""
+    assert twin.stderr == "Warning: a host named node01 already exists (ID 0)\n"  # ...but noted
     user.ok("onevm", "create", "xen01.one")
     user.ok("onevm", "create", "xen01.one")
     user.ok("onevnet", "create", "ranged.net")
@@ -370,7 +373,9 @@ def test_errors(user: User, tmp_path: Path) -> None:
     assert user.fails("onevnet", "delete", "4") == (
         "Error: Error getting Virtual Network with NID = 4"
     )
-    assert user.fails("onevm", "shutdown", "0") == "Error: Wrong state to perform action"
+    assert user.fails("onevm", "shutdown", "0") == (
+        "Error: Wrong state to perform action: VM 0 is PENDING"
+    )
     assert user.fails("onevm", "console", "0") == "Error: VM 0 is not running"
 
     assert user.fails("onevm", "create", "missing.one") == (
@@ -380,7 +385,10 @@ def test_errors(user: User, tmp_path: Path) -> None:
         f"Error: Can not read template file {tmp_path}: Is a directory"
     )
     (tmp_path / "bad.one").write_text("NAME = a b\n")
-    assert user.fails("onevm", "create", "bad.one") == "Error: Error parsing VM template"
+    assert user.fails("onevm", "create", "bad.one") == (
+        "Error: Error parsing VM template: line 1, column 10: "
+        "syntax error, unexpected STRING, expecting NL"
+    )
     assert user.fails("onevnet", "create", "nothing.net").startswith(
         "Error: Can not read template file nothing.net"
     )
@@ -405,6 +413,102 @@ def test_errors(user: User, tmp_path: Path) -> None:
     )
     wrong_path = user.env["ONE_XMLRPC"].replace("/RPC2", "/nope")
     assert User(wrong_path, user.cwd).fails("onevm", "list").startswith("Error: ")
+
+
+def test_mistakes_are_refused_with_their_reason(user: User, tmp_path: Path) -> None:
+    # drivers oned.conf does not have
+    assert user.fails("onehost", "add", "node01", "im_kvm", "vmm_xen", "tm_nfs") == (
+        "Error: Can not allocate host node01: no IM driver named im_kvm in oned.conf "
+        "(configured: im_xen)"
+    )
+    assert user.table("onehost", "list")[1:] == []
+    user.ok("onehost", "add", "node01", "im_xen", "vmm_xen", "tm_nfs")
+    user.ok("onehost", "add", "node02", "im_xen", "vmm_xen", "tm_nfs")
+
+    # templates: where the mistake is, per line
+    (tmp_path / "lots.one").write_text("NAME = big\nCPU = 1\nMEMORY = lots\n")
+    assert user.fails("onevm", "create", "lots.one") == (
+        "Error: Error parsing VM template: line 3, column 10: "
+        "MEMORY must be a number of megabytes, not 'lots'"
+    )
+    (tmp_path / "quote.one").write_text('CPU = 1\nNAME = "web\nMEMORY = 64\n')
+    assert user.fails("onevm", "create", "quote.one") == (
+        'Error: Error parsing VM template: line 2, column 8: unterminated string, " is never closed'
+    )
+    (tmp_path / "nic.one").write_text("NAME = n\nNIC = [ NETWORK = nowhere ]\n")
+    assert user.fails("onevm", "create", "nic.one") == (
+        "Error: Error inserting VM in the database: no network named nowhere"
+    )
+    (tmp_path / "bad.net").write_text("NAME = r\nTYPE = RANGED\nBRIDGE = br0\n")
+    assert user.fails("onevnet", "create", "bad.net") == (
+        "Error: Can not create a network from bad.net: RANGED network without NETWORK_ADDRESS"
+    )
+    assert vm_rows(user) == {}
+
+    # a DISABLED host is refused for deploy and migration, unless forced
+    user.ok("onevm", "create", "xen01.one")
+    user.ok("onehost", "disable", "node02")
+    assert user.fails("onevm", "deploy", "xen01", "node02") == (
+        "Error: Host node02 is DISABLED: use --force to deploy on it anyway"
+    )
+    assert vm_rows(user)["0"][:3] == ["0", "xen01", "pend"]
+    user.ok("onevm", "deploy", "xen01", "node01")
+    wait_stat(user, "0", "runn", "node01")
+    for verb in ("migrate", "livemigrate"):
+        assert user.fails("onevm", verb, "xen01", "node02") == (
+            "Error: Host node02 is DISABLED: use --force to migrate on it anyway"
+        )
+    assert user.fails("onevm", "deploy", "xen01", "node01") == (
+        "Error: Can not deploy VM 0, wrong state: VM 0 is ACTIVE (RUNNING)"
+    )
+    user.ok("onevm", "livemigrate", "xen01", "node02", "--force")
+    wait_stat(user, "0", "runn", "node02")
+    assert user.fails("onevm", "migrate", "xen01", "node02", "--force") == (
+        "Error: Can not deploy VM 0, wrong state: VM 0 already runs on host 1"
+    )
+    user.ok("onevm", "suspend", "xen01")
+    wait_stat(user, "0", "susp")
+    assert user.fails("onevm", "suspend", "xen01") == (
+        "Error: Wrong state to perform action: VM 0 is SUSPENDED"
+    )
+
+
+def test_a_host_in_error_is_refused_unless_forced(tmp_path: Path) -> None:
+    write_conf(tmp_path, im_extra=', fail_hosts = "bad*"')
+    (tmp_path / "xen01.one").write_text(TUTORIAL)
+    daemon = OneDaemon(tmp_path).start()
+    try:
+        user = User(daemon.url, tmp_path)
+        user.ok("onehost", "add", "badhost", "im_xen", "vmm_xen", "tm_nfs")
+        wait_for(lambda: user.table("onehost", "list")[1][-1] == "err")
+        user.ok("onevm", "create", "xen01.one")
+        assert user.fails("onevm", "deploy", "xen01", "badhost") == (
+            "Error: Host badhost is ERROR: use --force to deploy on it anyway"
+        )
+        assert user.json("onevm", "show", "0")["STATE"] == 1  # still PENDING
+        user.ok("onevm", "deploy", "--force", "xen01", "badhost")
+        assert user.json("onevm", "show", "0")["STATE"] in (3, 7)  # ACTIVE, then it fails
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_hung_server_times_out(tmp_path: Path) -> None:
+    with socket.socket() as hung:  # accepts connections (the kernel does), never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}/RPC2"
+        user = User(url, tmp_path)
+        user.env["ONE_XMLRPC_TIMEOUT"] = "1"
+        started = time.monotonic()
+        assert user.fails("onevm", "show", "0") == (
+            f"Error: oned at {url} did not answer one.vm.info within 1 seconds "
+            "(ONE_XMLRPC_TIMEOUT sets the limit)"
+        )
+        assert time.monotonic() - started < 30
+        user.env["ONE_XMLRPC_TIMEOUT"] = "soon"
+        assert user.fails("onevm", "show", "0") == (
+            "Error: ONE_XMLRPC_TIMEOUT must be a positive number of seconds, not 'soon'"
+        )
 
 
 class _ConsoleServer:

@@ -11,8 +11,8 @@ FAILED, RUNNING, ERROR_REASON, USER = 7, 3, 1, 3
 
 DRIVERS = """
 IM_MAD = [ name = "im_xen",  executable = "im_dummy", fail_hosts = "bad*" ]
-VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen", fail_hosts = "bad*" ]
-VM_MAD = [ name = "vmm_slow", executable = "vmm_dummy", type = "xen", delay = 30, timeout = 0.5 ]
+VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", fail_hosts = "bad*" ]
+VM_MAD = [ name = "vmm_slow", executable = "vmm_dummy", delay = 30, timeout = 0.5 ]
 TM_MAD = [ name = "tm_nfs",  executable = "tm_dummy" ]
 TM_MAD = [ name = "tm_bad",  executable = "tm_dummy", fail_hosts = "*" ]
 """

@@ -125,7 +125,7 @@ def test_pip_installed_plugin_is_used_by_naming_it(tmp_path, example_plugin) -> 
     (etc / "static.conf").write_text("TOTALCPU = 800\nTOTALMEMORY = 16777216\nFREECPU = 800\n")
     drivers = (
         'IM_MAD = [ name = "im_static", executable = "im_static", arguments = "static.conf" ]\n'
-        'VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" ]\n'
+        'VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy" ]\n'
         'TM_MAD = [ name = "tm_nfs", executable = "tm_dummy" ]\n'
     )
     write_conf(tmp_path, drivers=drivers, scheduler='SCHEDULER = [ plugin = "sched_lease" ]')

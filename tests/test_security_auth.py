@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
+import xmlrpc.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
@@ -74,6 +75,7 @@ ALLOWED: dict[str, dict[str, frozenset[str]]] = {
     "one.vm.action": same_everywhere(OWNERS),
     "one.vm.migrate": same_everywhere(OWNERS),
     "one.vm.info": same_everywhere(OWNERS),
+    "one.vm.recover": same_everywhere(ADMIN_ONLY),  # 4.2: administrator rights on the VM
     "one.vmpool.info": same_everywhere(USERS),
     "one.host.allocate": same_everywhere(ADMIN_ONLY),
     "one.host.info": same_everywhere(USERS),
@@ -91,8 +93,14 @@ ALLOWED: dict[str, dict[str, frozenset[str]]] = {
     # nebula-xr methods
     "nebula_xr.vm.history": same_everywhere(OWNERS),
     "nebula_xr.vm.console": same_everywhere(OWNERS),
+    "nebula_xr.vm.resubmit": same_everywhere(ADMIN_ONLY),  # host failure handling
     # introspection is open; a multicall grants nothing its calls would not get
     "system.listMethods": same_everywhere(EVERYONE),
+    "system.methodExist": same_everywhere(EVERYONE),
+    "system.methodHelp": same_everywhere(EVERYONE),
+    "system.methodSignature": same_everywhere(EVERYONE),
+    "system.capabilities": same_everywhere(EVERYONE),
+    "system.getCapabilities": same_everywhere(EVERYONE),
     "system.multicall": legacy(ADMIN_ONLY),  # of one.hostdelete
 }
 
@@ -311,6 +319,7 @@ CASES: dict[str, Case] = {
         lambda w: (w.running_vm(), 1, False), lambda w, a: w.vm_state(a[0])[1] != 3
     ),
     "one.vm.info": Case(lambda w: (w.pending_vm(),)),
+    "one.vm.recover": Case(lambda w: (w.running_vm(), True)),
     "one.vmpool.info": Case(lambda w: (-2,)),
     "one.host.allocate": Case(
         lambda w: (w.fresh("newhost"), "im_xen", "vmm_xen", "tm_nfs"),
@@ -334,12 +343,28 @@ CASES: dict[str, Case] = {
     "one.userpool.info": Case(lambda w: ()),
     "nebula_xr.vm.history": Case(lambda w: (w.pending_vm(),)),
     "nebula_xr.vm.console": Case(lambda w: (w.running_vm(),)),
+    "nebula_xr.vm.resubmit": Case(
+        lambda w: (w.running_vm(),), lambda w, a: w.vm_state(a[0]) != (3, 3)
+    ),
 }
+
+#: The introspection methods take no session: their arguments, and their answer.
+INTROSPECTION: dict[str, tuple[tuple, Any]] = {
+    "system.listMethods": ((), None),  # checked by test_the_table_covers_every_method
+    "system.methodExist": (("one.vm.info",), True),
+    "system.methodHelp": (("one.vm.info",), "Returns virtual machine information"),
+    "system.methodSignature": (("one.vm.info",), [["array", "string", "int"]]),
+    "system.capabilities": ((), None),
+    "system.getCapabilities": ((), None),
+}
+#: Not in the table: it stops nothing and is refused to everyone with a fault.
+UNLISTED = {"system.shutdown"}
 
 
 def call_case(client: Client, world: World, method: str, session: str) -> tuple[Any, tuple]:
-    if method == "system.listMethods":
-        return client.call(method, []), ()
+    if method in INTROSPECTION:
+        args = INTROSPECTION[method][0]
+        return client.call(method, list(args)), args
     if method == "system.multicall":
         args = (world.spare_host(),)
         calls = [{"methodName": "one.hostdelete", "params": [session, *args]}]
@@ -362,6 +387,12 @@ def is_refusal(reply: Any) -> bool:
 def is_success(method: str, reply: Any) -> bool:
     if method == "system.listMethods":
         return isinstance(reply, list) and "one.vm.info" in reply
+    if method in ("system.capabilities", "system.getCapabilities"):
+        return isinstance(reply, dict) and bool(reply)
+    if method in INTROSPECTION:
+        return reply == INTROSPECTION[method][1]
+    if method == "one.vm.recover":  # past the checks; a RUNNING VM has nothing to recover
+        return isinstance(reply, list) and reply[0] is False and "Wrong state" in reply[1]
     if method == "nebula_xr.vm.console":  # past the checks; the dummy driver has no console
         return isinstance(reply, list) and "offers no console" in str(reply[-1])
     return isinstance(reply, list) and reply[0] is True
@@ -395,13 +426,24 @@ def world(namespace: str, tmp_path_factory) -> Iterator[World]:
         one.stop()
 
 
+def test_the_table_covers_every_method(world: World) -> None:
+    """A method added to the daemon must be added to the table, with its rule."""
+    with world.one.proxy() as proxy:
+        listed = set(proxy.system.listMethods())
+        assert listed == set(ALLOWED) | UNLISTED
+        assert "one.vm.recover" in listed and "nebula_xr.vm.resubmit" in listed
+        with pytest.raises(xmlrpc.client.Fault, match="not capable of shutting down"):
+            proxy.system.shutdown("")
+    assert world.admin("one.vm.info", world.pending_vm())[0] is True  # still serving
+
+
 def test_every_method_is_allowed_exactly_as_the_table_says(world: World, namespace: str) -> None:
     port = world.one.url.rsplit(":", 1)[1].split("/")[0]
     clients = {
         LOOPBACK: Client(f"http://127.0.0.1:{port}/RPC2"),
         REMOTE: Client(f"http://{HOST_ADDRESS}:{port}/RPC2", netns=namespace),
     }
-    assert set(ALLOWED) == set(CASES) | {"system.listMethods", "system.multicall"}
+    assert set(ALLOWED) == set(CASES) | set(INTROSPECTION) | {"system.multicall"}
     tried = allowed = refused = refused_as_expected = 0
     wrong: list[str] = []
     try:

@@ -385,11 +385,15 @@ async def test_large_calls_are_parsed_in_slices(address: tuple[str, int]) -> Non
 @pytest_twisted.ensureDeferred
 async def test_introspection(address: tuple[str, int]) -> None:
     names = await call(address, "system.listMethods")
-    assert names[:4] == [
+    assert names[:8] == [
         "system.listMethods",
-        "system.methodSignature",
+        "system.methodExist",
         "system.methodHelp",
+        "system.methodSignature",
         "system.multicall",
+        "system.shutdown",
+        "system.capabilities",
+        "system.getCapabilities",
     ]
     assert set(build_registry().names()) == set(names)
     assert await call(address, "system.methodSignature", "one.vmget_info") == [

@@ -228,7 +228,7 @@ def test_sched_rank_places_by_requirements_and_rank(tmp_path) -> None:
         'IM_MAD = [ name = "im_xen", executable = "im_dummy" ]\n'
         'IM_MAD = [ name = "im_big", executable = "im_dummy", arguments = "big.conf" ]\n'
         'IM_MAD = [ name = "im_kvm", executable = "im_dummy", arguments = "kvm.conf" ]\n'
-        'VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" ]\n'
+        'VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy" ]\n'
         'TM_MAD = [ name = "tm_nfs", executable = "tm_dummy" ]\n'
     )
     write_conf(

@@ -333,3 +333,42 @@ def test_hostile_image_paths_are_copied_literally(fast_cluster: Cluster, tmp_pat
         assert c.run("node01", "ls ~/PWNED").returncode != 0
     finally:
         one.stop()
+
+
+def test_a_1_2_vm_mad_uses_the_toolstack_im_xen_monitors_with(
+    fast_cluster: Cluster, tmp_path
+) -> None:
+    """1.2's VM_MAD names no settings file: TOOLSTACK = xl in im_xen/im_xen.conf must
+    reach vmm_xen too, or hosts are monitored through xl and deployed through xm."""
+    c = fast_cluster
+    etc = tmp_path / "etc"
+    (etc / "im_xen").mkdir(parents=True)
+    settings = (
+        f'SSH = "ssh -F {c.ssh_config}"\nSSH_CONTROL_DIR = {tmp_path}/ssh\n'
+        "TOOLSTACK = xl\nSUDO = yes\nCOMMAND_TIMEOUT = 30\nSHUTDOWN_TIMEOUT = 10\n"
+    )
+    (etc / "im_xen" / "im_xen.conf").write_text(settings)
+    (etc / "tm_nfs.conf").write_text(settings)
+    (etc / "vmm_xen.conf").write_text("OS = [ kernel = /boot/vmlinuz, root = sda1 ]\n")
+    drivers = (
+        'IM_MAD = [ name = "im_xen", executable = "one_im_ssh", arguments = "im_xen/im_xen.conf" ]\n'
+        'VM_MAD = [ name = "vmm_xen", executable = "one_vmm_xen", default = "vmm_xen.conf",'
+        ' type = "xen" ]\n'
+        'TM_MAD = [ name = "tm_nfs", executable = "one_tm", arguments = "tm_nfs.conf" ]\n'
+    )
+    conf = write_conf(tmp_path, drivers=drivers, extra="DRIVER_TIMEOUT = 20")
+    vm_dir = str(c.shared_dir / "one")
+    conf.write_text(re.sub(r"(?m)^VM_DIR = .*$", f"VM_DIR = {vm_dir}", conf.read_text()))
+    one = OneDaemon(tmp_path).start()
+    try:
+        add_cluster_hosts(one, "tm_nfs")
+        assert one.call("one.vmallocate", "NAME = v\nCPU = 0.5\nMEMORY = 64\n") == [True, 0]
+        assert one.call("one.vmdeploy", 0, 1) == [True]
+        wait_state(one, 0, *RUNNING)
+        tools = {Path(cmd["argv"][0]).name for cmd in c.xen_commands("node02")}
+        assert "xl" in tools and "xm" not in tools, tools
+        assert xm_domains(c, "node02") == {"one-0"}  # (this runs xm itself)
+        log = (tmp_path / "var" / "oned.log").read_text()
+        assert f"vmm_xen: Xen toolstack xl (from {etc / 'im_xen' / 'im_xen.conf'})" in log
+    finally:
+        one.stop()

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 
-from nebula_xr.drivers.base import DriverError, VMAction
+from nebula_xr.drivers.base import (
+    VIRTUAL_MACHINE,
+    DriverConfig,
+    DriverContext,
+    DriverError,
+    VMAction,
+)
 from nebula_xr.template import Template
 from nebula_xr_plugins.im_xen import parse_probe
-from nebula_xr_plugins.vmm_xen import deployment_file, parse_xentop
+from nebula_xr_plugins.vmm_xen import XenDriver, deployment_file, parse_xentop
 
 SAMPLE = """NAME = vm-example
 CPU = 0.5
@@ -153,3 +162,81 @@ def test_probe_units_and_sums() -> None:
     }
     with pytest.raises(DriverError):
         parse_probe("HOSTNAME=x\n--- info\n--- xentop\n")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [("", "/usr/sbin/xl"), ("own.conf", "/usr/sbin/xm")],
+)
+def test_vmm_xen_shares_im_xen_settings_without_arguments(
+    tmp_path: Path, arguments: str, expected: str
+) -> None:
+    """A 1.2 VM_MAD names no file: vmm_xen then uses the toolstack im_xen monitors with."""
+    (tmp_path / "im_xen").mkdir()
+    (tmp_path / "im_xen" / "im_xen.conf").write_text("TOOLSTACK = xl\nSUDO = no\n")
+    (tmp_path / "own.conf").write_text("SUDO = no\n")
+    logged: list[str] = []
+    context = DriverContext(
+        reactor=None,
+        var_dir=tmp_path,
+        etc_dir=tmp_path,
+        frontend="front",
+        vm_log=lambda vid, message: None,
+        log=logged.append,
+    )
+    config = DriverConfig(
+        name="vmm_xen", kind=VIRTUAL_MACHINE, plugin="vmm_xen", arguments=arguments, type="xen"
+    )
+    driver = XenDriver(config, context)
+    assert driver.tools.tool("create", "f") == [expected, "create", "f"]
+    source = tmp_path / ("im_xen/im_xen.conf" if not arguments else arguments)
+    toolstack = expected.rsplit("/", 1)[1]
+    assert logged == [f"vmm_xen: Xen toolstack {toolstack} (from {source})"]
+
+
+XL_MIGRATION_FAILURE = """\
+migration target: Ready to receive domain.
+Saving to migration stream new xl format (info 0x1/0x0/1234)
+Loading new save file <incoming migration stream> (new xl fmt info 0x1/0x0/1234)
+ Savefile contains xl domain config in JSON format
+Parsing config from <saved>
+libxl: error: libxl_device.c:1093:device_backend_callback: unable to add device with path /srv/one/var/3/images/disk.0
+migration target: Domain creation failed (code -3).
+migration sender: Target reported startup failure, trying to resume at sender.
+Migration failed, resuming at sender.
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_live_migration_says_what_the_destination_said(tmp_path: Path) -> None:
+    """Through real processes: an ssh stand-in running locally, an xl that fails as xl does
+    when the disk is missing on the destination."""
+    ssh = tmp_path / "ssh"
+    ssh.write_text('#!/bin/sh\nfor last; do :; done\nexec sh -c "$last"\n')
+    xl = tmp_path / "xl"
+    xl.write_text(f"#!/bin/sh\ncat >&2 <<'EOF'\n{XL_MIGRATION_FAILURE}EOF\nexit 1\n")
+    for script in (ssh, xl):
+        script.chmod(0o755)
+    (tmp_path / "xen.conf").write_text(
+        f'TOOLSTACK = xl\nSUDO = no\nXL_PATH = "{xl}"\nSSH = "{ssh}"\nSSH_CONTROL_DIR = ""\n'
+    )
+    context = DriverContext(
+        reactor=reactor,
+        var_dir=tmp_path,
+        etc_dir=tmp_path,
+        frontend="front",
+        vm_log=lambda vid, message: None,
+        log=lambda message: None,
+    )
+    config = DriverConfig(
+        name="vmm_xen", kind=VIRTUAL_MACHINE, plugin="vmm_xen", arguments="xen.conf", type="xen"
+    )
+    driver = XenDriver(config, context)
+    action = replace(vm(SAMPLE), deploy_id="one-3")
+    with pytest.raises(DriverError) as raised:
+        await driver.migrate(action, "node02")
+    assert str(raised.value) == (
+        "Error migrating to node02: libxl: error: libxl_device.c:1093:device_backend_callback: "
+        "unable to add device with path /srv/one/var/3/images/disk.0 / "
+        "migration target: Domain creation failed (code -3)."
+    )

@@ -4,6 +4,7 @@ the common options, 1.2-style tables and the ``-o json|xml`` renderings."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -23,7 +24,8 @@ from nebula_xr.auth import one_auth_path, password_hash, read_one_auth
 DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
 #: The 1.2 commands exit with -1 on any error.
 FAILURE = 255
-#: Seconds a call may take before the command gives up on the server.
+#: Seconds a call may take before the command gives up on the server
+#: (``$ONE_XMLRPC_TIMEOUT`` changes it).
 TIMEOUT = 60.0
 FORMATS = ("table", "json", "xml")
 
@@ -133,6 +135,19 @@ def session_string() -> str:
     return f"{name}:{password_hash(password)}"
 
 
+def request_timeout() -> float:
+    text = os.environ.get("ONE_XMLRPC_TIMEOUT")
+    if text is None:
+        return TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise CliError(f"ONE_XMLRPC_TIMEOUT must be a positive number of seconds, not {text!r}")
+    return seconds
+
+
 class Client:
     def __init__(self, endpoint: str, session: str) -> None:
         self.endpoint = endpoint
@@ -144,11 +159,17 @@ class Client:
             proxy = xmlrpc.client.ServerProxy(self.endpoint, allow_none=False)
         except (OSError, ValueError) as error:
             raise CliError(f"Invalid endpoint {self.endpoint}: {error}") from error
+        timeout = request_timeout()
         previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(TIMEOUT)
+        socket.setdefaulttimeout(timeout)
         try:
             with proxy:
                 reply = getattr(proxy, method)(self.session, *args)
+        except TimeoutError as error:
+            raise CliError(
+                f"oned at {self.endpoint} did not answer {method} within {timeout:g} seconds "
+                "(ONE_XMLRPC_TIMEOUT sets the limit)"
+            ) from error
         except xmlrpc.client.Fault as fault:
             raise CliError(fault.faultString) from fault
         except xmlrpc.client.ProtocolError as error:

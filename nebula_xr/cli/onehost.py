@@ -88,9 +88,16 @@ def add(hostname: str, im_mad: str, vmm_mad: str, tm_mad: str, managed: str) -> 
     flags = {"true": True, "1": True, "false": False, "0": False}
     if managed.lower() not in flags:
         raise CliError("use true/false or 0/1 for the managed parameter")
-    hid = client().call(
-        "one.hostallocate", hostname, im_mad, vmm_mad, tm_mad, flags[managed.lower()]
-    )
+    one = client()
+    same_name = [host["ID"] for host in one.data("one.hostpool.info") if host["NAME"] == hostname]
+    if same_name:
+        ids = ", ".join(str(hid) for hid in same_name)
+        click.echo(f"Warning: a host named {hostname} already exists (ID {ids})", err=True)
+    if flags[managed.lower()]:
+        # The 1.4 method refuses drivers oned.conf does not configure (1.2 accepted them).
+        hid = one.call("one.host.allocate", hostname, im_mad, vmm_mad, tm_mad)
+    else:
+        hid = one.call("one.hostallocate", hostname, im_mad, vmm_mad, tm_mad, False)
     say(f"HID: {hid}")
 
 

@@ -35,7 +35,7 @@ from nebula_xr.cli.common import (
 )
 from nebula_xr.cli.onehost import resolve_host
 from nebula_xr.drivers.base import CONSOLE_METHODS
-from nebula_xr.model import LCMState, VMState
+from nebula_xr.model import HostState, LCMState, VMState
 
 _SHORT_VM_STATES = ("init", "pend", "hold", "actv", "stop", "susp", "done", "fail")
 _SHORT_LCM_STATES = {
@@ -140,11 +140,55 @@ def main() -> None:
     named by its deploy id (the hypervisor's domain name)."""
 
 
+def _state_text(vm: dict[str, Any]) -> str:
+    """``PENDING``, or ``ACTIVE (PROLOG)`` for an ACTIVE VM (as the 1.4 replies say it)."""
+    state = _state_name(VMState, vm["STATE"])
+    if vm["STATE"] == VMState.ACTIVE:
+        return f"{state} ({_state_name(LCMState, vm['LCM_STATE'])})"
+    return state
+
+
+def _vm_call(one: Client, vid: int, method: str, *args: Any, hid: int | None = None) -> Any:
+    """A request about VM ``vid`` (to host ``hid``); a wrong-state refusal also says the
+    VM's state, or that it already runs on that host."""
+    try:
+        return one.call(method, *args)
+    except CliError as error:
+        if error.message == WRONG_STATE or error.message.endswith(", wrong state"):
+            vm = one.data("one.vm.info", vid)
+            running = (vm["STATE"], vm["LCM_STATE"]) == (VMState.ACTIVE, LCMState.RUNNING)
+            if running and hid is not None and vm.get("HISTORY", {}).get("HID") == hid:
+                raise CliError(f"{error.message}: VM {vid} already runs on host {hid}") from error
+            raise CliError(f"{error.message}: VM {vid} is {_state_text(vm)}") from error
+        raise
+
+
+def _usable_host(one: Client, host: str, force: bool, verb: str) -> int:
+    """The id of HOST; a DISABLED or ERROR host is refused unless ``force``."""
+    hid = resolve_host(one, host)
+    if not force:
+        found = one.data("one.host.info", hid)
+        if found["STATE"] in (HostState.DISABLED, HostState.ERROR):
+            state = HostState(found["STATE"]).name
+            raise CliError(
+                f"Host {found['NAME']} is {state}: use --force to {verb} on it anyway"
+            )
+    return hid
+
+
+WRONG_STATE = "Wrong state to perform action"
+_FORCE = click.option(
+    "--force", is_flag=True, help="Use the host even if it is DISABLED or in ERROR."
+)
+
+
 @main.command("create")
 @click.argument("template_file", metavar="TEMPLATE")
 def create(template_file: str) -> None:
     """Submit a VM described in the TEMPLATE file (alias: submit)."""
-    vid = client().call("one.vmallocate", read_file(template_file))
+    # The 1.4 method says where a template is wrong (MEMORY = lots included) and why
+    # leases could not be had; 1.2's only said "Error parsing VM template".
+    vid = client().call("one.vm.allocate", read_file(template_file))
     say(f"ID: {vid}")
 
 
@@ -154,33 +198,39 @@ main.add_command(create, "submit")
 @main.command()
 @click.argument("vm")
 @click.argument("host")
-def deploy(vm: str, host: str) -> None:
+@_FORCE
+def deploy(vm: str, host: str, force: bool) -> None:
     """Start a pending VM on HOST."""
     one = client()
-    one.call("one.vmdeploy", resolve_vm(one, vm), resolve_host(one, host))
+    vid = resolve_vm(one, vm)
+    _vm_call(one, vid, "one.vmdeploy", vid, _usable_host(one, host, force, "deploy"))
     say("Deploying VM")
 
 
-def _migrate(vm: str, host: str, live: bool) -> None:
+def _migrate(vm: str, host: str, live: bool, force: bool) -> None:
     one = client()
-    one.call("one.vmmigrate", resolve_vm(one, vm), resolve_host(one, host), live)
+    vid = resolve_vm(one, vm)
+    hid = _usable_host(one, host, force, "migrate")
+    _vm_call(one, vid, "one.vmmigrate", vid, hid, live, hid=hid)
     say("Migrating VM")
 
 
 @main.command()
 @click.argument("vm")
 @click.argument("host")
-def livemigrate(vm: str, host: str) -> None:
+@_FORCE
+def livemigrate(vm: str, host: str, force: bool) -> None:
     """Move a running VM to HOST without stopping it."""
-    _migrate(vm, host, True)
+    _migrate(vm, host, True, force)
 
 
 @main.command()
 @click.argument("vm")
 @click.argument("host")
-def migrate(vm: str, host: str) -> None:
+@_FORCE
+def migrate(vm: str, host: str, force: bool) -> None:
     """Save a running VM and start it again on HOST."""
-    _migrate(vm, host, False)
+    _migrate(vm, host, False, force)
 
 
 def _add_action(verb: str, action: str, done: str, summary: str) -> None:
@@ -188,7 +238,8 @@ def _add_action(verb: str, action: str, done: str, summary: str) -> None:
 
     def command(vm: str) -> None:
         one = client()
-        one.call("one.vmaction", action, resolve_vm(one, vm))
+        vid = resolve_vm(one, vm)
+        _vm_call(one, vid, "one.vmaction", action, vid)
         say(done)
 
     main.command(verb, help=summary)(click.argument("vm")(command))

@@ -7,6 +7,7 @@ import click
 from nebula_xr import __version__
 from nebula_xr.cli.common import (
     Client,
+    CliError,
     Column,
     add_common_options,
     client,
@@ -56,7 +57,15 @@ def main() -> None:
 @click.argument("template_file", metavar="TEMPLATE")
 def create(template_file: str) -> None:
     """Create a virtual network described in the TEMPLATE file."""
-    nid = client().call("one.vnallocate", read_file(template_file))
+    # The 1.4 method says why a network cannot be created, on the line after the template
+    # (1.2's only echoed the template).
+    try:
+        nid = client().call("one.vn.allocate", read_file(template_file))
+    except CliError as error:
+        if not error.message.startswith("Error allocating VN with template:"):
+            raise
+        reason = error.message.rsplit("\n", 1)[-1]
+        raise CliError(f"Can not create a network from {template_file}: {reason}") from error
     say(f"NID: {nid}")
 
 

@@ -594,11 +594,27 @@ class MethodRegistry:
     def __init__(self, limits: CallLimits = CallLimits()) -> None:  # noqa: B008 - frozen
         self.limits = limits
         self._methods: dict[str, _Method] = {}
+        # In the order, and with the signatures and texts, of the xmlrpc-c of 1.2's time
+        # (1.18, the first with system.getCapabilities): listed before the 1.2 methods.
         self.register(
             "system.listMethods",
             self.names,
             "A:",
             "Return an array of all available XML-RPC methods on this server.",
+        )
+        self.register(
+            "system.methodExist",
+            self._method_exists,
+            "b:s",
+            "Tell whether a method by a specified name exists on this server",
+        )
+        # xmlrpc-c announces methodExist's signature backwards; introspection says so too.
+        self._methods["system.methodExist"].signature = ["string", "boolean"]
+        self.register(
+            "system.methodHelp",
+            self._method_help,
+            "s:s",
+            "Given the name of a method, return a help string.",
         )
         self.register(
             "system.methodSignature",
@@ -607,12 +623,6 @@ class MethodRegistry:
             "Given the name of a method, return an array of legal signatures. Each signature "
             "is an array of strings.  The first item of each signature is the return type, "
             "and any others items are parameter types.",
-        )
-        self.register(
-            "system.methodHelp",
-            self._method_help,
-            "s:s",
-            "Given the name of a method, return a help string.",
         )
         self.register(
             "system.multicall",
@@ -624,6 +634,26 @@ class MethodRegistry:
             "{'faultCode': int, 'faultString': string}.  This is useful when you need to make "
             "lots of small calls without lots of round trips.",
             takes_context=True,
+        )
+        self.register(
+            "system.shutdown",
+            _refuse_shutdown,
+            "i:s",
+            "Shut down the server.  Return code is always zero.",
+        )
+        self.register(
+            "system.capabilities",
+            _capabilities,
+            "S:",
+            "Return the capabilities of XML-RPC server.  This includes the version number of "
+            "the XML-RPC For C/C++ software",
+        )
+        self.register(
+            "system.getCapabilities",
+            _standard_capabilities,
+            "S:",
+            "Return the list of standard capabilities of XML-RPC server.  "
+            "See http://tech.groups.yahoo.com/group/xml-rpc/message/2897",
         )
 
     def register(
@@ -733,6 +763,9 @@ class MethodRegistry:
     def _method_help(self, name: str) -> str:
         return self._lookup(name).help
 
+    def _method_exists(self, name: str) -> bool:
+        return name in self._methods
+
     def _multicall(self, context: CallContext, calls: list[Any]) -> Deferred[_Serialized]:
         limit = self.limits.multicall_calls
         if len(calls) > limit:
@@ -805,6 +838,30 @@ class _Multicall:
         if self.too_large:
             raise self.registry._too_large()
         return _Serialized("<value><array><data>" + "".join(self.parts) + "</data></array></value>")
+
+
+def _refuse_shutdown(_comment: str) -> int:
+    # oned never gave xmlrpc-c a shutdown function: a client cannot stop the daemon.
+    raise Fault(0, "This server program is not capable of shutting down")
+
+
+def _capabilities() -> dict[str, Any]:
+    return {
+        "facility": "xmlrpc-c",
+        "version_major": 1,
+        "version_minor": 18,
+        "version_point": 0,
+        "protocol_version": 2,
+    }
+
+
+def _standard_capabilities() -> dict[str, Any]:
+    return {
+        "introspect": {
+            "specUrl": "http://xmlrpc-c.sourceforge.net/xmlrpc-c/introspection.html",
+            "specVersion": 1,
+        }
+    }
 
 
 def _multicall_entry(entry: Any) -> tuple[str, list[Any]]:

@@ -185,6 +185,22 @@ def parse_xentop(output: str, domain: str) -> dict[str, str]:
     }
 
 
+def migration_error(result: CommandResult) -> str:
+    """Why a migration failed, in the destination's words when it gave them.
+
+    xl relays what the receiving side printed (``migration target: ...`` and its
+    ``libxl: error`` lines) before its own closing ``Migration failed, resuming at
+    sender.``, which alone says nothing; xm prints an ``Error:`` line."""
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    reasons = [
+        line
+        for line in lines
+        if line.lower().startswith(("libxl: error", "xc: error", "error:"))
+        or (line.startswith("migration target:") and "ready to receive" not in line.lower())
+    ]
+    return " / ".join(reasons) if reasons else result.error_text()
+
+
 class XenDriver(VirtualMachineDriver):
     def __init__(self, config: DriverConfig, context: DriverContext) -> None:
         super().__init__(config, context)
@@ -260,7 +276,13 @@ class XenDriver(VirtualMachineDriver):
         args = ("migrate", vm.deploy_id, destination)
         if not self.tools.xl:
             args = ("migrate", "-l", vm.deploy_id, destination)
-        return self._checked(vm.host, "Error migrating", *args)
+
+        def checked(result: CommandResult) -> CommandResult:
+            if not result.ok:
+                raise DriverError(f"Error migrating to {destination}: {migration_error(result)}")
+            return result
+
+        return self._run(vm.host, *args).addCallback(checked)
 
     def poll(self, vm: VMAction) -> defer.Deferred:
         def parsed(result: CommandResult) -> dict[str, str]:
