@@ -35,13 +35,20 @@ from nebula_xr.virtual_machine_manager import VirtualMachineManager
 from tests.fake.lifecycle import POLLING_INTERVAL, TIMEOUT, FakeHypervisor, FakeTransfers
 
 
+def flushed(log: Log, path: Path) -> str:
+    """A log file's text once ``log`` has written what it buffers (the daemon flushes at
+    the end of each reactor turn; these tests drive a Clock instead)."""
+    log.flush()
+    return path.read_text()
+
+
 class RecordingDatabase:
     """What the pools write, kept in order (the writer thread is not under test)."""
 
     def __init__(self) -> None:
         self.operations: list[Any] = []
 
-    def write(self, *operations: Any) -> None:
+    def write(self, *operations: Any, undo: Any = None) -> None:
         self.operations.extend(operations)
 
 
@@ -208,9 +215,9 @@ def test_vm_hooks_run_on_entering_their_state_on_the_next_turn(tmp_path: Path) -
     w.vms.transition(vm, VMState.PENDING)
     w.clock.advance(0)
     assert [call[0] for call in w.runner.calls] == ["created", "up", "gone"]
-    log = w.oned_log.read_text()
+    log = flushed(w.log, w.oned_log)
     assert "Hook up succeeded" in log and "Hook up stdout: out" in log
-    assert "Hook gone succeeded" in (tmp_path / "vm0.log").read_text()
+    assert "Hook gone succeeded" in flushed(w.log, tmp_path / "vm0.log")
 
 
 def test_a_failing_hook_is_logged_and_the_vm_goes_on(tmp_path: Path) -> None:
@@ -220,8 +227,8 @@ def test_a_failing_hook_is_logged_and_the_vm_goes_on(tmp_path: Path) -> None:
     w.vms.transition(vm, VMState.FAILED)
     w.clock.advance(0)
     assert ["broken", "0"] in w.runner.calls
-    assert "Hook broken failed (exit status 3)" in w.oned_log.read_text()
-    assert "Hook broken stderr: err" in (tmp_path / "vm0.log").read_text()
+    assert "Hook broken failed (exit status 3)" in flushed(w.log, w.oned_log)
+    assert "Hook broken stderr: err" in flushed(w.log, tmp_path / "vm0.log")
     assert vm.state is VMState.FAILED and w.vms.get(vm.oid) is vm
 
 
@@ -230,7 +237,7 @@ def test_a_remote_hook_of_a_vm_without_host_is_skipped(tmp_path: Path) -> None:
     w.vms.allocate(Template.parse("NAME = a\n"), 0)
     w.clock.advance(0)
     assert w.remote.calls == [] and w.runner.calls == []
-    assert "skipped: the VM has no host" in (tmp_path / "vm0.log").read_text()
+    assert "skipped: the VM has no host" in flushed(w.log, tmp_path / "vm0.log")
 
 
 HOSTILE_TEXT = st.text(
@@ -274,7 +281,7 @@ def test_hostile_values_reach_a_real_hook_process_unchanged(tmp_path: Path) -> N
     template.set("NAME", hostile)
     w.vms.allocate(template, 0)
     w.clock.advance(0)
-    yield wait_until(lambda: "Hook record succeeded" in w.oned_log.read_text())
+    yield wait_until(lambda: "Hook record succeeded" in flushed(w.log, w.oned_log))
     assert json.loads(out.read_text()) == [hostile]
     assert not list(tmp_path.glob("**/CANARY")) and not Path("CANARY").exists()
 
@@ -307,7 +314,7 @@ def test_a_hanging_hook_is_killed_at_its_timeout(tmp_path: Path) -> None:
     assert result is None
     assert (
         "Hook sleep could not run: Timeout: sleep did not finish in 0.5 s"
-        in (tmp_path / "vm4.log").read_text()
+        in flushed(log, tmp_path / "vm4.log")
     )
 
 
@@ -489,19 +496,19 @@ def test_a_host_in_error_is_fenced_when_it_answers_again(tmp_path: Path) -> None
     result = outcome(pending)
     assert result.ok and vm.state is VMState.PENDING
     assert vm.current.reason == Reason.ERROR
-    assert "host error" in (tmp_path / "vm0.log").read_text()
+    assert "host error" in flushed(w.log, tmp_path / "vm0.log")
     assert set(f.stale) == {host.oid}
 
     vmm.cancel_outcome = "fail"
     vmm.poll_outcome = "a"  # back, still running the old domain
     f.host_monitored(host)
     assert set(f.stale) == {host.oid}
-    assert "still not destroyed" in (tmp_path / "vm0.log").read_text()
+    assert "still not destroyed" in flushed(w.log, tmp_path / "vm0.log")
     vmm.cancel_outcome = "ok"
     f.host_monitored(host)
     assert f.stale == {}
     assert vmm.calls[-1] == ("cancel", "node01", "one-0")
-    assert "Stale domain one-0 on node01 destroyed" in (tmp_path / "vm0.log").read_text()
+    assert "Stale domain one-0 on node01 destroyed" in flushed(w.log, tmp_path / "vm0.log")
 
 
 def test_resubmit_states(tmp_path: Path) -> None:
@@ -531,4 +538,4 @@ def test_a_hook_that_cannot_be_prepared_never_breaks_the_state_change(tmp_path: 
     w.clock.advance(0)
     assert (vm.state, vm.lcm_state) == (VMState.ACTIVE, LCMState.RUNNING)
     assert w.runner.calls == []
-    assert "Hook x not run: RuntimeError('no document')" in (tmp_path / "vm0.log").read_text()
+    assert "Hook x not run: RuntimeError('no document')" in flushed(w.log, tmp_path / "vm0.log")

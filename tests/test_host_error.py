@@ -18,7 +18,7 @@ PENDING, RUNNING, DONE, ERROR_STATE, ERROR_REASON = (1, 0), (3, 3), (6, 0), 3, 1
 
 DRIVERS = """
 IM_MAD = [ name = "im_xen",  executable = "im_dummy", fail_hosts = "gone*" ]
-VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy", type = "xen" ]
+VM_MAD = [ name = "vmm_xen", executable = "vmm_dummy" ]
 TM_MAD = [ name = "tm_nfs",  executable = "tm_dummy" ]
 """
 

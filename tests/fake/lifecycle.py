@@ -23,6 +23,8 @@ from twisted.internet.task import Clock
 from nebula_xr.database import Database
 from nebula_xr.dispatch_manager import DispatchManager, VMStates
 from nebula_xr.drivers.base import (
+    VIRTUAL_MACHINE,
+    DriverConfig,
     DriverError,
     TransferCommand,
     TransferDriver,
@@ -70,6 +72,8 @@ class _Requests:
 class FakeHypervisor(_Requests, VirtualMachineDriver):
     def __init__(self) -> None:
         _Requests.__init__(self)
+        # No type: the driver writes its own deployment file (deployment_file below).
+        self.config = DriverConfig(name="vmm", kind=VIRTUAL_MACHINE, plugin="fake")
         #: host -> STATE letter its poll reports for every domain.
         self.domains: dict[str, str] = {}
         self.unreachable: set[str] = set()
@@ -250,6 +254,7 @@ class World:
         return {host.name: host.shares.running_vms for host in self.hosts}
 
     def vm_log(self, vid: int) -> str:
+        self.log.flush()  # the daemon flushes at the end of a reactor turn; this is a Clock
         return (self.location / "var" / str(vid) / "vm.log").read_text()
 
     def close(self) -> None:
