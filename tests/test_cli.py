@@ -478,7 +478,7 @@ def test_a_host_in_error_is_refused_unless_forced(tmp_path: Path) -> None:
     (tmp_path / "xen01.one").write_text(TUTORIAL)
     daemon = OneDaemon(tmp_path).start()
     try:
-        user = User(daemon.url, tmp_path)
+        user = User(daemon.url, tmp_path, daemon.one_auth)
         user.ok("onehost", "add", "badhost", "im_xen", "vmm_xen", "tm_nfs")
         wait_for(lambda: user.table("onehost", "list")[1][-1] == "err")
         user.ok("onevm", "create", "xen01.one")

@@ -443,7 +443,8 @@ class Cluster:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def reset_xen(self, mode: str = "fast") -> None:
-        """Destroy every domain (killing its QEMU) and reset config and logs on all hosts."""
+        """Destroy every domain (killing its QEMU), reset config and logs and empty the VM
+        directories on all hosts: a test starts on hosts no earlier test left files on."""
         qemu_build = {"kernel": str(GUEST_BUILD / "vmlinuz"),
                       "initrd": str(GUEST_BUILD / "initrd.gz")}
         for host in self.hosts:
@@ -462,6 +463,15 @@ class Cluster:
             shutil.rmtree(self.xen_dir(host), ignore_errors=True)
             self.xen_dir(host).mkdir()
             self.configure_xen(host, mode=mode, **qemu_build)
+            _empty(self.private_dir(host))  # bind-mounted on the host: keep the directory
+
+
+def _empty(directory: Path) -> None:
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def guest_built() -> bool:
