@@ -170,6 +170,8 @@ class Stats:
     acknowledged: dict[int, str] = field(default_factory=dict)  # vid → NAME
     finalized: set[int] = field(default_factory=set)
     life_cycles: int = 0
+    #: Life cycles whose VM reached RUNNING (the rest failed at deploy: a driver fault).
+    ran: int = 0
 
     def count(self, method: str, reply: Any) -> None:
         with self.lock:
@@ -243,7 +245,10 @@ class Client(threading.Thread):
                 continue
 
     def life_cycle(self, name: str) -> None:
-        template = f"NAME = {name}\nCPU = 0.1\nMEMORY = 64\nDISK = [ source = /srv/{name}.img ]"
+        template = (
+            f"NAME = {name}\nCPU = 0.1\nMEMORY = 64\nOS = [ kernel = /boot/vmlinuz ]\n"
+            f"DISK = [ source = /srv/{name}.img, target = sda1 ]"
+        )
         reply = self.call("one.vmallocate", template)
         if not reply[0]:
             return
@@ -253,6 +258,9 @@ class Client(threading.Thread):
         if self.random.random() < 0.5:
             self.call("one.vmdeploy", vid, self.random.randrange(len(HOSTS)))
         # else the scheduler places it
+        if self.settle(vid) == (3, RUNNING):
+            with self.stats.lock:
+                self.stats.ran += 1
         for _ in range(self.random.randint(1, 3)):
             if self.settle(vid) != (3, RUNNING):
                 break
@@ -506,7 +514,7 @@ def report(
         + ", ".join(f"{m.removeprefix('one.')}={n}" for m, n in sorted(stats.calls.items()))
     )
     print(
-        f"life cycles         {stats.life_cycles} run, "
+        f"life cycles         {stats.life_cycles} run ({stats.ran} reached RUNNING), "
         f"{len(stats.acknowledged)} VMs acknowledged, {len(stats.finalized)} finalized"
     )
     print(f"refused (false)     {sum(stats.refused.values())}")
