@@ -466,3 +466,29 @@ def test_stop_during_a_cold_migration_of_a_qemu_guest(
         )
     finally:
         one.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a restart while the orphaned `xm migrate` still runs rolls the VM "
+    "back to node01, then the migration moves the guest to node02 and the VM goes UNKNOWN "
+    "on node01; the reconciler cannot see a migration in flight (a `migrating-` domain "
+    "polls as running)",
+)
+def test_restart_while_the_orphaned_live_migration_still_runs(
+    qemu_cluster: Cluster, tmp_path: Path
+) -> None:
+    c = qemu_cluster
+    one = _qemu_guest(c, tmp_path)
+    try:
+        c.inject_fault("node01", "migrate", action="delay", seconds=HOLD, times=1)
+        assert one.call("one.vmmigrate", 0, 1, True) == [True]
+        wait_stored(one, {0: active(L.MIGRATE)})
+        wait_for(lambda: toolstack_busy(c, "node01", "migrate"), what="xm migrate on node01")
+        kill(one)
+        one = OneDaemon(tmp_path).start()
+        assert toolstack_busy(c, "node01", "migrate"), "the restart came after the migration"
+        assert wait_for(lambda: finished(c, "node01", "migrate"), timeout=60)["rc"] == 0
+        _settled_on(one, c, "node02", 1)
+    finally:
+        one.stop()
