@@ -5,7 +5,9 @@ The dummy drivers take an hour (DELAY) for the step the VMs must be caught in, s
 VM waits in its transient state, written in one.db, when the daemon is killed. The
 daemon then starts again with instant drivers and every VM must reach the stable state
 its interrupted request leads to, within two polling intervals, with the host shares
-that state implies. Also: ``one.vm.recover`` and ``onevm recover`` on a real daemon.
+that state implies. Also: ``one.vm.recover`` and ``onevm recover`` on a real daemon, and
+stops during live and cold migrations on the namespace cluster (fake toolstack faults,
+then real QEMU guests whose console shows they never rebooted).
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def kill(one: OneDaemon, sig: signal.Signals = signal.SIGKILL) -> None:
     assert code == (-signal.SIGKILL if sig is signal.SIGKILL else 0)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name
+)
 def test_stop_in_every_transient_state(tmp_path: Path, sig: signal.Signals) -> None:
     configure(tmp_path)
     one = OneDaemon(tmp_path).start()
