@@ -209,9 +209,8 @@ def test_stop_in_every_transient_state(tmp_path: Path, sig: signal.Signals) -> N
         timeout=2 * POLLING_INTERVAL,
         what="every VM stable",
     )
-    print(
-        f"19 VMs caught mid-operation in 3 {sig.name}s: all stable {time.monotonic() - started:.2f} s"
-    )
+    took = time.monotonic() - started
+    print(f"19 VMs caught mid-operation in 3 {sig.name}s: all stable {took:.2f} s")
     assert in_flight(one) == 0
     with one.db() as db:
         assert db.execute("SELECT COUNT(*) FROM vm_pool").fetchone() == (13,)  # nothing lost
