@@ -1,10 +1,13 @@
-"""SIGKILL of the real daemon in every transient state, then a restart (issue 11 item 11).
+"""SIGKILL, SIGTERM or SIGINT of the real daemon in every transient state, then a restart
+(issue 11 item 11).
 
 The dummy drivers take an hour (DELAY) for the step the VMs must be caught in, so each
 VM waits in its transient state, written in one.db, when the daemon is killed. The
 daemon then starts again with instant drivers and every VM must reach the stable state
 its interrupted request leads to, within two polling intervals, with the host shares
-that state implies. Also: ``one.vm.recover`` and ``onevm recover`` on a real daemon.
+that state implies. Also: ``one.vm.recover`` and ``onevm recover`` on a real daemon, and
+stops during live and cold migrations on the namespace cluster (fake toolstack faults,
+then real QEMU guests whose console shows they never rebooted).
 """
 
 from __future__ import annotations
@@ -16,10 +19,20 @@ import sysconfig
 import time
 from pathlib import Path
 
+import pytest
+
 from nebula_xr.model import LCMState, VMState
-from tests.cluster.cluster import Cluster
+from tests.cluster.cluster import Cluster, netns_pids
 from tests.oned import OneDaemon, wait_for, write_conf
-from tests.test_xen_cluster import add_cluster_hosts, start_daemon, tutorial, xm_domains
+from tests.test_xen_cluster import (
+    RUNNING,
+    add_cluster_hosts,
+    assert_never_rebooted,
+    start_daemon,
+    ticks,
+    tutorial,
+    xm_domains,
+)
 
 POLLING_INTERVAL = 5
 SLOW = ", DELAY = 3600"
@@ -73,14 +86,20 @@ def in_flight(one: OneDaemon) -> int:
     return sum(1 for state, lcm in states if state == int(VMState.ACTIVE) and lcm not in stable)
 
 
-def kill(one: OneDaemon) -> None:
+def kill(one: OneDaemon, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Stop the daemon with ``sig``; a graceful stop must end the process promptly and
+    with status 0 even while driver operations are outstanding."""
     assert one.process is not None
-    one.process.send_signal(signal.SIGKILL)
-    one.process.wait(10)
+    one.process.send_signal(sig)
+    code = one.process.wait(10)
     one.stop()
+    assert code == (-signal.SIGKILL if sig is signal.SIGKILL else 0)
 
 
-def test_sigkill_in_every_transient_state(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name
+)
+def test_stop_in_every_transient_state(tmp_path: Path, sig: signal.Signals) -> None:
     configure(tmp_path)
     one = OneDaemon(tmp_path).start()
     h1 = ok(one, "one.host.allocate", "h1", "im_xen", "vmm_xen", "tm_nfs")
@@ -117,7 +136,7 @@ def test_sigkill_in_every_transient_state(tmp_path: Path) -> None:
     }
     wait_stored(one, {vid: active(lcm) for vid, lcm in caught.items()})
     assert in_flight(one) == 8
-    kill(one)
+    kill(one, sig)
 
     # Every transfer takes an hour: caught in PROLOG*, EPILOG*. The VMs killed above
     # are settled first by this daemon (its VMM is instant).
@@ -137,7 +156,7 @@ def test_sigkill_in_every_transient_state(tmp_path: Path) -> None:
         },
     )
     assert in_flight(one) == 3  # killed again, in the transfers the restart started
-    kill(one)
+    kill(one, sig)
     configure(tmp_path, slow_tm=True)
     one = OneDaemon(tmp_path).start()
     ok(one, "one.vm.action", "shutdown", vids[6])
@@ -156,7 +175,7 @@ def test_sigkill_in_every_transient_state(tmp_path: Path) -> None:
     wait_stored(one, {vid: active(lcm) for vid, lcm in caught2.items()})
     assert in_flight(one) == 8  # these five, and the three still in their transfers
     killed_in = {lcm for lcm in (*caught.values(), *caught2.values())}
-    kill(one)
+    kill(one, sig)
 
     configure(tmp_path)
     one = OneDaemon(tmp_path).start()
@@ -190,9 +209,8 @@ def test_sigkill_in_every_transient_state(tmp_path: Path) -> None:
         timeout=2 * POLLING_INTERVAL,
         what="every VM stable",
     )
-    print(
-        f"19 VMs caught mid-operation in 3 SIGKILLs: all stable {time.monotonic() - started:.2f} s"
-    )
+    took = time.monotonic() - started
+    print(f"19 VMs caught mid-operation in 3 {sig.name}s: all stable {took:.2f} s")
     assert in_flight(one) == 0
     with one.db() as db:
         assert db.execute("SELECT COUNT(*) FROM vm_pool").fetchone() == (13,)  # nothing lost
@@ -324,5 +342,156 @@ def test_sigkill_during_a_cold_migration_on_a_cluster(fast_cluster: Cluster, tmp
             shares = db.execute("SELECT hid, running_vms FROM host_shares ORDER BY hid")
             assert shares.fetchall() == [(0, 0), (1, 1), (2, 0)]
         assert "saving it again" in (tmp_path / "var/0/vm.log").read_text()
+    finally:
+        one.stop()
+
+
+# -- with a real QEMU guest: the kill lands while the toolstack holds the operation -------
+
+#: Seconds the toolstack holds the operation before doing it: the daemon is stopped in
+#: this window, and the operation then completes while no daemon runs.
+HOLD = 3.0
+GUEST = "NAME = guest\nCPU = 1\nMEMORY = 128\nOS = [ kernel = /boot/vmlinuz ]\n"
+
+
+def toolstack_busy(c: Cluster, host: str, command: str) -> bool:
+    """An ``xm <command>`` process is running on ``host`` now."""
+    for pid in netns_pids(host):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        names = [os.path.basename(arg).decode(errors="replace") for arg in argv[:4]]
+        if "xm" in names and names[names.index("xm") + 1 :][:1] == [command]:
+            return True
+    return False
+
+
+def finished(c: Cluster, host: str, command: str) -> dict | None:
+    """The log entry of the last ``xm <command>`` that ended on ``host``."""
+    entries = [entry for entry in c.xen_commands(host) if entry["argv"][1:2] == [command]]
+    return entries[-1] if entries else None
+
+
+def shares(one: OneDaemon) -> list[tuple[int, int, int]]:
+    with one.db() as db:
+        rows = db.execute("SELECT hid, running_vms, cpu_usage FROM host_shares ORDER BY hid")
+        return rows.fetchall()
+
+
+def _qemu_guest(c: Cluster, tmp_path: Path) -> OneDaemon:
+    """The daemon, the three hosts, and a booted guest (VM 0) on node01."""
+    one = start_daemon(tmp_path, c, str(c.shared_dir / "one"), timeout=60)
+    add_cluster_hosts(one, "tm_nfs")
+    assert one.call("one.vmallocate", GUEST) == [True, 0]
+    assert one.call("one.vmdeploy", 0, 0) == [True]
+    wait_stored(one, {0: active(L.RUNNING)})
+    wait_for(lambda: len(ticks(c.console_log("node01", "one-0"))) >= 3, timeout=60, what="boot")
+    return one
+
+
+def _settled_on(one: OneDaemon, c: Cluster, host: str, hid: int) -> None:
+    """The domain runs on ``host`` alone, the daemon says so, and the guest never rebooted."""
+    started = time.monotonic()
+    wait_for(lambda: one.vm_state(0) == RUNNING, timeout=2 * POLLING_INTERVAL, what="RUNNING")
+    settled = time.monotonic() - started
+    domains = {h: xm_domains(c, h) for h in c.hosts}
+    assert domains == {h: {"one-0"} if h == host else set() for h in c.hosts}
+    info = one.call14("one.vm.info", 0)
+    assert info[0] is True, info
+    assert f"<HOSTNAME>{host}</HOSTNAME>" in info[1] and "<LCM_STATE>3</LCM_STATE>" in info[1]
+    assert shares(one) == [(h, int(h == hid), 100 * (h == hid)) for h in range(3)]
+    before = assert_never_rebooted(c, "one-0")
+    wait_for(lambda: assert_never_rebooted(c, "one-0") > before + 3, timeout=20, what="ticks")
+    print(f"settled {settled:.2f} s after the restart")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=lambda sig: sig.name)
+def test_stop_during_a_live_migration_of_a_qemu_guest(
+    qemu_cluster: Cluster, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The daemon stops while `xm migrate -l` runs; the migration completes without it.
+    The restarted daemon finds the guest on node02 alone and records it there."""
+    c = qemu_cluster
+    one = _qemu_guest(c, tmp_path)
+    try:
+        c.inject_fault("node01", "migrate", action="delay", seconds=HOLD, times=1)
+        assert one.call("one.vmmigrate", 0, 1, True) == [True]
+        wait_stored(one, {0: active(L.MIGRATE)})
+        wait_for(lambda: toolstack_busy(c, "node01", "migrate"), what="xm migrate on node01")
+        kill(one, sig)
+        assert toolstack_busy(c, "node01", "migrate"), "the kill came after the migration"
+        migration = wait_for(lambda: finished(c, "node01", "migrate"), timeout=60)
+        assert migration["rc"] == 0, migration
+        one = OneDaemon(tmp_path).start()
+        _settled_on(one, c, "node02", 1)
+        assert _stored_history(one, 0) == [("node01", 3), ("node02", 0)]
+        log = (tmp_path / "var/0/vm.log").read_text()
+        assert "Found in MIGRATE at start-up; domain running on node02" in log
+        stats = migration["migration"]
+        print(
+            f"QEMU live migration without a daemon: {migration['seconds']:.2f} s "
+            f"(held {HOLD} s), total {stats['total_time_ms']} ms, "
+            f"downtime {stats['downtime_ms']} ms"
+        )
+    finally:
+        one.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=lambda sig: sig.name)
+def test_stop_during_a_cold_migration_of_a_qemu_guest(
+    qemu_cluster: Cluster, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The daemon stops while `xm save` runs for a cold migration; the save completes
+    without it. The restarted daemon moves the checkpoint and restores it on node02."""
+    c = qemu_cluster
+    one = _qemu_guest(c, tmp_path)
+    try:
+        c.inject_fault("node01", "save", action="delay", seconds=HOLD, times=1)
+        assert one.call("one.vmmigrate", 0, 1, False) == [True]
+        wait_stored(one, {0: active(L.SAVE_MIGRATE)})
+        wait_for(lambda: toolstack_busy(c, "node01", "save"), what="xm save on node01")
+        kill(one, sig)
+        assert toolstack_busy(c, "node01", "save"), "the kill came after the save"
+        save = wait_for(lambda: finished(c, "node01", "save"), timeout=60)
+        assert save["rc"] == 0, save
+        assert xm_domains(c, "node01") == set()
+        one = OneDaemon(tmp_path).start()
+        _settled_on(one, c, "node02", 1)
+        assert _stored_history(one, 0) == [("node01", 3), ("node02", 0)]
+        log = (tmp_path / "var/0/vm.log").read_text()
+        assert "Found in SAVE_MIGRATE at start-up; domain gone: the save completed" in log
+        restore = finished(c, "node02", "restore")
+        assert restore is not None and restore["rc"] == 0
+        print(
+            f"QEMU save without a daemon: {save['seconds']:.2f} s (held {HOLD} s), "
+            f"restore by the restarted daemon {restore['seconds']:.2f} s"
+        )
+    finally:
+        one.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a restart while the orphaned `xm migrate` still runs rolls the VM "
+    "back to node01, then the migration moves the guest to node02 and the VM goes UNKNOWN "
+    "on node01; the reconciler cannot see a migration in flight (a `migrating-` domain "
+    "polls as running)",
+)
+def test_restart_while_the_orphaned_live_migration_still_runs(
+    qemu_cluster: Cluster, tmp_path: Path
+) -> None:
+    c = qemu_cluster
+    one = _qemu_guest(c, tmp_path)
+    try:
+        c.inject_fault("node01", "migrate", action="delay", seconds=HOLD, times=1)
+        assert one.call("one.vmmigrate", 0, 1, True) == [True]
+        wait_stored(one, {0: active(L.MIGRATE)})
+        wait_for(lambda: toolstack_busy(c, "node01", "migrate"), what="xm migrate on node01")
+        kill(one)
+        one = OneDaemon(tmp_path).start()
+        assert toolstack_busy(c, "node01", "migrate"), "the restart came after the migration"
+        assert wait_for(lambda: finished(c, "node01", "migrate"), timeout=60)["rc"] == 0
+        _settled_on(one, c, "node02", 1)
     finally:
         one.stop()
