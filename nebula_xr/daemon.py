@@ -28,7 +28,7 @@ from nebula_xr import __version__, xmldoc
 from nebula_xr.access import Access
 from nebula_xr.api14 import RequestManager14
 from nebula_xr.config import Config, ConfigError, DriverEntry, Layout, is_loopback, load_config
-from nebula_xr.database import Database, DatabaseError
+from nebula_xr.database import Database, DatabaseError, PluginStore
 from nebula_xr.dispatch_manager import DispatchManager, VMStates
 from nebula_xr.drivers.base import (
     INFORMATION,
@@ -182,8 +182,15 @@ class Daemon(MultiService):
 
     def _build(self) -> None:
         config, log, clock = self.config, self.log, self.clock
+        plugin_tables = []
+        if config.scheduler is not None:
+            try:
+                plugin_tables = self.plugins.plugin_tables(config.scheduler)
+            except PluginError as error:
+                raise StartupError(str(error)) from error
+        self.plugin_store = PluginStore(self.db, plugin_tables)
         try:
-            self.db.open()
+            self.db.open(plugin_tables)
         except DatabaseError as error:
             raise StartupError(str(error)) from error
         self.vms = VirtualMachinePool(self.db, config.layout.var_dir)
@@ -294,7 +301,9 @@ class Daemon(MultiService):
             services.append(timer)
         scheduler: Scheduler | None = None
         if config.scheduler is not None:
-            context = DaemonSchedulerContext(self.dm, self.vms, self.hosts, clock, log)
+            context = DaemonSchedulerContext(
+                self.dm, self.vms, self.hosts, clock, log, store=self.plugin_store
+            )
             try:
                 scheduler = self.plugins.make_scheduler(config.scheduler, context)
             except PluginError as error:

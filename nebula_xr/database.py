@@ -183,6 +183,15 @@ class UserPoolRow(_Table):
         primary_key = peewee.CompositeKey("oid", "user_name")
 
 
+class PluginTable(_Table):
+    """Base of a table a plugin keeps in one.db (declared with ``nebula_xr_tables``).
+
+    A peewee model; its ``Meta.table_name`` must be the plugin's name, an underscore and
+    lower-case letters, digits or underscores (``haizea_rates``), so it never meets a 1.2
+    table. It is created, if missing, when one.db is opened.
+    """
+
+
 #: The nine 1.2 tables, in the order 1.2 creates them.
 TABLES: tuple[type[_Table], ...] = (
     VMPoolRow,
@@ -352,12 +361,13 @@ class Database:
 
     # -- lifecycle --
 
-    def open(self) -> None:
-        """Open the file and create the 1.2 tables (and 1.4's user table) that are missing."""
+    def open(self, plugin_tables: Sequence[type[PluginTable]] = ()) -> None:
+        """Open the file and create the 1.2 tables (and 1.4's user table, and the
+        ``plugin_tables``) that are missing."""
         database_proxy.initialize(self._db)
         try:
             self._db.connect(reuse_if_open=True)
-            self._db.create_tables((*TABLES, UserPoolRow), safe=True)
+            self._db.create_tables((*TABLES, UserPoolRow, *plugin_tables), safe=True)
         except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
             raise DatabaseError(f"Can not open database {self.path}: {error}") from error
         self._writer = threading.Thread(target=self._write_loop, name="one.db writer", daemon=True)
@@ -564,6 +574,38 @@ class Database:
         waiting, self._waiters = self._waiters, []
         still = [waiter for waiter in waiting if not self._resolve(waiter)]
         self._waiters[:0] = still
+
+
+class PluginStore:
+    """A plugin's view of one.db: only the tables its ``nebula_xr_tables`` declared.
+
+    Reads are for start-up (``rows``); writes (:class:`Replace`, :class:`Insert`,
+    :class:`Delete`, :class:`Update`) go through the daemon's group-commit writer, so they
+    never block the reactor and are durable in order with the core's own changes.
+    """
+
+    def __init__(self, db: Database, tables: Sequence[type[PluginTable]]) -> None:
+        self._db = db
+        self.tables = tuple(tables)
+
+    def _check(self, table: type[_Table]) -> None:
+        if table not in self.tables:
+            raise ValueError(f"{table._meta.table_name} is not one of this plugin's tables")
+
+    def rows(self, table: type[PluginTable]) -> list[tuple]:
+        """Every row of one of the plugin's tables, as tuples in column order."""
+        self._check(table)
+        return self._db.rows(table)
+
+    def write(self, *operations: Operation) -> None:
+        """Queue changes to the plugin's tables for the next group commit."""
+        for operation in operations:
+            self._check(operation.table)
+        self._db.write(*operations)
+
+    def committed(self) -> Deferred:
+        """Fires once everything written so far is durable."""
+        return self._db.committed()
 
 
 def schema_sql(connection: sqlite3.Connection) -> dict[str, list[tuple[str, str, int]]]:

@@ -31,6 +31,7 @@ import pluggy
 from nebula_xr import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from nebula_xr.database import PluginTable
     from nebula_xr.drivers.base import (
         DriverConfig,
         DriverContext,
@@ -90,6 +91,22 @@ def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> S
     the pools and the user actions (deploy, migrate, suspend, resume, shutdown...), so a
     scheduler can place VMs and also enact leases. Called only on the plugin
     ``config.plugin`` names; return a :class:`~nebula_xr.scheduling.Scheduler`.
+    """
+
+
+@hookspec
+def nebula_xr_tables(config: SchedulerConfig) -> list[type[PluginTable]]:
+    """The tables the scheduler plugin keeps in one.db, for what it cannot rebuild from
+    the VMs and hosts after a restart.
+
+    Called only on the plugin ``SCHEDULER = [ plugin = ... ]`` names (``config`` is that
+    vector, as ``nebula_xr_scheduler`` gets it), at start-up, before one.db is opened.
+    Each table is a :class:`~nebula_xr.database.PluginTable` (a peewee model) named after
+    the plugin (``<plugin>_<name>``); the daemon creates those missing and leaves the 1.2
+    tables untouched. The scheduler reads and writes them through its context's ``store``
+    (:class:`~nebula_xr.database.PluginStore`), which refuses any other table; writes join
+    the daemon's group commits. Return an empty list (or do not
+    implement the hook) for no table.
     """
 
 

@@ -7,6 +7,7 @@ hook implementation fails at start-up instead of being silently ignored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -15,6 +16,7 @@ from typing import Any
 import pluggy
 
 from nebula_xr import PROJECT_NAME, hookspecs
+from nebula_xr.database import PluginTable
 from nebula_xr.drivers.base import (
     INFORMATION,
     TRANSFER,
@@ -174,6 +176,25 @@ class PluginManager:
         if scheduler is None:
             raise PluginError(f"Plugin {config.plugin!r} does not provide a scheduler")
         return scheduler
+
+    def plugin_tables(self, config: SchedulerConfig) -> list[type[PluginTable]]:
+        """The tables the scheduler plugin declares (see ``nebula_xr_tables``)."""
+        plugin = config.plugin
+        self.require(plugin, "scheduler")
+        tables = list(self._call_named("nebula_xr_tables", plugin, config=config) or ())
+        for table in tables:
+            name = getattr(getattr(table, "_meta", None), "table_name", "")
+            if not (
+                isinstance(table, type)
+                and issubclass(table, PluginTable)
+                and re.fullmatch(r"[a-z][a-z0-9_]*", name)
+                and name.startswith(f"{plugin}_")
+            ):
+                raise PluginError(
+                    f"Plugin {plugin!r} declares table {name or table!r}: a plugin's tables are "
+                    f"PluginTable models named {plugin}_<name>"
+                )
+        return tables
 
     # -- the API --------------------------------------------------------------------------
 

@@ -11,9 +11,12 @@ at planned times using ``context.clock.callLater``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nebula_xr.template import Template
+
+if TYPE_CHECKING:
+    from nebula_xr.database import PluginStore
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class SchedulerContext(Protocol):
 
     #: IReactorTime: ``seconds()`` and ``callLater()``; a ``task.Clock`` in tests.
     clock: Any
+    #: The scheduler plugin's own tables in one.db (``nebula_xr_tables``); None in tests
+    #: that build a context without a daemon.
+    store: PluginStore | None
 
     def log(self, message: str) -> None:
         """Write an informational line to the scheduler log (oned.log)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nebula_xr.database import PluginStore
 from nebula_xr.dispatch_manager import DispatchManager
 from nebula_xr.log import Log
 from nebula_xr.model import Host, VirtualMachine, VMState
@@ -61,9 +62,16 @@ class DaemonSchedulerContext:
     """:class:`~nebula_xr.scheduling.SchedulerContext` backed by the dispatch manager."""
 
     def __init__(
-        self, dm: DispatchManager, vms: VirtualMachinePool, hosts: HostPool, clock: Any, log: Log
+        self,
+        dm: DispatchManager,
+        vms: VirtualMachinePool,
+        hosts: HostPool,
+        clock: Any,
+        log: Log,
+        store: PluginStore | None = None,
     ) -> None:
         self.dm = dm
+        self.store = store
         self._vms = vms
         self._hosts = hosts
         self.clock = clock

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from lxml import etree
 from nebula_xr_haizea import api
 from nebula_xr_haizea import scheduler as scheduler_module
+from nebula_xr_haizea import store as store_module
 from nebula_xr_haizea.planner import LeaseState
 from nebula_xr_haizea.request import (
     LeaseKind,
@@ -26,8 +27,12 @@ from nebula_xr_haizea.request import (
     parse_lease_request,
 )
 from nebula_xr_haizea.scheduler import HaizeaScheduler
+from twisted.internet import task
 
+from nebula_xr import hookimpl
+from nebula_xr.database import Database, Delete, PluginStore, PluginTable, VMPoolRow
 from nebula_xr.model import HostState, LCMState, VMState
+from nebula_xr.plugin_manager import PluginError, PluginManager
 from nebula_xr.scheduling import SchedulerConfig
 from nebula_xr.template import Template
 from tests.fake.scheduler import FakeSchedulerContext
@@ -497,3 +502,50 @@ def test_list_plugins_shows_haizea_from_its_distribution() -> None:
         check=True,
     ).stdout
     assert any(line.split()[:2] == ["haizea", "nebula-xr-haizea"] for line in out.splitlines()), out
+
+
+# -- the plugin's own tables (the core's nebula_xr_tables hook) -------------------------
+
+
+class _Tables:
+    def __init__(self, tables: list) -> None:
+        self.tables = tables
+
+    @hookimpl
+    def nebula_xr_tables(self, config: SchedulerConfig) -> list:
+        return self.tables
+
+
+def test_the_haizea_tables_are_declared_to_the_core_and_named_after_it() -> None:
+    manager = PluginManager()
+    manager.load()
+    tables = manager.plugin_tables(SchedulerConfig(plugin="haizea"))
+    assert [table._meta.table_name for table in tables] == ["haizea_rates", "haizea_finished"]
+
+
+@pytest.mark.parametrize(
+    "name", ["vm_pool", "other_rates", "haizea_x; DROP TABLE vm_pool", "Haizea_x"]
+)
+def test_a_table_not_named_after_its_plugin_is_refused(name: str) -> None:
+    class Row(PluginTable):
+        class Meta:
+            table_name = name
+
+    manager = PluginManager()
+    manager.register(_Tables([Row]), "haizea")
+    with pytest.raises(PluginError, match="a plugin's tables are PluginTable models named haizea_"):
+        manager.plugin_tables(SchedulerConfig(plugin="haizea"))
+
+
+def test_the_store_refuses_the_core_tables(tmp_path) -> None:
+    db = Database(tmp_path / "one.db", reactor=task.Clock())
+    db.open(store_module.TABLES)
+    try:
+        store = PluginStore(db, store_module.TABLES)
+        with pytest.raises(ValueError, match="vm_pool is not one of this plugin's tables"):
+            store.write(Delete(VMPoolRow, (("oid", 0),)))
+        with pytest.raises(ValueError, match="vm_pool is not one of this plugin's tables"):
+            store.rows(VMPoolRow)
+        assert store.rows(store_module.RateRow) == []
+    finally:
+        db.close()

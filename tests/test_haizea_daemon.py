@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import sysconfig
@@ -267,5 +268,61 @@ def test_gangs_rejections_and_early_termination_on_the_daemon(tmp_path) -> None:
         assert one.call("one.vmaction", "cancel", first[0]) == [True]
         wait_for(lambda: one.vm_state(second) == (ACTIVE, RUNNING), what="the next lease")
         assert history(one, second)[0]["host_name"] == history(one, first[0])[0]["host_name"]
+    finally:
+        assert one.stop() == 0
+
+
+def lease_field(one: OneDaemon, lid: int, name: str) -> str:
+    ok, document = one.call14("haizea.lease.info", lid)
+    assert ok, document
+    return etree.fromstring(document).findtext(name)
+
+
+def test_corrected_rates_and_finished_leases_survive_a_restart(tmp_path) -> None:
+    """The plugin's own tables in one.db: a restarted daemon plans suspensions with the
+    rates real suspensions corrected, and still lists the leases that were over."""
+    # 1536 MB at the configured 256 MB/s: suspensions planned 6 s before a reservation;
+    # a dummy suspension takes a fraction of a second, so the corrected rate is far higher.
+    best_effort = 'START = best_effort, DURATION = "00:01:00", PREEMPTIBLE = yes'
+
+    def reservation() -> str:
+        return _vm("reserved", 'START = "+00:00:10", DURATION = "00:00:02", PREEMPTIBLE = no')
+
+    def planned_lead(lid: int, reserved: int) -> int:
+        """Seconds between the planned suspension of ``lid`` and the reservation's start."""
+        wait_for(lambda: lease_field(one, lid, "SUSPEND") != "-1", what="a planned suspension")
+        return one.vm_row(reserved)[6] + 10 - int(lease_field(one, lid, "SUSPEND"))
+
+    one = _daemon(tmp_path)
+    try:
+        add_hosts(one, "node01")
+        ok, batch = one.call("one.vmallocate", _vm("batch", best_effort).replace("256", "1536"))
+        assert ok
+        timeline = Timeline(one, [batch])
+        started = timeline.wait(batch, (ACTIVE, RUNNING), 0)
+        ok, reserved = one.call("one.vmallocate", reservation())
+        assert ok
+        assert planned_lead(batch, reserved) == 6  # the configured rate
+        timeline.vids.append(reserved)
+        suspended = timeline.wait(batch, (SUSPENDED, 0), started)
+        timeline.wait(reserved, (DONE, 0), 0, timeout=20)
+        timeline.wait(batch, (ACTIVE, RUNNING), suspended)
+        wait_for(lambda: lease_state(one, reserved) == "done", what="the reservation done")
+    finally:
+        assert one.stop() == 0
+
+    with sqlite3.connect(tmp_path / "var" / "one.db") as db:
+        rates = dict(db.execute("SELECT action, rate FROM haizea_rates"))
+    assert set(rates) == {"suspend", "resume"} and rates["suspend"] > 256 * 3
+
+    one = OneDaemon(tmp_path).start()
+    try:
+        assert lease_state(one, reserved) == "done"  # a finished lease, listed again
+        assert lease_field(one, reserved, "VMS") == str(reserved)
+        assert lease_field(one, reserved, "TYPE") == "advance_reservation"
+        assert lease_state(one, batch) == "active"  # rebuilt from its VM
+        ok, again = one.call("one.vmallocate", reservation())
+        assert ok
+        assert planned_lead(batch, again) <= 2  # 1536 MB at the corrected rate
     finally:
         assert one.stop() == 0

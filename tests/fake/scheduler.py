@@ -26,6 +26,7 @@ class FakeSchedulerContext:
     def __init__(self, delay: float = 1.0) -> None:
         self.clock = task.Clock()
         self.delay = delay
+        self.store = None  # no one.db: the plugin keeps nothing
         self.lines: list[str] = []
         self.rejections: dict[int, str] = {}
         self.actions: list[tuple[float, str, int, int | None]] = []

@@ -9,9 +9,10 @@ the daemon side :mod:`nebula_xr_haizea.scheduler`.
 from __future__ import annotations
 
 from nebula_xr import hookimpl
+from nebula_xr.database import PluginTable
 from nebula_xr.plugin_manager import XmlRpcMethod
 from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
-from nebula_xr_haizea import api
+from nebula_xr_haizea import api, store
 from nebula_xr_haizea.scheduler import RUNNING, HaizeaScheduler
 
 PLUGIN_NAME = "haizea"
@@ -22,6 +23,11 @@ def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> S
     if config.plugin == PLUGIN_NAME:
         return HaizeaScheduler(config, context)
     return None
+
+
+@hookimpl
+def nebula_xr_tables(config: SchedulerConfig) -> list[type[PluginTable]]:
+    return list(store.TABLES) if config.plugin == PLUGIN_NAME else []
 
 
 @hookimpl

@@ -32,6 +32,13 @@ from nebula_xr_haizea.planner import (
     plan,
 )
 from nebula_xr_haizea.request import LeaseKind, LeaseRequest, LeaseRequestError, parse_lease_request
+from nebula_xr_haizea.store import (
+    forget_finished,
+    load_finished,
+    load_rates,
+    save_finished,
+    save_rate,
+)
 
 _UNUSABLE = (HostState.ERROR, HostState.DISABLED)
 _OVER = (VMState.DONE, VMState.FAILED)
@@ -125,12 +132,23 @@ class HaizeaScheduler(Scheduler):
 
     def start(self) -> None:
         RUNNING.append(self)
+        self._load_stored()
         for host in self.context.hosts():
             node = node_of(host)
             if node is not None:
                 self.nodes[node.hid] = node
         self.recover(self.context.vms())
         self.replan()
+
+    def _load_stored(self) -> None:
+        """The corrected rates and the finished leases an earlier run kept in one.db."""
+        if self.context.store is None:
+            return
+        rates = {f"{action}_rate": rate for action, rate in load_rates(self.context.store).items()}
+        self.policy = replace(self.policy, **rates)
+        for lease, vids, uid in load_finished(self.context.store):
+            self.finished[lease.lid] = (lease, vids, lease.state)
+            self.owners[lease.lid] = uid
 
     def recover(self, vms: list[VMView]) -> None:
         """Rebuild the leases of a daemon that restarted from what its VMs say.
@@ -306,8 +324,14 @@ class HaizeaScheduler(Scheduler):
 
     def _finish(self, lease: Lease, vids: list[int]) -> None:
         self.finished[lease.lid] = (lease, vids, lease.state)
+        store = self.context.store
+        if store is not None:
+            save_finished(store, lease, vids, self.owners.get(lease.lid, 0))
         if len(self.finished) > FINISHED_KEPT:
-            del self.finished[next(iter(self.finished))]
+            oldest = next(iter(self.finished))
+            del self.finished[oldest]
+            if store is not None:
+                forget_finished(store, oldest)
 
     def vm_over(self, vid: int, failed: bool = False) -> None:
         for forming in self._forming.values():
@@ -389,7 +413,10 @@ class HaizeaScheduler(Scheduler):
             return
         key = f"{action}_rate"
         rate = getattr(self.policy, key)
-        self.policy = replace(self.policy, **{key: (rate + rate * planned / seconds) / 2})
+        corrected = (rate + rate * planned / seconds) / 2
+        self.policy = replace(self.policy, **{key: corrected})
+        if self.context.store is not None:
+            save_rate(self.context.store, action, corrected)
 
     # -- the plan and its enactment ---------------------------------------------------
 
