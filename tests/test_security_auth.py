@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import xmlrpc.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,9 +115,11 @@ REFUSALS = (
     "Only oneadmin can enable hosts",
 )
 
-NS = f"nxrauth{os.getpid() % 100000}"
-HOST_IF, PEER_IF = f"nxa{os.getpid() % 100000}h", f"nxa{os.getpid() % 100000}p"
+NS = f"nxrauth{os.getpid()}"
+HOST_IF, PEER_IF = f"nxa{os.getpid()}h", f"nxa{os.getpid()}p"
 HOST_ADDRESS, PEER_ADDRESS = "10.77.9.1", "10.77.9.2"
+#: Names this suite gives its namespace and host-side link; the number is the test's pid.
+STALE_NAMES = re.compile(r"(?:nxrauth|nxa)(\d+)h?$")
 
 CLIENT = """
 import json, sys, xmlrpc.client
@@ -134,14 +138,34 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def ip(*args: str, check: bool = True) -> None:
-    subprocess.run(["ip", *args], check=check, capture_output=True, timeout=30)
+def ip(*args: str, check: bool = True) -> str:
+    done = subprocess.run(["ip", *args], check=check, capture_output=True, timeout=30, text=True)
+    return done.stdout
+
+
+def remove_stale_network() -> None:
+    """Remove the namespace and link of a run of this suite that was killed.
+
+    Its host-side link would still hold 10.77.9.1/30 and route the replies to our client
+    into a dead namespace: every connection from the namespace would time out.
+    """
+    names = [line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()]
+    names += [line.split()[1].split("@")[0] for line in ip("-o", "link").splitlines()]
+    for name in names:
+        match = STALE_NAMES.match(name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            kind = ("netns", "del") if name.startswith("nxrauth") else ("link", "del")
+            ip(*kind, name, check=False)
+    routes = ip("-4", "route", "show", "to", "match", HOST_ADDRESS)
+    if HOST_ADDRESS.rsplit(".", 1)[0] + ".0/30" in routes:
+        pytest.fail(f"{HOST_ADDRESS}/30 is already routed on this machine: {routes.strip()}")
 
 
 @pytest.fixture(scope="module")
 def namespace() -> Iterator[str]:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("the attack suite needs root and iproute2 for its network namespace")
+    remove_stale_network()
     try:
         ip("netns", "add", NS)
     except subprocess.CalledProcessError as error:

@@ -408,6 +408,12 @@ async def test_introspection(address: tuple[str, int]) -> None:
     )
     for method in ("system.methodSignature", "system.methodHelp"):
         assert await fault_of(address, method, "nope") == (-506, "Method 'nope' does not exist")
+        long_name = "9" * 5000  # quoted back cut short, not echoed whole
+        shown = "9" * 100 + "..."
+        assert await fault_of(address, method, long_name) == (
+            -506,
+            f"Method '{shown}' does not exist",
+        )
     assert await fault_of(address, "system.methodHelp") == (-501, "Not enough parameters")
 
 

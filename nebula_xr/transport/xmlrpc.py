@@ -688,7 +688,7 @@ class MethodRegistry:
         """Check ``params`` against ``name``'s signature and run it: a value or a Deferred."""
         method = self._methods.get(name)
         if method is None:
-            raise Fault(NO_SUCH_METHOD_ERROR, f"Method '{name}' not defined")
+            raise Fault(NO_SUCH_METHOD_ERROR, f"Method '{_shown(name)}' not defined")
         checks = method.checks
         count = len(params)
         # In order, as xmlrpc-c's paramList getters ran: a wrong type before a missing one.
@@ -754,7 +754,7 @@ class MethodRegistry:
     def _lookup(self, name: str) -> _Method:
         method = self._methods.get(name)
         if method is None:
-            raise Fault(NO_SUCH_METHOD_ERROR, f"Method '{name}' does not exist")
+            raise Fault(NO_SUCH_METHOD_ERROR, f"Method '{_shown(name)}' does not exist")
         return method
 
     def _method_signature(self, name: str) -> list[list[str]]:
@@ -771,6 +771,16 @@ class MethodRegistry:
         if len(calls) > limit:
             raise Fault(LIMIT_EXCEEDED_ERROR, f"system.multicall is limited to {limit} calls")
         return _Multicall(self, context, calls).run()
+
+
+_SHOWN_NAME_CHARS = 100
+
+
+def _shown(name: str) -> str:
+    """A client's method name as quoted back in a fault: cut, so a fault stays small."""
+    if len(name) <= _SHOWN_NAME_CHARS:
+        return name
+    return name[:_SHOWN_NAME_CHARS] + "..."
 
 
 class _Multicall:
