@@ -407,9 +407,7 @@ def parse_config(text: str, layout: Layout, source: str = "oned.conf") -> Config
         network_size=_int(template, "NETWORK_SIZE", 254),
         mac_prefix=parse_mac_prefix(template.get_string("MAC_PREFIX")),
         db_wal=journal == "wal",
-        db_busy_timeout=_float(
-            template.get_string("DB_BUSY_TIMEOUT"), "DB_BUSY_TIMEOUT", 20.0
-        ),
+        db_busy_timeout=_float(template.get_string("DB_BUSY_TIMEOUT"), "DB_BUSY_TIMEOUT", 20.0),
         driver_timeout=_float(template.get_string("DRIVER_TIMEOUT"), "DRIVER_TIMEOUT", 300.0),
         drivers=tuple(drivers),
         scheduler=_scheduler(template),
@@ -443,6 +441,4 @@ def check_driver_files(config: Config) -> None:
             path = Path(name) if Path(name).is_absolute() else config.layout.etc_dir / name
             if not path.is_file():
                 what = "is not a file" if path.exists() else "does not exist"
-                raise ConfigError(
-                    f"Driver {entry.name}: its {key} file {path} {what}"
-                )
+                raise ConfigError(f"Driver {entry.name}: its {key} file {path} {what}")

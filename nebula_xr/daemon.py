@@ -364,6 +364,7 @@ class Daemon(MultiService):
             log.warning("ONE", warning)
             click.echo(f"Warning: {warning}", err=True)
         return Access(auth, self.users, authenticator)
+
     def _vm_owner(self, vid: int) -> int:
         vm = self.vms.get(vid)
         return vm.uid if vm is not None else -1

@@ -226,6 +226,7 @@ class PluginManager:
                     raise PluginError(f"Can not add XML-RPC method: {error}") from error
                 names.append(method.name)
         return names
+
     def _call_named(self, hook_name: str, plugin_name: str, **arguments: Any) -> Any:
         """Call the implementation of ``hook_name`` of the plugin oned.conf names, only.
 

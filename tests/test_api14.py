@@ -276,8 +276,7 @@ def test_host_documents(one: OneDaemon) -> None:
     # an IM driver oned.conf lacks: 1.4 refuses it, 1.2 accepts it and says so in oned.log
     assert call(one, "one.host.allocate", "fresh", "im_none", "vmm_xen", "tm_nfs") == [
         False,
-        "Can not allocate host fresh: no IM driver named im_none in oned.conf "
-        "(configured: im_xen)",
+        "Can not allocate host fresh: no IM driver named im_none in oned.conf (configured: im_xen)",
     ]
     ok, hid = one.call("one.hostallocate", "fresh", "im_none", "vmm_xen", "tm_nfs", True)
     log = (one.location / "var" / "oned.log").read_text()

@@ -12,9 +12,11 @@ import pytest
 
 from tests.cluster.cluster import Cluster
 
-XENTOP_HEADER = ("      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(k) MAXMEM(%) VCPUS"
-                 " NETS NETTX(k) NETRX(k) VBDS   VBD_OO   VBD_RD   VBD_WR  VBD_RSECT  VBD_WSECT"
-                 " SSID")
+XENTOP_HEADER = (
+    "      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(k) MAXMEM(%) VCPUS"
+    " NETS NETTX(k) NETRX(k) VBDS   VBD_OO   VBD_RD   VBD_WR  VBD_RSECT  VBD_WSECT"
+    " SSID"
+)
 
 
 def deployment(c: Cluster, vid: int, memory: int = 128, with_disk: bool = True) -> str:
@@ -32,7 +34,8 @@ def deployment(c: Cluster, vid: int, memory: int = 128, with_disk: bool = True) 
         "kernel = '/vmlinuz'\nramdisk = '/initrd.img'\nroot = '/dev/sda1'\n"
         f"disk = [\n{disks}]\n"
         "vif = [\n    'mac=00:ff:72:17:20:27',\n    'mac=00:03:0a:00:00:01,bridge=eth0',\n]\n"
-        "vfb = ['type=vnc,vnclisten=127.0.0.1,vncdisplay=5']\n")
+        "vfb = ['type=vnc,vnclisten=127.0.0.1,vncdisplay=5']\n"
+    )
     return str(path)
 
 
@@ -73,14 +76,14 @@ def wait_for(condition, timeout: float, interval: float = 0.1) -> float:
 
 def test_every_host_answers_ssh_by_name(cluster: Cluster) -> None:
     for host in cluster.hosts:
-        proc = subprocess.run([*cluster.ssh_command(host), "hostname"], capture_output=True,
-                              text=True, timeout=10)
+        proc = subprocess.run(
+            [*cluster.ssh_command(host), "hostname"], capture_output=True, text=True, timeout=10
+        )
         assert (proc.returncode, proc.stdout) == (0, f"{host}\n"), proc.stderr
     started = time.monotonic()
     for _ in range(10):
         cluster.run("node01", "true", check=True)
-    print(f"\nssh command through the control master: "
-          f"{(time.monotonic() - started) * 100:.0f} ms")
+    print(f"\nssh command through the control master: {(time.monotonic() - started) * 100:.0f} ms")
     assert cluster.address("node02") == "10.77.0.12"
 
 
@@ -97,8 +100,9 @@ def test_hosts_are_isolated_but_share_the_shared_dir(fast_cluster: Cluster) -> N
     assert (c.shared_dir / "note").read_text() == "hello\n"
 
     # Each host has its own PID namespace: it sees only its own init, sshd and session.
-    ps = c.run("node02", "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done",
-               check=True).stdout
+    ps = c.run(
+        "node02", "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done", check=True
+    ).stdout
     assert "nodes/node02/init.sh" in ps and "node01" not in ps and "node03" not in ps
     assert len(ps.splitlines()) < 10
 
@@ -106,10 +110,15 @@ def test_hosts_are_isolated_but_share_the_shared_dir(fast_cluster: Cluster) -> N
 def test_hosts_reach_each_other_by_name(cluster: Cluster) -> None:
     c = cluster
     assert c.run("node01", "ssh node02 hostname", check=True).stdout == "node02\n"
-    c.run("node01", f"head -c 1M /dev/urandom > {c.vm_dir}/blob && "
-                    f"scp -q {c.vm_dir}/blob node02:{c.vm_dir}/blob.copy", check=True)
-    assert ((c.private_dir("node01") / "blob").read_bytes()
-            == (c.private_dir("node02") / "blob.copy").read_bytes())
+    c.run(
+        "node01",
+        f"head -c 1M /dev/urandom > {c.vm_dir}/blob && "
+        f"scp -q {c.vm_dir}/blob node02:{c.vm_dir}/blob.copy",
+        check=True,
+    )
+    assert (c.private_dir("node01") / "blob").read_bytes() == (
+        c.private_dir("node02") / "blob.copy"
+    ).read_bytes()
 
 
 def test_killed_host_refuses_ssh_at_once_and_can_be_restarted(fast_cluster: Cluster) -> None:
@@ -169,16 +178,19 @@ def test_fast_mode_lifecycle(fast_cluster: Cluster) -> None:
     wait_for(lambda: "one-3" not in domains(c, "node03"), timeout=10)
     proc = xm(c, "node03", "destroy one-3", ok=False)
     assert (proc.returncode, proc.stderr) == (1, "Error: Domain 'one-3' does not exist.\n")
-    assert [e["argv"][1] for e in c.xen_commands("node03")][:2] == ["migrate-receive",
-                                                                      "migrate-finish"]
+    assert [e["argv"][1] for e in c.xen_commands("node03")][:2] == [
+        "migrate-receive",
+        "migrate-finish",
+    ]
 
 
 def test_fast_mode_errors_and_injected_faults(fast_cluster: Cluster) -> None:
     c = fast_cluster
     proc = xm(c, "node01", f"create {deployment(c, 4, memory=4000)}", ok=False)
     assert proc.returncode == 1 and proc.stderr.startswith("Error: Not enough free memory")
-    c.inject_fault("node01", "create", message="Device 51713 (tap) could not be connected.",
-                   times=1)
+    c.inject_fault(
+        "node01", "create", message="Device 51713 (tap) could not be connected.", times=1
+    )
     proc = xm(c, "node01", f"create {deployment(c, 4)}", ok=False)
     assert proc.stderr == "Error: Device 51713 (tap) could not be connected.\n"
     xm(c, "node01", f"create {deployment(c, 4)}")  # the fault was for one call only
@@ -218,8 +230,10 @@ def test_qemu_guest_survives_live_migration_and_save_restore(qemu_cluster: Clust
     xm(c, "node01", f"create {deployment(c, 7)}")
     boot = wait_for(lambda: "GUEST-BOOTED" in c.console_log("node01", "one-7"), timeout=60)
     wait_for(lambda: len(ticks(c.console_log("node01", "one-7"))) >= 3, timeout=10)
-    print(f"\nguest boot (xm create to GUEST-BOOTED): {time.monotonic() - started:.1f} s"
-          f" ({boot:.1f} s after create returned)")
+    print(
+        f"\nguest boot (xm create to GUEST-BOOTED): {time.monotonic() - started:.1f} s"
+        f" ({boot:.1f} s after create returned)"
+    )
     top = xentop_last_sample(c, "node01")["one-7"]
     assert top[0] == "--b---" and int(top[3]) > 10_000  # a real RSS, in KiB
     proc = xm(c, "node02", f"create {c.shared_dir}/7/images/deployment.0", ok=False)
@@ -229,13 +243,14 @@ def test_qemu_guest_survives_live_migration_and_save_restore(qemu_cluster: Clust
     xm(c, "node01", "migrate -l one-7 node02")
     wall = time.monotonic() - started
     migration = c.xen_commands("node01")[-1]["migration"]
-    print(f"live migration node01 -> node02: {wall:.2f} s wall, QEMU total "
-          f"{migration['total_time_ms']} ms, downtime {migration['downtime_ms']} ms")
+    print(
+        f"live migration node01 -> node02: {wall:.2f} s wall, QEMU total "
+        f"{migration['total_time_ms']} ms, downtime {migration['downtime_ms']} ms"
+    )
     assert "one-7" not in domains(c, "node01")
     assert domains(c, "node02")["one-7"][3] == "-b----"
     wait_for(lambda: len(ticks(c.console_log("node02", "one-7"))) >= 3, timeout=10)
-    assert_one_continuous_run([c.console_log("node01", "one-7"),
-                               c.console_log("node02", "one-7")])
+    assert_one_continuous_run([c.console_log("node01", "one-7"), c.console_log("node02", "one-7")])
 
     checkpoint = f"{c.shared_dir}/7/images/checkpoint"
     xm(c, "node02", f"save one-7 {checkpoint}")
@@ -243,11 +258,12 @@ def test_qemu_guest_survives_live_migration_and_save_restore(qemu_cluster: Clust
     assert "one-7" not in domains(c, "node02")
     xm(c, "node03", f"restore {checkpoint}")
     restore = c.xen_commands("node03")[-1]["restore"]
-    print(f"save: {save['seconds']:.2f} s ({Path(checkpoint).stat().st_size >> 20} MiB), "
-          f"restore: {restore['seconds']:.2f} s")
+    print(
+        f"save: {save['seconds']:.2f} s ({Path(checkpoint).stat().st_size >> 20} MiB), "
+        f"restore: {restore['seconds']:.2f} s"
+    )
     wait_for(lambda: len(ticks(c.console_log("node03", "one-7"))) >= 3, timeout=10)
-    assert_one_continuous_run([c.console_log(h, "one-7") for h in ("node01", "node02",
-                                                                   "node03")])
+    assert_one_continuous_run([c.console_log(h, "one-7") for h in ("node01", "node02", "node03")])
 
     console = c.run("node03", "timeout 1 xm console one-7 < /dev/null")
     assert ticks(console.stdout), console
@@ -269,7 +285,8 @@ def test_fast_mode_parallel_commands_and_xl_syntax(fast_cluster: Cluster) -> Non
     assert (proc.returncode, proc.stdout) == (0, "")
     assert proc.stderr == f"Parsing config from {c.shared_dir}/10/images/deployment.0\n"
     assert c.run("node02", "xl list", check=True).stdout.startswith(
-        "Name                                        ID   Mem VCPUs\tState\tTime(s)\n")
+        "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+    )
     proc = c.run("node02", "xl migrate one-10 node03")
     assert proc.returncode == 0 and proc.stderr.endswith("Migration successful.\n")
     assert "one-10" in domains(c, "node03")

@@ -122,7 +122,7 @@ def test_requirements_left_to_right(expression: str, expected: bool) -> None:
 
 def test_line_breaks_are_blanks() -> None:
     # 1.2 dropped them, so REQUIREMENTS written over several lines matched.
-    assert requirements_match("FREECPU > 50 &\r\n HOSTNAME = \"n*\"\n", HOST) is True
+    assert requirements_match('FREECPU > 50 &\r\n HOSTNAME = "n*"\n', HOST) is True
     assert rank("FREECPU\n+ 1", HOST) == int(HOST["FREECPU"]) + 1
 
 

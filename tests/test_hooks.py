@@ -312,9 +312,8 @@ def test_a_hanging_hook_is_killed_at_its_timeout(tmp_path: Path) -> None:
     )
     result = yield hm.run(hook, ["sleep", "30"], None, 4)
     assert result is None
-    assert (
-        "Hook sleep could not run: Timeout: sleep did not finish in 0.5 s"
-        in flushed(log, tmp_path / "vm4.log")
+    assert "Hook sleep could not run: Timeout: sleep did not finish in 0.5 s" in flushed(
+        log, tmp_path / "vm4.log"
     )
 
 

@@ -151,12 +151,22 @@ def test_the_shipped_oned_conf_starts_with_every_driver(tmp_path) -> None:
     etc = tmp_path / "etc"
     shutil.copytree(ROOT / "conf", etc)
     conf = etc / "oned.conf"
-    conf.write_text(conf.read_text().replace("PORT=2633", "PORT=0").replace('"0.0.0.0"', '"127.0.0.1"'))
+    conf.write_text(
+        conf.read_text().replace("PORT=2633", "PORT=0").replace('"0.0.0.0"', '"127.0.0.1"')
+    )
     one = OneDaemon(tmp_path, conf).start()
     try:
-        assert one.call("one.hostallocate", "local", "im_dummy", "vmm_dummy", "tm_dummy", True) == [True, 0]
+        assert one.call("one.hostallocate", "local", "im_dummy", "vmm_dummy", "tm_dummy", True) == [
+            True,
+            0,
+        ]
         log = (tmp_path / "var" / "oned.log").read_text()
-        for name, plugin in [("im_xen", "im_xen"), ("vmm_xen", "vmm_xen"), ("tm_ssh", "tm_ssh"), ("vmm_dummy", "vmm_dummy")]:
+        for name, plugin in [
+            ("im_xen", "im_xen"),
+            ("vmm_xen", "vmm_xen"),
+            ("tm_ssh", "tm_ssh"),
+            ("vmm_dummy", "vmm_dummy"),
+        ]:
             assert f"Loaded driver {name} from plugin {plugin}" in log
     finally:
         one.stop()
@@ -186,6 +196,8 @@ def test_plugin_xmlrpc_methods_get_the_callers_uid_and_need_new_names() -> None:
         registry.call("echo.uid", ["bob:x", "3"])  # the signature is checked as for the core's
     with pytest.raises(PluginError, match="'echo.uid' is already registered"):
         manager.add_xmlrpc_methods(registry, None, guard)
+
+
 def _pip_installed(name: str, directory: str):
     try:
         metadata.distribution(name)

@@ -236,12 +236,20 @@ def test_database_failures_are_reported(tmp_path) -> None:
         assert one.call("one.vnallocate", "NAME = n\nTYPE = FIXED\n") == [True, 0]
         assert one.call("one.vmallocate", "NAME = v\n") == [True, 0]
         with one.db() as db:
-            for table, event in (("history", "INSERT"), ("host_pool", "INSERT"), ("host_pool", "DELETE"), ("network_pool", "DELETE")):
+            for table, event in (
+                ("history", "INSERT"),
+                ("host_pool", "INSERT"),
+                ("host_pool", "DELETE"),
+                ("network_pool", "DELETE"),
+            ):
                 db.execute(
                     f"CREATE TRIGGER refuse_{table}_{event} BEFORE {event} ON {table} "
                     "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
                 )
-        assert one.call("one.vmdeploy", 0, 0) == [False, "Can not deploy VM 0, can not insert history"]
+        assert one.call("one.vmdeploy", 0, 0) == [
+            False,
+            "Can not deploy VM 0, can not insert history",
+        ]
         assert one.call("one.hostallocate", "node02", "im_xen", "vmm_xen", "tm_nfs", True) == [
             False,
             "Can not allocate host node02 in the HostPool, returned error code [-1]",

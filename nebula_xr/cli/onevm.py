@@ -170,9 +170,7 @@ def _usable_host(one: Client, host: str, force: bool, verb: str) -> int:
         found = one.data("one.host.info", hid)
         if found["STATE"] in (HostState.DISABLED, HostState.ERROR):
             state = HostState(found["STATE"]).name
-            raise CliError(
-                f"Host {found['NAME']} is {state}: use --force to {verb} on it anyway"
-            )
+            raise CliError(f"Host {found['NAME']} is {state}: use --force to {verb} on it anyway")
     return hid
 
 

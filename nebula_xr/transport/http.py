@@ -50,6 +50,7 @@ from nebula_xr import __version__
 
 _log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class CallContext:
     """Who sent a request: what authorisation decisions are made from besides the session."""

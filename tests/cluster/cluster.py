@@ -208,8 +208,11 @@ class Cluster:
             if self.scratch is not None:
                 # The root namespace's control masters are not in any host: stop them first.
                 for sock in self._path("cm").glob(f"{socket.gethostname()}-*"):
-                    _run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"],
-                         check=False, timeout=5)
+                    _run(
+                        ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"],
+                        check=False,
+                        timeout=5,
+                    )
                 for host in self.hosts:
                     self._kill(host)
                     _run(["ip", "netns", "del", host], check=False)
@@ -289,42 +292,65 @@ class Cluster:
         pubkey = hostkey.with_suffix(".pub").read_text().split()
         with open(self._path("known_hosts"), "a") as known:
             known.write(f"{host},{host_address(host)} {pubkey[0]} {pubkey[1]}\n")
-        (hdir / "etc" / "sshd_config").write_text("\n".join([
-            "Port 22",
-            f"ListenAddress {host_address(host)}",
-            f"HostKey {hostkey}",
-            f"AuthorizedKeysFile {hdir}/etc/authorized_keys",
-            "PidFile /run/sshd.pid",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "StrictModes no",
-            "UseDNS no",
-            "MaxStartups 100:30:200",
-            "MaxSessions 100",
-            "LogLevel ERROR",
-            "Subsystem sftp internal-sftp",
-            f"SetEnv PATH={self._path('bin')}:{HOST_PATH}",
-        ]) + "\n")
+        (hdir / "etc" / "sshd_config").write_text(
+            "\n".join(
+                [
+                    "Port 22",
+                    f"ListenAddress {host_address(host)}",
+                    f"HostKey {hostkey}",
+                    f"AuthorizedKeysFile {hdir}/etc/authorized_keys",
+                    "PidFile /run/sshd.pid",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "UseDNS no",
+                    "MaxStartups 100:30:200",
+                    "MaxSessions 100",
+                    "LogLevel ERROR",
+                    "Subsystem sftp internal-sftp",
+                    f"SetEnv PATH={self._path('bin')}:{HOST_PATH}",
+                ]
+            )
+            + "\n"
+        )
         # The host's PID 1: mounts its view of the filesystem, runs sshd, and reaps the
         # daemonized QEMUs that get reparented to it.
-        (hdir / "init.sh").write_text("\n".join([
-            "set -e",
-            f"echo {host} > /proc/sys/kernel/hostname",
-            f"mount --bind {hdir}/run /run",
-            f"mount --bind {hdir}/root /root",
-            f"mount --bind {hdir}/vm {self.vm_dir}",
-            f"mount --bind {self.hosts_file} /etc/hosts",
-            f"mount --bind {self.ssh_config} /etc/ssh/ssh_config",
-            f"mount -t overlay fakexen -o lowerdir={self._path('sbin')}:/usr/sbin /usr/sbin",
-            f"/usr/sbin/sshd -D -f {hdir}/etc/sshd_config -E {hdir}/sshd.log &",
-            "wait",
-        ]) + "\n")
+        (hdir / "init.sh").write_text(
+            "\n".join(
+                [
+                    "set -e",
+                    f"echo {host} > /proc/sys/kernel/hostname",
+                    f"mount --bind {hdir}/run /run",
+                    f"mount --bind {hdir}/root /root",
+                    f"mount --bind {hdir}/vm {self.vm_dir}",
+                    f"mount --bind {self.hosts_file} /etc/hosts",
+                    f"mount --bind {self.ssh_config} /etc/ssh/ssh_config",
+                    f"mount -t overlay fakexen -o lowerdir={self._path('sbin')}:/usr/sbin /usr/sbin",
+                    f"/usr/sbin/sshd -D -f {hdir}/etc/sshd_config -E {hdir}/sshd.log &",
+                    "wait",
+                ]
+            )
+            + "\n"
+        )
         _run(["ip", "netns", "add", host])
         _remove_stale_link(f"veth-{host}")
-        _run(["ip", "link", "add", f"veth-{host}", "type", "veth", "peer", "name", "eth0",
-              "netns", host])
+        _run(
+            [
+                "ip",
+                "link",
+                "add",
+                f"veth-{host}",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                host,
+            ]
+        )
         _run(["ip", "link", "set", f"veth-{host}", "master", BRIDGE, "up"])
         _run(["ip", "-n", host, "addr", "add", f"{host_address(host)}/24", "dev", "eth0"])
         _run(["ip", "-n", host, "link", "set", "eth0", "up"])
@@ -343,11 +369,29 @@ class Cluster:
         shutil.rmtree(self.xen_dir(host) / "domains", ignore_errors=True)
         with open(hdir / "init.log", "ab") as log:
             self._inits[host] = subprocess.Popen(
-                ["ip", "netns", "exec", host, "unshare", "--mount", "--uts", "--pid", "--fork",
-                 "--kill-child", "--mount-proc", "--propagation", "private", "--",
-                 "/bin/bash", str(hdir / "init.sh")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    host,
+                    "unshare",
+                    "--mount",
+                    "--uts",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--mount-proc",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "/bin/bash",
+                    str(hdir / "init.sh"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -386,16 +430,27 @@ class Cluster:
         self._check_host(host)
         return ["ssh", "-F", str(self.ssh_config), host]
 
-    def run(self, host: str, command: str, check: bool = False,
-            timeout: float | None = 60, input: str | None = None
-            ) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        host: str,
+        command: str,
+        check: bool = False,
+        timeout: float | None = 60,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a shell command on ``host`` over ssh; stdout and stderr are captured as text."""
-        proc = subprocess.run([*self.ssh_command(host), command], capture_output=True,
-                              text=True, timeout=timeout, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+        proc = subprocess.run(
+            [*self.ssh_command(host), command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
         if check and proc.returncode != 0:
-            raise ClusterError(f"{host}: {command!r} failed ({proc.returncode}): "
-                               f"{proc.stderr.strip()}")
+            raise ClusterError(
+                f"{host}: {command!r} failed ({proc.returncode}): {proc.stderr.strip()}"
+            )
         return proc
 
     # -- the fake Xen toolstack ----------------------------------------------------------------
@@ -409,9 +464,15 @@ class Cluster:
         tmp.write_text(json.dumps(config, indent=1))
         tmp.rename(path)
 
-    def inject_fault(self, host: str, command: str, action: str = "fail",
-                     message: str | None = None, times: int | None = None,
-                     seconds: float | None = None) -> None:
+    def inject_fault(
+        self,
+        host: str,
+        command: str,
+        action: str = "fail",
+        message: str | None = None,
+        times: int | None = None,
+        seconds: float | None = None,
+    ) -> None:
         """Make ``command`` (``create``, ``migrate``, ``xentop``...) fail, hang or be slow.
 
         ``action`` is ``fail`` (prints ``message`` or a default ``Error: ...``, exits 1),
@@ -419,8 +480,7 @@ class Cluster:
         how many invocations are affected.
         """
         faults = self._xen_config(host).get("faults", {})
-        faults[command] = {"action": action, "message": message, "times": times,
-                           "seconds": seconds}
+        faults[command] = {"action": action, "message": message, "times": times, "seconds": seconds}
         self.configure_xen(host, faults=faults)
 
     def clear_faults(self, host: str) -> None:
@@ -445,8 +505,10 @@ class Cluster:
     def reset_xen(self, mode: str = "fast") -> None:
         """Destroy every domain (killing its QEMU), reset config and logs and empty the VM
         directories on all hosts: a test starts on hosts no earlier test left files on."""
-        qemu_build = {"kernel": str(GUEST_BUILD / "vmlinuz"),
-                      "initrd": str(GUEST_BUILD / "initrd.gz")}
+        qemu_build = {
+            "kernel": str(GUEST_BUILD / "vmlinuz"),
+            "initrd": str(GUEST_BUILD / "initrd.gz"),
+        }
         for host in self.hosts:
             if host in self._dead:
                 self.start_host(host)
@@ -456,7 +518,8 @@ class Cluster:
                     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                     names = [os.path.basename(a) for a in argv[:3]]
                     if names[0].startswith(b"qemu-system") or {b"xm", b"xl", b"xentop"} & set(
-                            names[1:]):
+                        names[1:]
+                    ):
                         os.kill(pid, signal.SIGKILL)
                 except (FileNotFoundError, ProcessLookupError):
                     pass

@@ -86,9 +86,12 @@ def wait_migration(qmp: QMP, timeout: float = 300.0) -> dict[str, Any]:
         info = qmp.execute("query-migrate")
         status = info.get("status")
         if status == "completed":
-            return {"total_time_ms": info.get("total-time"), "downtime_ms": info.get("downtime"),
-                    "setup_time_ms": info.get("setup-time"),
-                    "transferred": info.get("ram", {}).get("transferred")}
+            return {
+                "total_time_ms": info.get("total-time"),
+                "downtime_ms": info.get("downtime"),
+                "setup_time_ms": info.get("setup-time"),
+                "transferred": info.get("ram", {}).get("transferred"),
+            }
         if status in ("failed", "cancelled"):
             raise XenError(f"Migration failed: {info.get('error-desc', status)}")
         if time.monotonic() > deadline:
@@ -140,18 +143,38 @@ class QemuBackend:
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
         argv = [
-            config["qemu"], "-name", rec["name"], "-accel", "tcg",
-            "-m", str(max(rec["memory"], MIN_GUEST_MIB)), "-smp", str(rec["vcpus"]),
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", config["kernel"], "-initrd", config["initrd"],
-            "-append", "console=ttyS0 quiet panic=-1",
+            config["qemu"],
+            "-name",
+            rec["name"],
+            "-accel",
+            "tcg",
+            "-m",
+            str(max(rec["memory"], MIN_GUEST_MIB)),
+            "-smp",
+            str(rec["vcpus"]),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            config["kernel"],
+            "-initrd",
+            config["initrd"],
+            "-append",
+            "console=ttyS0 quiet panic=-1",
             # The socket is for `xm console`; the log records everything even when no
             # console is attached.
-            "-chardev", f"socket,id=ser0,path={d}/console.sock,server=on,wait=off,"
-                        f"logfile={self.host.console_log(rec['name'])},logappend=on",
-            "-serial", "chardev:ser0",
-            "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off",
-            "-pidfile", f"{d}/qemu.pid", "-daemonize",
+            "-chardev",
+            f"socket,id=ser0,path={d}/console.sock,server=on,wait=off,"
+            f"logfile={self.host.console_log(rec['name'])},logappend=on",
+            "-serial",
+            "chardev:ser0",
+            "-qmp",
+            f"unix:{d}/qmp.sock,server=on,wait=off",
+            "-pidfile",
+            f"{d}/qemu.pid",
+            "-daemonize",
         ]
         for disk in rec["disks"]:
             if os.path.exists(disk["path"]):

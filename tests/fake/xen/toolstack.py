@@ -80,8 +80,7 @@ class Host:
         self.name = socket.gethostname()
         # Only the fake hosts have this directory; elsewhere behave like a host without xend.
         if not os.path.isdir(state_dir):
-            raise XenError("Unable to connect to xend: No such file or directory. "
-                           "Is xend running?")
+            raise XenError("Unable to connect to xend: No such file or directory. Is xend running?")
         for sub in ("domains", "console"):
             os.makedirs(os.path.join(state_dir, sub), exist_ok=True)
         self.config = dict(DEFAULTS)
@@ -199,10 +198,14 @@ def parse_deployment(path: str, execute: bool = False) -> dict[str, Any]:
         tree = ast.parse(text, filename=os.path.basename(path))
         values = {}
         for node in tree.body:
-            if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name)):
-                raise SyntaxError("only simple assignments are supported", (path, node.lineno,
-                                                                            0, ""))
+            if not (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
+                raise SyntaxError(
+                    "only simple assignments are supported", (path, node.lineno, 0, "")
+                )
             values[node.targets[0].id] = ast.literal_eval(node.value)
     except (SyntaxError, ValueError) as e:
         raise XenError(f"Parsing config file failed: {e}") from None
@@ -219,10 +222,15 @@ def domain_record(config_file: str, values: dict[str, Any]) -> dict[str, Any]:
         path = fields[0]
         for prefix in ("tap:aio:", "tap:qcow:", "tap:", "file:", "phy:"):
             if path.startswith(prefix):
-                path = path[len(prefix):]
+                path = path[len(prefix) :]
                 break
-        disks.append({"path": path, "target": fields[1] if len(fields) > 1 else "",
-                      "mode": fields[2] if len(fields) > 2 else "w"})
+        disks.append(
+            {
+                "path": path,
+                "target": fields[1] if len(fields) > 1 else "",
+                "mode": fields[2] if len(fields) > 2 else "w",
+            }
+        )
     memory = int(values.get("memory", 128))
     return {
         "name": str(values["name"]),
@@ -253,6 +261,7 @@ class Toolstack:
         self.prog = prog
         if host.mode == "qemu":
             from tests.fake.xen.qemu import QemuBackend
+
             self.backend: Any = QemuBackend(host)
         else:
             self.backend = FastBackend(host)
@@ -286,21 +295,23 @@ class Toolstack:
         live = self.live_records()
         for other in live:
             if other["name"] == rec["name"]:
-                raise XenError(f"VM name '{rec['name']}' already in use by domain "
-                               f"{other['domid']}")
+                raise XenError(f"VM name '{rec['name']}' already in use by domain {other['domid']}")
         free = self.host.free_memory()
         if rec["memory"] > free:
-            raise XenError("Not enough free memory and enable-dom0-ballooning is False, so I "
-                           f"cannot release any more.  I need {rec['memory'] * 1024} KiB but "
-                           f"only have {free * 1024}.")
+            raise XenError(
+                "Not enough free memory and enable-dom0-ballooning is False, so I "
+                f"cannot release any more.  I need {rec['memory'] * 1024} KiB but "
+                f"only have {free * 1024}."
+            )
         for disk in rec["disks"]:
             if self.host.config["check_disks"] and not os.path.exists(disk["path"]):
                 raise XenError(f"Disk image does not exist: {disk['path']}")
             if disk["mode"] == "w":
                 for other in live:
                     if any(d["path"] == disk["path"] for d in other["disks"]):
-                        raise XenError(f"Device {disk['path']} is already in use by domain "
-                                       f"{other['domid']}")
+                        raise XenError(
+                            f"Device {disk['path']} is already in use by domain {other['domid']}"
+                        )
 
     def register(self, rec: dict[str, Any]) -> dict[str, Any]:
         with self.host.lock():
@@ -366,8 +377,9 @@ class Toolstack:
             raise XenError(f"{self.prog} restore: Unable to read file {path}") from None
         magic, _, state = header.decode(errors="replace").partition(" ")
         if magic != CHECKPOINT_MAGIC:
-            raise XenError("Restore failed: not a valid guest state file: "
-                           "a LinuxGuestRecord was expected")
+            raise XenError(
+                "Restore failed: not a valid guest state file: a LinuxGuestRecord was expected"
+            )
         rec = json.loads(state)
         self.admit(rec)
         rec.update(paused=paused, migrating=False, shutdown_at=None, since=time.time())
@@ -398,11 +410,11 @@ class Toolstack:
         self.backend.forget(rec)
         self.remote(destination, ["migrate-finish", rec["name"]])
 
-    def remote(self, destination: str, args: list[str], stdin: str = "",
-               check: bool = True) -> str:
+    def remote(self, destination: str, args: list[str], stdin: str = "", check: bool = True) -> str:
         """Run this tool on the migration destination, as xl does (``ssh <host> xl ...``)."""
-        proc = subprocess.run(["ssh", destination, self.prog, *args], input=stdin,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["ssh", destination, self.prog, *args], input=stdin, capture_output=True, text=True
+        )
         if check and proc.returncode == 255:
             reason = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
             raise XenError(f"can't connect: {reason}")
@@ -441,8 +453,10 @@ class Toolstack:
 
     def sched_credit(self, ident: str | None, weight: int | None, cap: int | None) -> str:
         if weight is None and cap is None:
-            rows = [(r["name"], r["domid"], r["weight"], r["cap"])
-                    for r in ([self.get(ident)] if ident else self.live_records())]
+            rows = [
+                (r["name"], r["domid"], r["weight"], r["cap"])
+                for r in ([self.get(ident)] if ident else self.live_records())
+            ]
             if not ident:
                 rows.insert(0, (DOM0, 0, 256, 0))
             lines = ["{:<33} {:>4} {:>6} {:>4}".format("Name", "ID", "Weight", "Cap")]
@@ -537,7 +551,7 @@ class FastBackend:
 
 # -- output formats ----------------------------------------------------------------------------
 
-XM_STATE_ORDER = "rbpscd"      # xm list / xl list
+XM_STATE_ORDER = "rbpscd"  # xm list / xl list
 XENTOP_STATE_ORDER = "dsbcpr"  # xentop
 
 
@@ -555,17 +569,36 @@ def format_list(ts: Toolstack, recs: list[dict[str, Any]], with_dom0: bool) -> s
         lines = ["Name                                        ID   Mem VCPUs\tState\tTime(s)"]
         row = "{:<40} {:5d} {:5d} {:5d}     {}  {:8.1f}"
     else:
-        lines = ["{:<40} {:>5} {:>5} {:>5} {:>10} {:>9}".format(
-            "Name", "ID", "Mem", "VCPUs", "State", "Time(s)")]
+        lines = [
+            "{:<40} {:>5} {:>5} {:>5} {:>10} {:>9}".format(
+                "Name", "ID", "Mem", "VCPUs", "State", "Time(s)"
+            )
+        ]
         row = "{:<40} {:5d} {:5d} {:5d} {:>10} {:8.1f}"
     config = ts.host.config
     if with_dom0:
-        lines.append(row.format(DOM0, 0, config["dom0_memory"], config["nr_cpus"],
-                                state_string("r", XM_STATE_ORDER), ts.backend.dom0_cpu()))
+        lines.append(
+            row.format(
+                DOM0,
+                0,
+                config["dom0_memory"],
+                config["nr_cpus"],
+                state_string("r", XM_STATE_ORDER),
+                ts.backend.dom0_cpu(),
+            )
+        )
     for rec in recs:
         cpu, _, letters = ts.backend.stats(rec)
-        lines.append(row.format(display_name(rec), rec["domid"], rec["memory"], rec["vcpus"],
-                                state_string(letters, XM_STATE_ORDER), cpu))
+        lines.append(
+            row.format(
+                display_name(rec),
+                rec["domid"],
+                rec["memory"],
+                rec["vcpus"],
+                state_string(letters, XM_STATE_ORDER),
+                cpu,
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -604,12 +637,15 @@ def format_info(ts: Toolstack) -> str:
     return "".join(f"{k:<23}: {v}\n" for k, v in items)
 
 
-def xentop_sample(ts: Toolstack, previous: dict[int, float] | None, elapsed: float
-                  ) -> tuple[str, dict[int, float]]:
+def xentop_sample(
+    ts: Toolstack, previous: dict[int, float] | None, elapsed: float
+) -> tuple[str, dict[int, float]]:
     """One xentop batch iteration: header, then one line per domain ordered by id."""
-    header = ("      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(k) MAXMEM(%) VCPUS"
-              " NETS NETTX(k) NETRX(k) VBDS   VBD_OO   VBD_RD   VBD_WR  VBD_RSECT  VBD_WSECT"
-              " SSID")
+    header = (
+        "      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(k) MAXMEM(%) VCPUS"
+        " NETS NETTX(k) NETRX(k) VBDS   VBD_OO   VBD_RD   VBD_WR  VBD_RSECT  VBD_WSECT"
+        " SSID"
+    )
     config = ts.host.config
     total_k = config["total_memory"] * 1024
     cpu_now: dict[int, float] = {}
@@ -621,31 +657,85 @@ def xentop_sample(ts: Toolstack, previous: dict[int, float] | None, elapsed: flo
         return (cpu - previous[domid]) * 100 / elapsed
 
     # Column widths of xentop's fields table, in its order.
-    row = ("{:>10} {:>6} {:10d} {:6.1f} {:10d} {:6.1f} {:>10} {:>9} {:5d} {:4d} {:8d} {:8d}"
-           " {:4d} {:8d} {:8d} {:8d} {:10d} {:10d} {:4d}")
+    row = (
+        "{:>10} {:>6} {:10d} {:6.1f} {:10d} {:6.1f} {:>10} {:>9} {:5d} {:4d} {:8d} {:8d}"
+        " {:4d} {:8d} {:8d} {:8d} {:10d} {:10d} {:4d}"
+    )
     dom0_mem = config["dom0_memory"] * 1024
     dom0_cpu = ts.backend.dom0_cpu()
-    lines = [header, row.format(DOM0, state_string("r", XENTOP_STATE_ORDER), int(dom0_cpu),
-                                pct(0, dom0_cpu), dom0_mem, dom0_mem * 100 / total_k,
-                                "no limit", "n/a", config["nr_cpus"], 0, 0, 0, 0, 0, 0, 0, 0,
-                                0, 0)]
+    lines = [
+        header,
+        row.format(
+            DOM0,
+            state_string("r", XENTOP_STATE_ORDER),
+            int(dom0_cpu),
+            pct(0, dom0_cpu),
+            dom0_mem,
+            dom0_mem * 100 / total_k,
+            "no limit",
+            "n/a",
+            config["nr_cpus"],
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ),
+    ]
     for rec in ts.live_records():
         cpu, mem_k, letters = ts.backend.stats(rec)
         tx, rx = ts.backend.net_kib(rec)
         maxmem_k = rec["maxmem"] * 1024
-        lines.append(row.format(
-            display_name(rec), state_string(letters, XENTOP_STATE_ORDER), int(cpu),
-            pct(rec["domid"], cpu), mem_k, mem_k * 100 / total_k, maxmem_k,
-            f"{maxmem_k * 100 / total_k:.1f}", rec["vcpus"], len(rec["vifs"]), tx, rx,
-            len(rec["disks"]), 0, 0, 0, 0, 0, 0))
+        lines.append(
+            row.format(
+                display_name(rec),
+                state_string(letters, XENTOP_STATE_ORDER),
+                int(cpu),
+                pct(rec["domid"], cpu),
+                mem_k,
+                mem_k * 100 / total_k,
+                maxmem_k,
+                f"{maxmem_k * 100 / total_k:.1f}",
+                rec["vcpus"],
+                len(rec["vifs"]),
+                tx,
+                rx,
+                len(rec["disks"]),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            )
+        )
     return "\n".join(lines) + "\n", cpu_now
 
 
 # -- command lines -----------------------------------------------------------------------------
 
-XM_COMMANDS = ("create", "list", "shutdown", "destroy", "pause", "unpause", "save", "restore",
-               "migrate", "sched-credit", "info", "console",
-               "migrate-receive", "migrate-finish", "migrate-abort")
+XM_COMMANDS = (
+    "create",
+    "list",
+    "shutdown",
+    "destroy",
+    "pause",
+    "unpause",
+    "save",
+    "restore",
+    "migrate",
+    "sched-credit",
+    "info",
+    "console",
+    "migrate-receive",
+    "migrate-finish",
+    "migrate-abort",
+)
 
 
 def lookup_command(name: str) -> str | None:
@@ -666,8 +756,9 @@ def run_xm(ts: Toolstack, command: str, args: list[str]) -> str:
         except getopt.GetoptError as e:
             raise XenError(str(e)) from None
         if not count[0] <= len(params) <= count[1]:
-            raise XenError(f"'{ts.prog} {command}' requires between {count[0]} and {count[1]} "
-                           "arguments.")
+            raise XenError(
+                f"'{ts.prog} {command}' requires between {count[0]} and {count[1]} arguments."
+            )
         return {k.lstrip("-")[:1]: v for k, v in found}, params
 
     if command == "create":
@@ -707,8 +798,10 @@ def run_xm(ts: Toolstack, command: str, args: list[str]) -> str:
     if command == "restore":
         o, params = opts("pe", ["paused"], (1, 2 if xl else 1))
         if xl:
-            print(f"Loading new save file {params[-1]} (new xl fmt info 0x3/0x0/1024)",
-                  file=sys.stderr)
+            print(
+                f"Loading new save file {params[-1]} (new xl fmt info 0x3/0x0/1024)",
+                file=sys.stderr,
+            )
         rec = ts.restore(params[-1], paused="p" in o)
         ts.details["domid"] = rec["domid"]
         return ""
@@ -717,13 +810,16 @@ def run_xm(ts: Toolstack, command: str, args: list[str]) -> str:
             _, params = opts("s:eC:", [], (2, 2))
             live = True
         else:
-            o, params = opts("lp:n:sc", ["live", "port=", "node=", "ssl",
-                                         "change_home_server"], (2, 2))
+            o, params = opts(
+                "lp:n:sc", ["live", "port=", "node=", "ssl", "change_home_server"], (2, 2)
+            )
             live = "l" in o
         ts.migrate(params[0], params[1], live)
         if xl:
-            print("migration sender: Target reports successful startup.\nMigration successful.",
-                  file=sys.stderr)
+            print(
+                "migration sender: Target reports successful startup.\nMigration successful.",
+                file=sys.stderr,
+            )
         return ""
     if command == "migrate-receive":
         return ts.migrate_receive(sys.stdin.read()) + "\n"
@@ -752,8 +848,9 @@ def run_xm(ts: Toolstack, command: str, args: list[str]) -> str:
 
 def run_xentop(ts: Toolstack, args: list[str]) -> None:
     try:
-        found, _ = getopt.gnu_getopt(args, "bi:d:hVnrvfx",
-                                     ["batch", "iterations=", "delay=", "help", "version"])
+        found, _ = getopt.gnu_getopt(
+            args, "bi:d:hVnrvfx", ["batch", "iterations=", "delay=", "help", "version"]
+        )
     except getopt.GetoptError as e:
         raise XenError(str(e)) from None
     o = {k.lstrip("-")[:1]: v for k, v in found}
