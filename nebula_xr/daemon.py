@@ -237,7 +237,16 @@ class Daemon(MultiService):
             log,
             config.vm_dir,
         )
-        self.reconciler = Reconciler(self.vms, self.hosts, self.lcm, self.vmm, self.states, log)
+        self.reconciler = Reconciler(
+            self.vms,
+            self.hosts,
+            self.lcm,
+            self.vmm,
+            self.states,
+            log,
+            clock,
+            timeouts[VIRTUAL_MACHINE],
+        )
         self.im = InformationManager(
             by_kind[INFORMATION],
             timeouts[INFORMATION],

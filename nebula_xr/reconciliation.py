@@ -14,6 +14,10 @@ drivers what is true and settles each VM:
   puts it), run again (it is idempotent and the domain is still there), rolled back (a
   live migration whose domain is still on the source stays RUNNING there, with a
   history record saying so), or, when no host can tell, the VM is marked UNKNOWN;
+* a live migration the stopped daemon started may still run without it (the source
+  shows the domain as ``migrating-<name>``): the VM stays in MIGRATE and both hosts
+  are polled again every polling interval until the migration ends or the VMM driver's
+  timeout has passed, then one of the decisions above is taken;
 * a VM caught between the DM's acceptance and the LCM's action is deployed.
 
 Every decision is written to the VM's log.
@@ -21,10 +25,11 @@ Every decision is written to the VM's log.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 
 from nebula_xr.interfaces import DispatchEvents, VirtualMachineOperations
 from nebula_xr.lifecycle_manager import POLLED, LifeCycleManager
@@ -35,10 +40,13 @@ from nebula_xr.pools import HostPool, VirtualMachinePool
 L = LCMState
 
 RUNNING, PAUSED, CRASHED, GONE, UNREACHABLE = "running", "paused", "crashed", "gone", "unreachable"
-_LETTERS = {"a": RUNNING, "p": PAUSED, "e": CRASHED, "d": GONE}
+MIGRATING = "migrating away"
+_LETTERS = {"a": RUNNING, "p": PAUSED, "e": CRASHED, "d": GONE, "m": MIGRATING}
 
 _TRANSFERS = (L.PROLOG, L.PROLOG_RESUME, L.PROLOG_MIGRATE, L.EPILOG, L.EPILOG_STOP)
 _SAVES = (L.SAVE_STOP, L.SAVE_SUSPEND, L.SAVE_MIGRATE)
+#: Seconds an orphaned live migration is waited for when its VMM driver names no timeout.
+DEFAULT_VMM_TIMEOUT = 300.0
 #: LCM states in which an ACTIVE VM holds no host capacity.
 _UNCHARGED = (L.LCM_INIT, L.DELETE, L.FAILURE)
 
@@ -61,6 +69,8 @@ class Reconciler:
         vmm: VirtualMachineOperations,
         dm: DispatchEvents,
         log: Log,
+        clock: IReactorTime,
+        vmm_timeouts: Mapping[str, float],
     ) -> None:
         self.vms = vms
         self.hosts = hosts
@@ -68,6 +78,12 @@ class Reconciler:
         self.vmm = vmm
         self.dm = dm
         self.log = log
+        self.clock = clock
+        #: Seconds each VMM driver is given for a request: how long an orphaned live
+        #: migration is waited for.
+        self.vmm_timeouts = vmm_timeouts
+        #: When each VM was first seen migrating away (oid -> clock seconds).
+        self._migrating_since: dict[int, float] = {}
 
     def start(self) -> None:
         """Recompute the shares, then settle every ACTIVE VM (asynchronously)."""
@@ -116,8 +132,7 @@ class Reconciler:
             self._note(vid, state.name, "running the interrupted transfer again")
             self.lcm.retry(vid)
         elif state is L.MIGRATE and vm.previous is not None:
-            probes = [self._probe(vm, vm.current), self._probe(vm, vm.previous)]
-            self._ask(vm, gatherResults(probes), self._migrated)
+            self._probe_migration(vm)
         elif state in (L.BOOT, L.SHUTDOWN, L.CANCEL, *_SAVES):
             if state is L.BOOT and not vm.deploy_id:
                 # The deploy answer was lost; 1.2's drivers name the domain one-<vid>.
@@ -138,6 +153,10 @@ class Reconciler:
 
         return self.vmm.poll(vm, record).addCallbacks(letter, lambda _failure: UNREACHABLE)
 
+    def _probe_migration(self, vm: VirtualMachine) -> None:
+        probes = [self._probe(vm, vm.current), self._probe(vm, vm.previous)]
+        self._ask(vm, gatherResults(probes), self._migrated)
+
     def _ask(
         self, vm: VirtualMachine, probe: Deferred[Any], decide: Callable[[int, Any], None]
     ) -> None:
@@ -150,6 +169,16 @@ class Reconciler:
         vm = self.vms.get(vid)
         assert vm is not None and vm.current is not None and vm.previous is not None
         seen = f"{on_target} on {vm.current.host_name}, {on_source} on {vm.previous.host_name}"
+        first_seen = vid not in self._migrating_since
+        if on_source == MIGRATING and self._still_waiting(vm):
+            if first_seen:
+                self._note(vid, "MIGRATE", f"domain {seen}: the migration still runs, waiting")
+            seq = vm.current.seq
+            self.clock.callLater(self.lcm.polling_interval, self._poll_migration_again, vid, seq)
+            return
+        self._migrating_since.pop(vid, None)
+        if on_source == MIGRATING:
+            on_source = RUNNING  # the driver's timeout passed: the domain is still there
         if on_target in (RUNNING, PAUSED):
             self._note(vid, "MIGRATE", f"domain {seen}: the migration completed")
             self.lcm.deploy_success(vid)
@@ -160,6 +189,28 @@ class Reconciler:
             self._note(vid, "MIGRATE", f"domain {seen}: back on the source record, UNKNOWN")
             self.lcm.deploy_failure(vid)
             self.lcm.lost(vid, f"after an interrupted live migration the domain was {seen}")
+
+    def _still_waiting(self, vm: VirtualMachine) -> bool:
+        """Whether an orphaned migration is still within its VMM driver's timeout."""
+        assert vm.previous is not None
+        now = self.clock.seconds()
+        since = self._migrating_since.setdefault(vm.oid, now)
+        return now - since < self.vmm_timeouts.get(vm.previous.vm_mad, DEFAULT_VMM_TIMEOUT)
+
+    def _poll_migration_again(self, vid: int, seq: int) -> None:
+        vm = self.vms.get(vid)
+        current = vm.current if vm is not None else None
+        if (
+            vm is None
+            or vm.state is not VMState.ACTIVE
+            or vm.lcm_state is not L.MIGRATE
+            or current is None
+            or current.seq != seq
+        ):
+            # Settled meanwhile (deleted, recovered), or a new migration of this daemon's.
+            self._migrating_since.pop(vid, None)
+            return
+        self._probe_migration(vm)
 
     def _found(self, vid: int, found: str) -> None:
         vm = self.vms.get(vid)

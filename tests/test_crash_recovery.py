@@ -351,6 +351,8 @@ def test_sigkill_during_a_cold_migration_on_a_cluster(fast_cluster: Cluster, tmp
 #: Seconds the toolstack holds the operation before doing it: the daemon is stopped in
 #: this window, and the operation then completes while no daemon runs.
 HOLD = 3.0
+#: Long enough for a restarted daemon (under load) to see the migration in flight.
+ORPHAN_HOLD = 20.0
 GUEST = "NAME = guest\nCPU = 1\nMEMORY = 128\nOS = [ kernel = /boot/vmlinuz ]\n"
 
 
@@ -471,27 +473,33 @@ def test_stop_during_a_cold_migration_of_a_qemu_guest(
         one.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a restart while the orphaned `xm migrate` still runs rolls the VM "
-    "back to node01, then the migration moves the guest to node02 and the VM goes UNKNOWN "
-    "on node01; the reconciler cannot see a migration in flight (a `migrating-` domain "
-    "polls as running)",
-)
 def test_restart_while_the_orphaned_live_migration_still_runs(
     qemu_cluster: Cluster, tmp_path: Path
 ) -> None:
+    """The daemon is killed during `xm migrate -l` and restarted before the migration
+    ends: node01 shows the domain as migrating-one-0, so the VM stays in MIGRATE (no roll
+    back to node01) until the migration completes, then it is recorded on node02."""
     c = qemu_cluster
     one = _qemu_guest(c, tmp_path)
+    log = tmp_path / "var/0/vm.log"
     try:
-        c.inject_fault("node01", "migrate", action="delay", seconds=HOLD, times=1)
+        c.inject_fault("node01", "migrate-send", action="delay", seconds=ORPHAN_HOLD, times=1)
         assert one.call("one.vmmigrate", 0, 1, True) == [True]
         wait_stored(one, {0: active(L.MIGRATE)})
-        wait_for(lambda: toolstack_busy(c, "node01", "migrate"), what="xm migrate on node01")
+        wait_for(
+            lambda: xm_domains(c, "node01") == {"migrating-one-0"}, what="migrating-one-0"
+        )
         kill(one)
         one = OneDaemon(tmp_path).start()
-        assert toolstack_busy(c, "node01", "migrate"), "the restart came after the migration"
+        wait_for(
+            lambda: "the migration still runs, waiting" in log.read_text(),
+            timeout=ORPHAN_HOLD,
+            what="the restarted daemon waiting for the migration",
+        )
         assert wait_for(lambda: finished(c, "node01", "migrate"), timeout=60)["rc"] == 0
         _settled_on(one, c, "node02", 1)
+        text = log.read_text()
+        assert "the migration completed" in text and "rolled back" not in text
+        assert _stored_history(one, 0)[-1] == ("node02", 0)
     finally:
         one.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nebula_xr.model import History, LCMState, VMState
-from tests.fake.lifecycle import TIMEOUT, World
+from tests.fake.lifecycle import POLLING_INTERVAL, TIMEOUT, World
 from tests.test_lifecycle import RUNNING_ON_A, play
 
 GONE = {}  # no host reports the domain
@@ -178,3 +178,65 @@ def test_a_deletion_cut_short_is_finished(tmp_path: Path) -> None:
     assert world.where(vid) == ("DONE", "-", "A")
     assert world.running_vms() == {"A": 0}
     world.close()
+
+
+def _restarted_mid_live_migration(tmp_path: Path) -> tuple[World, int]:
+    """A restart while the stopped daemon's live migration from A to B still runs: A
+    shows the domain being migrated away (``m``), B nothing yet."""
+    before = World(tmp_path)
+    before.add_hosts("A", "B")
+    before.hypervisor.domains["A"] = "a"
+    vid = before.new_vm()
+    play(before, vid, RUNNING_ON_A + ["livemigrate B"])
+    world = before.restart()
+    world.hypervisor.domains.update(A="m", B="d")
+    world.hypervisor.auto = world.transfers.auto = True
+    world.reconciler.start()
+    world.turn()
+    return world, vid
+
+
+def test_a_migration_still_running_is_waited_for(tmp_path: Path) -> None:
+    world, vid = _restarted_mid_live_migration(tmp_path)
+    try:
+        assert world.where(vid) == ("ACTIVE", "MIGRATE", "B")
+        assert sorted(world.hypervisor.asked) == ["POLL A", "POLL B"]
+        world.clock.advance(POLLING_INTERVAL)
+        world.turn()
+        assert world.where(vid) == ("ACTIVE", "MIGRATE", "B")
+        assert sorted(world.hypervisor.asked) == ["POLL A", "POLL A", "POLL B", "POLL B"]
+        assert world.running_vms() == {"A": 1, "B": 1}  # both hosts, as during a migration
+        world.hypervisor.domains.update(A="d", B="a")  # the migration completes
+        world.clock.advance(POLLING_INTERVAL)
+        world.turn()
+        assert world.where(vid) == ("ACTIVE", "RUNNING", "B")
+        assert world.running_vms() == {"A": 0, "B": 1}
+        log = world.vm_log(vid)
+        assert "migrating away on A: the migration still runs, waiting" in log
+        assert "gone on A: the migration completed" in log
+    finally:
+        world.close()
+
+
+def test_a_migration_that_never_ends_is_waited_for_until_the_driver_timeout(
+    tmp_path: Path,
+) -> None:
+    world, vid = _restarted_mid_live_migration(tmp_path)
+    try:
+        waited = 0
+        while waited + POLLING_INTERVAL < TIMEOUT:
+            world.clock.advance(POLLING_INTERVAL)
+            waited += POLLING_INTERVAL
+            world.turn()
+            assert world.where(vid) == ("ACTIVE", "MIGRATE", "B"), waited
+        world.clock.advance(POLLING_INTERVAL)
+        world.turn()
+        assert world.where(vid) == ("ACTIVE", "RUNNING", "A")
+        assert world.running_vms() == {"A": 1, "B": 0}
+        assert "rolled back, running on the source" in world.vm_log(vid)
+        asked = len(world.hypervisor.asked)
+        world.clock.advance(10 * POLLING_INTERVAL)
+        world.turn()
+        assert len(world.hypervisor.asked) == asked  # the reconciler stopped polling
+    finally:
+        world.close()

@@ -134,6 +134,9 @@ def test_xentop_takes_the_domains_last_line() -> None:
     assert parse_xentop(XENTOP, "one-2") == {"STATE": "d"}
     crashed = XENTOP.replace("one-10 --p---", "migrating-one-10 ---c--")
     assert parse_xentop(crashed, "one-10")["STATE"] == "e"
+    for flags in ("-----r", "--b---", "--p---"):
+        migrating = XENTOP.replace("one-10 --p---", f"migrating-one-10 {flags}")
+        assert parse_xentop(migrating, "one-10")["STATE"] == "m", flags
     several = XENTOP.replace("one-10 --p---", "one-10 --ps--")
     assert parse_xentop(several, "one-10")["STATE"] == "u"
 

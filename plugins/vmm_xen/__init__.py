@@ -163,7 +163,11 @@ def deployment_file(
 
 
 def parse_xentop(output: str, domain: str) -> dict[str, str]:
-    """POLL information from ``xentop -bi2``: the domain's line of the last sample."""
+    """POLL information from ``xentop -bi2``: the domain's line of the last sample.
+
+    Xen names a domain being migrated away ``migrating-<name>`` on the source; unless it
+    crashed, its STATE is ``m`` (migrating away), which the LCM ignores and start-up
+    reconciliation waits on."""
     line = None
     for candidate in output.splitlines():
         fields = candidate.split()
@@ -176,6 +180,8 @@ def parse_xentop(output: str, domain: str) -> dict[str, str]:
         raise DriverError(f"Can not parse xentop line: {line.strip()}")
     flags = fields[1].replace("-", "")
     state = {"r": "a", "b": "a", "s": "a", "d": "a", "p": "p", "c": "e"}.get(flags, "u")
+    if fields[0] != domain and state in ("a", "p"):
+        state = "m"
     return {
         "USEDMEMORY": fields[4],
         "USEDCPU": fields[3],

@@ -477,7 +477,8 @@ class Cluster:
 
         ``action`` is ``fail`` (prints ``message`` or a default ``Error: ...``, exits 1),
         ``hang`` (never returns) or ``delay`` (sleeps ``seconds`` first); ``times`` limits
-        how many invocations are affected.
+        how many invocations are affected. ``migrate-send`` acts inside ``migrate`` once
+        the source shows the domain as ``migrating-<name>``, before anything is sent.
         """
         faults = self._xen_config(host).get("faults", {})
         faults[command] = {"action": action, "message": message, "times": times, "seconds": seconds}

@@ -187,7 +187,14 @@ class World:
             "/vm",
         )
         self.reconciler = Reconciler(
-            self.vms, self.hosts, self.lcm, self.vmm, self.states, self.log
+            self.vms,
+            self.hosts,
+            self.lcm,
+            self.vmm,
+            self.states,
+            self.log,
+            self.clock,
+            {"vmm": TIMEOUT},
         )
 
     # -- set-up -------------------------------------------------------------------------

@@ -392,6 +392,8 @@ class Toolstack:
             rec["migrating"] = True
             self.host.put(rec)
         try:
+            # A hold point of its own: the domain shows as migrating-<name>, nothing sent yet.
+            self.host.apply_fault("migrate-send")
             account_cpu(rec, self.host)
             answer = json.loads(self.remote(destination, ["migrate-receive"], json.dumps(rec)))
             try:
