@@ -486,9 +486,7 @@ def test_restart_while_the_orphaned_live_migration_still_runs(
         c.inject_fault("node01", "migrate-send", action="delay", seconds=ORPHAN_HOLD, times=1)
         assert one.call("one.vmmigrate", 0, 1, True) == [True]
         wait_stored(one, {0: active(L.MIGRATE)})
-        wait_for(
-            lambda: xm_domains(c, "node01") == {"migrating-one-0"}, what="migrating-one-0"
-        )
+        wait_for(lambda: xm_domains(c, "node01") == {"migrating-one-0"}, what="migrating-one-0")
         kill(one)
         one = OneDaemon(tmp_path).start()
         wait_for(
