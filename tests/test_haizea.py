@@ -206,10 +206,12 @@ def test_ar_preempts_a_running_best_effort_lease_on_4_hosts_and_it_resumes_after
     assert all(context.state(vid)[0] is VMState.DONE for vid in batch)
 
 
-def _preempted_while_its_host_is_taken(migration: str) -> tuple[FakeSchedulerContext, int]:
+def _preempted_while_its_host_is_taken(
+    migration: str,
+) -> tuple[FakeSchedulerContext, HaizeaScheduler, int]:
     """A preemptible lease on node0, a non-preemptible one on node1 until 4801 s, then an
     advance reservation of node0 for three hours from 4200 s: the first is suspended."""
-    context, scheduler = cluster(hosts=2, suspend_rate="8", resume_rate="8",
+    context, scheduler = cluster(hosts=2, suspend_rate="8", resume_rate="512",
                                  migrate_rate="16", migration=migration)  # fmt: skip
     (batch,) = submit(context, preemptible="yes", duration="02:00:00")
     advance_to(context, 1)
@@ -223,11 +225,11 @@ def _preempted_while_its_host_is_taken(migration: str) -> tuple[FakeSchedulerCon
     assert context.times("suspend", batch) == [4200 - 64]
     assert context.state(batch)[0] is VMState.SUSPENDED
     assert context.state(ar) == RUNNING
-    return context, batch
+    return context, scheduler, batch
 
 
 def test_a_preempted_lease_resumes_on_another_host_when_its_own_is_taken() -> None:
-    context, batch = _preempted_while_its_host_is_taken("yes")
+    context, scheduler, batch = _preempted_while_its_host_is_taken("yes")
     # node1's lease (deployed at 1) ends at 4801, DONE a second later: the batch lease
     # moves there at once rather than wait for the reservation's end on node0 (15000 s).
     advance_to(context, 4801 + 5)
@@ -235,6 +237,10 @@ def test_a_preempted_lease_resumes_on_another_host_when_its_own_is_taken() -> No
     assert context.times("resume", batch) == []
     assert context.host_of(batch) == 1
     assert context.state(batch) == RUNNING  # PROLOG_MIGRATE, BOOT, RUNNING at 4804
+    # Planned: 512 MB / 512 MB/s to restore, 512 MB / 16 MB/s to move. It took 2 s, the
+    # restore's planned second aside 1 s: the migrate rate moves halfway to 512 MB/s.
+    assert scheduler.policy.migrate_rate == (16 + 16 * 32 / 1) / 2
+    assert scheduler.policy.resume_rate == 512  # a migration is not a resume's measure
     # Its work goes on from 4804: it ran 0 → 4136, 7200 - 4136 s are left.
     end = 4804 + 7200 - 4136
     advance_to(context, end + 2)
@@ -243,7 +249,7 @@ def test_a_preempted_lease_resumes_on_another_host_when_its_own_is_taken() -> No
 
 
 def test_without_migration_a_preempted_lease_waits_for_its_own_host() -> None:
-    context, batch = _preempted_while_its_host_is_taken("no")
+    context, _scheduler, batch = _preempted_while_its_host_is_taken("no")
     advance_to(context, 15000 + 3)
     assert context.times("resume_on", batch) == []
     assert context.times("resume", batch) == [15000 + 1]
@@ -566,6 +572,22 @@ def test_the_plugin_is_its_own_distribution_registered_as_haizea() -> None:
     assert (entry_point.name, entry_point.value) == ("haizea", "nebula_xr_haizea")
     core = metadata.distribution("nebula-xr")
     assert not [ep for ep in core.entry_points if ep.name == "haizea"]
+
+
+def test_the_plugin_metadata_is_in_its_own_setup_cfg() -> None:
+    import configparser
+    import tomllib
+
+    plugin = ROOT / "plugins" / "sched_haizea"
+    setup = configparser.ConfigParser()
+    setup.read(plugin / "setup.cfg")
+    assert setup["metadata"]["name"] == "nebula-xr-haizea"
+    assert setup["options"]["install_requires"].split() == ["nebula-xr"]
+    assert setup["options.entry_points"]["nebula_xr"].split() == ["haizea", "=", "nebula_xr_haizea"]
+    scripts = setup["options.entry_points"]["console_scripts"].split()
+    assert scripts == ["onelease", "=", "nebula_xr_haizea.cli:main"]
+    pyproject = tomllib.loads((plugin / "pyproject.toml").read_text())
+    assert set(pyproject) == {"build-system"}  # the metadata lives in setup.cfg alone
 
 
 def test_the_core_package_list_leaves_the_plugin_out() -> None:
