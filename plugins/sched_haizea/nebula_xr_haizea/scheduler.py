@@ -418,7 +418,7 @@ class HaizeaScheduler(Scheduler):
         self.replan_soon()
 
     def _measured(self, action: str, lease: Lease, seconds: float) -> None:
-        """Correct the rate planning uses with what a real suspend or resume took."""
+        """Correct the rate planning uses with what a real suspend, resume or migration took."""
         self.context.log(f"haizea: lease {lease.lid} {action} took {seconds:.1f} s")
         planned = {
             "suspend": self.policy.suspend_time,
