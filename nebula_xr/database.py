@@ -284,6 +284,7 @@ class _SqliteWriter:
         self.connection.execute(sql)
 
     def prepare(self) -> None:
+        """Before the first attempt of a commit."""
         self._busy_timeout(_WRITER_BUSY_MS if self.wal else _ROLLBACK_FIRST_BUSY_MS)
 
     def _busy_timeout(self, milliseconds: int) -> None:
@@ -335,11 +336,12 @@ class _PostgresWriter:
         self.connection.execute(sql)
 
     def prepare(self) -> None:
+        pass
+
+    def begin(self) -> None:
         if self.connection is None or self.connection.closed:
             # A reply waits for COMMIT, which returns once the WAL is flushed.
             self.connection = self.settings.connect("writer", options="-c synchronous_commit=on")
-
-    def begin(self) -> None:
         self.connection.execute("BEGIN")
 
     def apply(self, operation: Operation) -> None:
@@ -651,10 +653,10 @@ class Database:
         deadline = start + self.busy_retry
         pause = _BACKOFF_SECONDS[0]
         reported = False
+        writer.prepare()
         while True:
             refused: list[tuple[_Change, Exception]] = []
             try:
-                writer.prepare()
                 writer.begin()
                 for change in group:
                     writer.execute("SAVEPOINT change")

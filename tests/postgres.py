@@ -28,7 +28,7 @@ from nebula_xr.postgresql import PostgresSettings
 _names = itertools.count()
 
 
-def _binaries() -> Path | None:
+def binaries() -> Path | None:
     found = sorted(
         glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
     )
@@ -76,42 +76,55 @@ class PostgresServer:
             f'user = "nebula", db_name = "{db_name}" ]'
         )
 
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"),
+             "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+        shutil.rmtree(self.directory, ignore_errors=True)
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    bindir = _binaries()
-    root = os.geteuid() == 0
-    if bindir is None:
-        if not root:
-            pytest.skip("PostgreSQL (initdb) is not installed")
-        pytest.fail("PostgreSQL is not installed: run tests/cluster/install.sh (or tests/run)")
+
+def start_server(bindir: Path) -> PostgresServer:
+    """initdb and start a server in a new temporary directory (as ``postgres`` if root)."""
     directory = Path(tempfile.mkdtemp(prefix="nebula-pg-"))
     run_as: list[str] = []
-    if root:
+    if os.geteuid() == 0:
         account = pwd.getpwnam("postgres")
         os.chown(directory, account.pw_uid, account.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]
     data = directory / "data"
     port = _free_port()
     server = PostgresServer(bindir, directory, port, run_as)
-    server._run(
-        str(bindir / "initdb"), "-D", str(data), "-U", "nebula", "--auth=trust",
-        "--no-sync", "-E", "UTF8", "--locale=C",
-    )  # fmt: skip
-    options = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory} "
-        "-c max_connections=100 -c shared_buffers=32MB"
-    )
-    server._run(
-        str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "log"),
-        "-w", "-t", "60", "start",
-    )  # fmt: skip
+    try:
+        server._run(
+            str(bindir / "initdb"), "-D", str(data), "-U", "nebula", "--auth=trust",
+            "--no-sync", "-E", "UTF8", "--locale=C",
+        )  # fmt: skip
+        options = (
+            f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory} "
+            "-c max_connections=100 -c shared_buffers=32MB"
+        )
+        server._run(
+            str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
+            str(directory / "log"), "-w", "-t", "60", "start",
+        )  # fmt: skip
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    bindir = binaries()
+    if bindir is None:
+        if os.geteuid() != 0:
+            pytest.skip("PostgreSQL (initdb) is not installed")
+        pytest.fail("PostgreSQL is not installed: run tests/cluster/install.sh (or tests/run)")
+    server = start_server(bindir)
     try:
         yield server
     finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(directory, ignore_errors=True)
+        server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -162,6 +163,45 @@ def test_a_lost_database_connection_is_reopened_and_the_change_acknowledged(
     assert terminated == [(True,)]
     assert one.call("one.vmallocate", "NAME = second\n") == [True, 1]
     assert _rows(postgres, db_name, "SELECT oid FROM vm_pool ORDER BY oid") == [(0,), (1,)]
+
+
+#: Values a client controls, which reach PostgreSQL only as parameters.
+_HOSTILE = [
+    "'; DROP TABLE vm_pool; --",
+    '"quoted" \\ back\\slash',
+    "%s %(name)s %% $1 $$ $tag$",
+    "E'\\x00' /* */ -- ",
+    "ünïcödé ✓ 漢字 \U0001f600",
+    "a" * 5000,
+]
+
+
+def test_hostile_values_round_trip_through_postgresql(
+    tmp_path: Path, postgres: PostgresServer, db_name: str
+) -> None:
+    rng = random.Random(10)
+    alphabet = "'\\%$;:-/*()[]=,\t ab\u00e9\u4e2d"
+    values = _HOSTILE + ["".join(rng.choices(alphabet, k=rng.randint(1, 40))) for _ in range(20)]
+    _pg_conf(tmp_path, postgres, db_name)
+    one = OneDaemon(tmp_path).start()
+    try:
+        before = {}
+        for value in values:
+            quote = '"' if '"' not in value else "'"  # 1.2 templates have no escapes
+            template = f"NAME = vm\nNOTE = [ text = {quote}{value}{quote} ]\n"
+            ok, vid = one.call("one.vmallocate", template)
+            if ok:
+                before[vid] = one.call("one.vmget_info", vid)
+        assert len(before) >= len(_HOSTILE)
+    finally:
+        assert one.stop() == 0
+    assert _rows(postgres, db_name, "SELECT count(*) FROM vm_pool") == [(len(before),)]
+    one = OneDaemon(tmp_path).start()
+    try:
+        for vid, info in before.items():
+            assert one.call("one.vmget_info", vid) == info
+    finally:
+        one.stop()
 
 
 # --- migration ---------------------------------------------------------------------------
