@@ -11,7 +11,7 @@ client allocates in a loop: the time until the standby answers, and whether ever
 acknowledged VM is in the database. PostgreSQL is a throw-away server started here (fsync on,
 as a real one), on the same machine as the daemon::
 
-    python bench/postgresql.py [--seconds 5] [--allocations 1000] [--failovers 3]
+    python bench/postgresql.py [--seconds 5] [--allocations 1000] [--rounds 3] [--failovers 3]
 
 Target (issue 10): PostgreSQL allocations at least half SQLite's rate; fail-over under 10 s.
 """
@@ -19,9 +19,11 @@ Target (issue 10): PostgreSQL allocations at least half SQLite's rate; fail-over
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,6 +79,14 @@ def _site(root: Path, name: str, db_conf: str, port: int | None = None) -> Path:
     return site
 
 
+def _answers(url: str) -> bool:
+    try:
+        with xmlrpc.client.ServerProxy(url) as proxy:
+            return proxy.one.vmget_info("sessionID", 0)[0] is True
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException):
+        return False
+
+
 def _failover(server: PostgresServer, root: Path) -> tuple[float, int, int]:
     """(seconds from SIGKILL to the standby's first answer, acknowledged, missing)."""
     db_name = server.create_database()
@@ -111,11 +121,12 @@ def _failover(server: PostgresServer, root: Path) -> tuple[float, int, int]:
         wait_for(lambda: len(acknowledged) >= 50)
         assert active.process is not None
         killed_at = time.monotonic()
-        count = len(acknowledged)
         active.process.send_signal(signal.SIGKILL)
         active.process.wait()
-        wait_for(lambda: len(acknowledged) > count, timeout=60)
+        # Whatever answers from now on is the standby.
+        wait_for(lambda: _answers(active.url), timeout=60)
         served = time.monotonic() - killed_at
+        time.sleep(0.5)  # the client allocates on the new daemon too
     finally:
         stop.set()
         if client.is_alive():
@@ -133,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--allocations", type=int, default=1000)
     parser.add_argument("--failovers", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     bindir = binaries()
     if bindir is None:
@@ -141,16 +153,25 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="nebula-bench-") as tmp:
             root = Path(tmp)
-            results = {}
-            for backend, db_conf in (
-                ("sqlite", ""),
-                ("postgresql", server.oned_conf(server.create_database())),
-            ):
-                one = OneDaemon(_site(root, backend, db_conf)).start()
-                try:
-                    results[backend] = _rates(one, args.seconds, args.allocations)
-                finally:
-                    one.stop()
+            # Rounds alternate the backends, so that the load of a shared machine falls on
+            # both alike; each figure is the median over the rounds.
+            runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "postgresql": []}
+            for round_number in range(args.rounds):
+                for backend in runs:
+                    db_conf = ""
+                    if backend == "postgresql":
+                        db_conf = server.oned_conf(server.create_database())
+                    site = _site(root, f"{backend}-{round_number}", db_conf)
+                    one = OneDaemon(site).start()
+                    try:
+                        runs[backend].append(_rates(one, args.seconds, args.allocations))
+                    finally:
+                        one.stop()
+            results = {
+                backend: {key: statistics.median(run[key] for run in done) for key in done[0]}
+                for backend, done in runs.items()
+            }
+            print(f"median of {args.rounds} alternating rounds, {args.seconds:g} s loads:")
             sqlite, pg = results["sqlite"], results["postgresql"]
             print(f"{'':34} {'SQLite':>10} {'PostgreSQL':>11} {'PG/SQLite':>10}")
             rows = (

@@ -295,6 +295,9 @@ class _SqliteWriter:
     def begin(self) -> None:
         self.connection.execute("BEGIN IMMEDIATE")
 
+    def commit_at_once(self, group: list[_Change]) -> bool:
+        return False  # statements cost no round trip: a savepoint per change is cheap
+
     def apply(self, operation: Operation) -> None:
         if isinstance(operation, Replace | Insert):
             if operation.rows:
@@ -339,10 +342,28 @@ class _PostgresWriter:
         pass
 
     def begin(self) -> None:
+        self.connection.execute("BEGIN")
+
+    def commit_at_once(self, group: list[_Change]) -> bool:
+        """The whole group in one round trip (a pipeline, no savepoints); False, with
+        nothing written, if a change is refused: the caller then isolates it with a
+        savepoint per change. A transient failure is raised, as from :meth:`begin`."""
         if self.connection is None or self.connection.closed:
             # A reply waits for COMMIT, which returns once the WAL is flushed.
             self.connection = self.settings.connect("writer", options="-c synchronous_commit=on")
-        self.connection.execute("BEGIN")
+        try:
+            with self.connection.pipeline():
+                self.connection.execute("BEGIN")
+                for change in group:
+                    for operation in change.operations:
+                        self.apply(operation)
+                self.connection.execute("COMMIT")
+        except self.errors as error:
+            if is_transient(error):
+                raise
+            self.rollback()
+            return False
+        return True
 
     def apply(self, operation: Operation) -> None:
         cursor = self.connection.cursor()
@@ -657,6 +678,8 @@ class Database:
         while True:
             refused: list[tuple[_Change, Exception]] = []
             try:
+                if writer.commit_at_once(group):
+                    return None, []
                 writer.begin()
                 for change in group:
                     writer.execute("SAVEPOINT change")
