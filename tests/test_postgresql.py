@@ -420,3 +420,22 @@ def test_the_standby_takes_over_when_the_active_daemon_is_killed(
         if standby.poll() is None:
             standby.send_signal(signal.SIGTERM)
             standby.wait(10)
+
+
+def test_an_active_daemon_that_loses_its_lock_stops_at_once(
+    one: OneDaemon, postgres: PostgresServer, db_name: str
+) -> None:
+    assert one.call("one.vmallocate", "NAME = before\n") == [True, 0]
+    terminated = _rows(
+        postgres,
+        db_name,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'nebula-xr lock' AND datname = %s",
+        db_name,
+    )
+    assert terminated == [(True,)]
+    # Another daemon may hold the lock now: this one must not go on writing.
+    assert one.process is not None
+    assert one.process.wait(10) == 1
+    log = (one.location / "var" / "oned.log").read_text()
+    assert "Lost the database lock" in log
