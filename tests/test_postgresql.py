@@ -439,3 +439,35 @@ def test_an_active_daemon_that_loses_its_lock_stops_at_once(
     assert one.process.wait(10) == 1
     log = (one.location / "var" / "oned.log").read_text()
     assert "Lost the database lock" in log
+
+
+def test_the_standby_reconciles_a_vm_the_dead_daemon_left_mid_deploy(
+    tmp_path: Path, postgres: PostgresServer, db_name: str
+) -> None:
+    port = _free_port()
+    sites = [tmp_path / "a", tmp_path / "b"]
+    for site, tm_extra in zip(sites, (", DELAY = 3600", ""), strict=True):
+        site.mkdir()
+        conf = write_conf(site, extra=postgres.oned_conf(db_name), tm_extra=tm_extra)
+        conf.write_text(conf.read_text().replace("PORT = 0\n", f"PORT = {port}\n"))
+        (site / "one_auth").write_text("oneadmin:test-admin-password\n")
+    active = OneDaemon(sites[0]).start()
+    standby, standby_err = _start_standby(sites[1])
+    try:
+        wait_for(lambda: "Standby:" in standby_err.text(), what="the standby to wait")
+        add_hosts(active, "node01")
+        assert active.call("one.vmallocate", TUTORIAL) == [True, 0]
+        assert active.call("one.vmdeploy", 0, 0) == [True]
+        wait_state(active, 0, 3, 1)  # PROLOG: the transfer takes an hour on this front-end
+        assert active.process is not None
+        active.process.send_signal(signal.SIGKILL)
+        active.process.wait()
+        wait_for(lambda: "XML-RPC on" in standby_err.text(), timeout=30, what="the takeover")
+        # The new active daemon transfers and deploys again (its drivers answer at once).
+        wait_state(active, 0, 3, 3)
+        assert _rows(postgres, db_name, "SELECT state, lcm_state FROM vm_pool") == [(3, 3)]
+    finally:
+        active.stop()
+        if standby.poll() is None:
+            standby.send_signal(signal.SIGTERM)
+            standby.wait(10)
