@@ -234,6 +234,9 @@ def test_a_1_2_one_db_is_migrated_and_served(
     finally:
         assert one.stop() == 0
     with one.db() as source:
+        # A 1.2 oned's one.db has only the nine 1.2 tables.
+        source.execute("DROP TABLE user_pool")
+    with one.db() as source:
         counts = {
             table: source.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             for table in ("vm_pool", "vm_attributes", "history", "host_pool", "leases")
@@ -263,6 +266,8 @@ def test_a_1_2_one_db_is_migrated_and_served(
         assert served.call("one.vninfo", 0) == network_info
         assert served.call("one.hostinfo", 1)[0] is True
         assert served.call("one.vmallocate", "NAME = new\n") == [True, 2]
+        # oneadmin was created in PostgreSQL at the first start, as on a 1.2 one.db.
+        assert served.call14("one.vm.info", 1)[0] is True
     finally:
         served.stop()
 
