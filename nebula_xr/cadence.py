@@ -2,12 +2,12 @@
 polling).
 
 Each key (a host or VM id) is due once per ``interval``: its next run is due one interval
-after its last one started, so runs stay spread the way they were first spread. Keys found
-overdue together (at start-up, hosts re-enabled...) are spread evenly over one interval
-when they are more than can run at once; a key added with :meth:`Cadence.run_soon` (a new
-host) goes first. At most ``concurrency`` runs are under way at any time. When runs start
-later than their due time by more than a tenth of the interval, the bounds cannot keep up:
-the log says so once per interval with the measured rate, rather than silently stretching.
+after its last one started, so runs stay spread the way they were first spread. Keys added
+together (at start-up) are spread evenly over the next interval when they are more than
+can run at once; a key added with :meth:`Cadence.run_soon` (a new host) goes first. At
+most ``concurrency`` runs are under way at any time. When runs start later than their due
+time by more than a tenth of the interval, the bounds cannot keep up: the log says so once
+per interval with the measured rate, rather than silently stretching.
 """
 
 from __future__ import annotations
@@ -64,17 +64,17 @@ class Cadence:
         return len(self._running)
 
     def add(self, due: Iterable[tuple[Hashable, float]]) -> None:
-        """Schedule keys not yet scheduled, each at its due time; those already overdue are
-        spread evenly over one interval when they are more than can run at once."""
+        """Schedule keys not yet scheduled, each at its due time; more keys than can run at
+        once (at start-up) are spread evenly over the next interval, in due order."""
         now = self.clock.seconds()
-        fresh = [(when, key) for key, when in due if key not in self]
-        overdue = sorted((when, n, key) for n, (when, key) in enumerate(fresh) if when <= now)
-        step = self.interval / len(overdue) if len(overdue) > self.concurrency else 0.0
-        for position, (_when, _n, key) in enumerate(overdue):
-            self._schedule(key, now + position * step)
-        for when, key in fresh:
-            if when > now:
-                self._schedule(key, when)
+        fresh = sorted((when, n, key) for n, (key, when) in enumerate(due) if key not in self)
+        if len(fresh) <= self.concurrency:
+            for when, _n, key in fresh:
+                self._schedule(key, max(when, now))
+        else:
+            step = self.interval / len(fresh)
+            for position, (_when, _n, key) in enumerate(fresh):
+                self._schedule(key, now + position * step)
         self._pump()
 
     def run_soon(self, key: Hashable) -> None:
