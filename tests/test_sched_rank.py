@@ -20,6 +20,7 @@ ROOMY = {"FREECPU": "200", "FREEMEMORY": str(2048 * 1024)}
 
 def started(context: FakeSchedulerContext) -> RankScheduler:
     scheduler = RankScheduler(SchedulerConfig("sched_rank", INTERVAL), context)
+    scheduler.pause_ratio = 0.0  # slices follow each other on the next turns
     context.on_vm_changed = scheduler.vm_changed
     context.on_host_changed = lambda host: scheduler.host_changed(host, monitored=False)
     context.on_host_monitored = lambda host: scheduler.host_changed(host, monitored=True)
@@ -149,6 +150,20 @@ def test_a_long_pass_yields_to_the_reactor_between_slices() -> None:
     context.clock.advance(0)
     assert set(deployed(context)) == set(vids)
     assert seen and seen[0] < 5  # served after a few VMs, not after the 300
+
+
+def test_slices_of_a_pass_leave_the_reactor_a_pause_as_long_as_themselves() -> None:
+    context = FakeSchedulerContext()
+    context.add_host("a", cpu=10000, memory_mb=10000, FREECPU="10000", FREEMEMORY="9" * 9)
+    scheduler = started(context)
+    scheduler.slice_seconds = 0.0
+    scheduler.pause_ratio = 1.0
+    vids = [context.submit("CPU = 1\nMEMORY = 1") for _ in range(50)]
+    context.clock.advance(0)  # the events, the pass's first slice
+    context.clock.advance(0)
+    assert len(deployed(context)) <= 1  # each next slice waits for its pause on the clock
+    context.clock.pump([0.01] * 60)
+    assert set(deployed(context)) == set(vids)
 
 
 def test_the_periodic_cycle_places_what_no_event_announced() -> None:

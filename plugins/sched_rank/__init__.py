@@ -38,6 +38,8 @@ _UNUSABLE = (HostState.DISABLED, HostState.ERROR)
 _MIGRATING = (LCMState.MIGRATE, LCMState.SAVE_MIGRATE)
 #: Wall-clock seconds a slice of a pass may run before the reactor gets a turn.
 SLICE_SECONDS = 0.003
+#: The pause between two slices of a pass, as a fraction of the slice's duration.
+PAUSE_RATIO = 1.0
 #: Hosts whose candidacy is worked out between two checks of the slice's time.
 HOSTS_PER_STEP = 64
 #: Distinct expressions whose results a host keeps (beyond: forgotten, recomputed).
@@ -132,11 +134,14 @@ class RankScheduler(Scheduler):
         self._loop = task.LoopingCall(self.cycle)
         self._loop.clock = context.clock
         self._cooperator = task.Cooperator(
-            terminationPredicateFactory=self._slice_over,
-            scheduler=lambda work: context.clock.callLater(0, work),
+            terminationPredicateFactory=self._slice_over, scheduler=self._after_pause
         )
         #: Wall-clock seconds one slice of a pass may take.
         self.slice_seconds = SLICE_SECONDS
+        #: The pause after a slice, as a fraction of the slice's duration: 1 leaves the
+        #: reactor at least half of its time for the API and for the VMs being deployed.
+        self.pause_ratio = PAUSE_RATIO
+        self._slice_began = 0.0
         #: PENDING VMs as their last event showed them, by id.
         self._pending: dict[int, VMView] = {}
         #: Parsed monitoring of each host, by id.
@@ -222,8 +227,15 @@ class RankScheduler(Scheduler):
             self.request_pass()
 
     def _slice_over(self) -> Callable[[], bool]:
-        deadline = time.perf_counter() + self.slice_seconds
+        self._slice_began = time.perf_counter()
+        deadline = self._slice_began + self.slice_seconds
         return lambda: time.perf_counter() >= deadline
+
+    def _after_pause(self, work: Callable[[], None]) -> object:
+        """Run the next slice after a pause as long as the last one (times the ratio): a
+        deploy also costs the reactor its pipeline's steps, which follow on later turns."""
+        spent = time.perf_counter() - self._slice_began if self._slice_began else 0.0
+        return self.context.clock.callLater(spent * self.pause_ratio, work)
 
     def _place(self) -> Iterator[None]:
         """Place the pending VMs; yields wherever the reactor may take a turn."""
