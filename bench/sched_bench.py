@@ -97,8 +97,9 @@ def placement_latency() -> None:
                 singles.append(time.perf_counter() - begun)
                 time.sleep(0.2)
             print(
-                f"  1 VM, allocation to RUNNING: median {statistics.median(singles) * 1000:.0f} ms, "
-                f"worst {max(singles) * 1000:.0f} ms over {len(singles)} runs (1.2: 16-26 s)"
+                f"  1 VM, allocation to RUNNING: median "
+                f"{statistics.median(singles) * 1000:.0f} ms, worst {max(singles) * 1000:.0f} ms "
+                f"over {len(singles)} runs (1.2: 16-26 s)"
             )
             before = running(one)
             begun = time.perf_counter()
@@ -174,7 +175,8 @@ def _api_during_placement(location: Path, hosts: int, vms: int) -> None:
         add_hosts(one, hosts)
         proxy = one.proxy()
         shapes = [
-            f'CPU = {cpu}\nMEMORY = {memory}\nREQUIREMENTS = "FREECPU > {free}"\nRANK = FREEMEMORY\n'
+            f'CPU = {cpu}\nMEMORY = {memory}\nREQUIREMENTS = "FREECPU > {free}"\n'
+            "RANK = FREEMEMORY\n"
             for cpu in (0.25, 0.5, 1)
             for memory in (64, 128, 256)
             for free in (50, 100)
@@ -182,7 +184,8 @@ def _api_during_placement(location: Path, hosts: int, vms: int) -> None:
         for n in range(vms):
             assert proxy.one.vmallocate("sessionID", f"NAME = vm{n}\n" + shapes[n % len(shapes)])[0]
         print(
-            f"  set-up ({hosts} hosts monitored, {vms} VMs PENDING): {time.perf_counter() - begun:.1f} s"
+            f"  set-up ({hosts} hosts monitored, {vms} VMs PENDING): "
+            f"{time.perf_counter() - begun:.1f} s"
         )
         print(probe(one, 3).report("idle daemon, no scheduler"))
     finally:
@@ -207,19 +210,22 @@ def _api_during_placement(location: Path, hosts: int, vms: int) -> None:
         one.stop()
     print(
         prober.report(
-            f"during the placement (restart to all {vms} ACTIVE {placed:.2f} s, RUNNING {all_running:.2f} s)"
+            f"during the placement (restart to all {vms} ACTIVE {placed:.2f} s, "
+            f"RUNNING {all_running:.2f} s)"
         )
     )
     ordered = sorted(prober.latencies)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
     print(
-        f"  p99 target < 50 ms: {'met' if p99 < 50 else 'MISSED'} ({p99:.1f} ms; before: one 3.1-6.2 s stall)"
+        f"  p99 target < 50 ms: {'met' if p99 < 50 else 'MISSED'} ({p99:.1f} ms; "
+        "before: one 3.1-6.2 s stall)"
     )
 
 
 def monitoring_rate(hosts: int, interval: float) -> None:
     print(
-        f"monitoring {hosts} hosts every {interval:g} s (dummy IM; 60 s / {interval:g} s = {60 / interval:.0f}x the production rate):"
+        f"monitoring {hosts} hosts every {interval:g} s (dummy IM; 60 s / {interval:g} s = "
+        f"{60 / interval:.0f}x the production rate):"
     )
     with tempfile.TemporaryDirectory(prefix="nebula-bench-") as location:
         configure(Path(location), 'SCHEDULER = [ plugin = "none" ]', interval=interval, timer=1)
@@ -261,7 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=1250)
     parser.add_argument("--vms", type=int, default=1000)
-    parser.add_argument("--interval", type=float, default=6.0)
+    parser.add_argument("--interval", type=int, default=6)
     parser.add_argument("--only", choices=("latency", "api", "monitoring"))
     args = parser.parse_args()
     if args.only in (None, "latency"):

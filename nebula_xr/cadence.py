@@ -4,7 +4,9 @@ polling).
 Each key (a host or VM id) is due once per ``interval``: its next run is due one interval
 after its last one started, so runs stay spread the way they were first spread. Keys added
 together (at start-up) are spread evenly over the next interval when they are more than
-can run at once; a key added with :meth:`Cadence.run_soon` (a new host) goes first. At
+can run at once; a key added with :meth:`Cadence.run_soon` (a new host) goes first, and
+its next run comes within the interval at a phase proper to the key (so hosts added in
+bulk are spread from their second monitoring on). At
 most ``concurrency`` runs are under way at any time. When runs start later than their due
 time by more than a tenth of the interval, the bounds cannot keep up: the log says so once
 per interval with the measured rate, rather than silently stretching.
@@ -19,6 +21,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+#: The fractional part of the golden ratio: consecutive ids get well-spread phases.
+_GOLDEN = 0.6180339887498949
 #: How late (as a fraction of the interval) a run may start before it counts as falling behind.
 LATENESS_TOLERANCE = 0.1
 
@@ -121,11 +125,15 @@ class Cadence:
         if due != float("-inf"):
             self._window_lateness = max(self._window_lateness, now - due)
 
+        # After a run out of turn (a new host), the next comes at the key's own phase of
+        # the interval, so that hosts added together do not stay due together.
+        step = self.interval * _phase(key) if due == float("-inf") else self.interval
+
         def finished(_result: Any) -> None:
             self._running.discard(key)
             self._window_runs += 1
             if key not in self._due:
-                self._schedule(key, now + self.interval)
+                self._schedule(key, now + step)
             self._pump()
 
         done.addBoth(finished)
@@ -158,3 +166,8 @@ class Cadence:
         self._window_start = now
         self._window_runs = 0
         self._window_lateness = 0.0
+
+
+def _phase(key: Hashable) -> float:
+    """A fraction of the interval in (0, 1) proper to ``key``."""
+    return ((hash(key) + 1) * _GOLDEN) % 1.0 or 0.5
