@@ -38,14 +38,16 @@ from tests.oned import OneDaemon, write_conf  # noqa: E402
 RUNNING = (3, 3)
 
 
-def configure(location: Path, scheduler: str, interval: float = 60, timer: float = 1) -> None:
+def configure(
+    location: Path, scheduler: str, interval: float = 60, timer: float = 1, debug: int = 1
+) -> None:
     """oned.conf for a benchmark: the tests' dummy drivers, quiet log, our timers."""
     conf = write_conf(location, scheduler=scheduler)
     text = conf.read_text()
     text = re.sub(r"HOST_MONITORING_INTERVAL = \S+", f"HOST_MONITORING_INTERVAL = {interval}", text)
     text = re.sub(r"VM_POLLING_INTERVAL = \S+", "VM_POLLING_INTERVAL = 60", text)
     text = re.sub(r"MANAGER_TIMER = \S+", f"MANAGER_TIMER = {timer}", text)
-    text = re.sub(r"DEBUG_LEVEL = \S+", "DEBUG_LEVEL = 1", text)
+    text = re.sub(r"DEBUG_LEVEL = \S+", f"DEBUG_LEVEL = {debug}", text)
     conf.write_text(text)
 
 
@@ -190,7 +192,7 @@ def _api_during_placement(location: Path, hosts: int, vms: int) -> None:
         print(probe(one, 3).report("idle daemon, no scheduler"))
     finally:
         one.stop()
-    configure(location, 'SCHEDULER = [ plugin = "sched_rank", interval = 30 ]', timer=5)
+    configure(location, 'SCHEDULER = [ plugin = "sched_rank", interval = 30 ]', timer=5, debug=2)
     one = OneDaemon(location).start()
     prober = Prober(one.url, 0)
     prober.start()
@@ -214,6 +216,9 @@ def _api_during_placement(location: Path, hosts: int, vms: int) -> None:
             f"RUNNING {all_running:.2f} s)"
         )
     )
+    passes = re.findall(r"\[SCHED\]\[I\]: (Placed .*)", (location / "var" / "oned.log").read_text())
+    for line in passes:
+        print(f"  sched_rank: {line}")
     ordered = sorted(prober.latencies)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
     print(

@@ -142,6 +142,11 @@ class RankScheduler(Scheduler):
         #: reactor at least half of its time for the API and for the VMs being deployed.
         self.pause_ratio = PAUSE_RATIO
         self._slice_began = 0.0
+        self._pass_began = 0.0
+        self._slices = 0
+        self._placed = 0
+        #: The longest slice of the last pass (wall-clock seconds): what it made the API wait.
+        self.longest_slice = 0.0
         #: PENDING VMs as their last event showed them, by id.
         self._pending: dict[int, VMView] = {}
         #: Parsed monitoring of each host, by id.
@@ -211,6 +216,10 @@ class RankScheduler(Scheduler):
             return
         self._running = True
         self.passes += 1
+        self._pass_began = time.perf_counter()
+        self._slices = 0
+        self._placed = 0
+        self.longest_slice = 0.0
         done = self._cooperator.cooperate(self._place()).whenDone()
         done.addErrback(self._pass_failed)
         done.addBoth(self._pass_done)
@@ -222,6 +231,13 @@ class RankScheduler(Scheduler):
 
     def _pass_done(self, _result: object) -> None:
         self._running = False
+        self._slice_ended()
+        self._slice_began = 0.0  # the next pass starts without a pause
+        if self._slices > 1:  # a big pass: say what it cost the reactor
+            self.context.log(
+                f"Placed {self._placed} VMs in {time.perf_counter() - self._pass_began:.2f} s, "
+                f"{self._slices} slices, the longest {self.longest_slice * 1000:.1f} ms"
+            )
         if self._again:
             self._again = False
             self.request_pass()
@@ -234,14 +250,29 @@ class RankScheduler(Scheduler):
     def _after_pause(self, work: Callable[[], None]) -> object:
         """Run the next slice after a pause as long as the last one (times the ratio): a
         deploy also costs the reactor its pipeline's steps, which follow on later turns."""
-        spent = time.perf_counter() - self._slice_began if self._slice_began else 0.0
+        spent = self._slice_ended()
         return self.context.clock.callLater(spent * self.pause_ratio, work)
+
+    def _slice_ended(self) -> float:
+        """Count the slice that just ended; its duration (0 when none ran since a pass)."""
+        if not self._slice_began:
+            return 0.0
+        spent = time.perf_counter() - self._slice_began
+        self._slices += 1
+        self.longest_slice = max(self.longest_slice, spent)
+        return spent
 
     def _place(self) -> Iterator[None]:
         """Place the pending VMs; yields wherever the reactor may take a turn."""
         hosts = [host for host in self.context.hosts() if host.state not in _UNUSABLE]
-        monitored = {host.hid: self._parsed(host) for host in hosts}
-        capacity = {host.hid: _Capacity.of(host) for host in hosts}
+        yield None
+        monitored: dict[int, _Monitored] = {}
+        capacity: dict[int, _Capacity] = {}
+        for start in range(0, len(hosts), HOSTS_PER_STEP):
+            for host in hosts[start : start + HOSTS_PER_STEP]:
+                monitored[host.hid] = self._parsed(host)
+                capacity[host.hid] = _Capacity.of(host)
+            yield None
         candidates: dict[_Shape, list[int]] = {}
         #: Shapes no host has room for any more in this pass (capacity only shrinks).
         full: set[_Shape] = set()
@@ -291,6 +322,7 @@ class RankScheduler(Scheduler):
             if result.ok:
                 room.take(vm.cpu_demand, vm.memory_demand)
                 self._pending.pop(vm.vid, None)
+                self._placed += 1
             else:
                 self.context.log(
                     f"Error deploying virtual machine {vm.vid} to HID: {hid}. "
