@@ -4,8 +4,8 @@ A scheduler gets a :class:`SchedulerContext`: the reactor clock, frozen views of
 and hosts, and the same user actions the XML-RPC API offers (answered exactly as the
 API answers them). It is told about changes through the event hooks of
 :mod:`nebula_xr.hookspecs`. A placement scheduler (``sched_rank``) places VMs as those
-events come and runs a safety-net cycle every ``interval`` seconds; a lease scheduler can also suspend, resume and shut VMs down
-at planned times using ``context.clock.callLater``.
+events come and runs a safety-net cycle every ``interval`` seconds; a lease scheduler can
+also suspend, resume and shut VMs down at planned times using ``context.clock.callLater``.
 """
 
 from __future__ import annotations

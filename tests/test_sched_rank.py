@@ -75,7 +75,9 @@ def test_freed_capacity_and_a_monitoring_place_waiting_vms_without_the_cycle() -
     context.clock.advance(4)
     context.monitor_host(1, FREEMEMORY="1048576")  # b has room now
     context.clock.advance(0)
-    assert deployed(context)[third] == (9.0, 1)
+    assert third not in deployed(context)  # waiting for other hosts' events
+    context.clock.advance(sched_rank.HOST_EVENTS_DELAY)
+    assert deployed(context)[third] == (9.5, 1)
     assert context.clock.seconds() < INTERVAL
 
 
@@ -127,7 +129,8 @@ def test_a_host_is_parsed_once_per_monitoring_not_per_vm(monkeypatch: pytest.Mon
     assert not deployed(context)
     assert len(calls) == 3 * 50  # FREECPU, TOTALCPU, FREEMEMORY of each host, once
     context.monitor_host(7, FREEMEMORY="999999")
-    context.clock.advance(0)
+    context.clock.advance(0)  # the event
+    context.clock.advance(sched_rank.HOST_EVENTS_DELAY)
     assert len(calls) == 3 * 51
 
 
@@ -203,3 +206,18 @@ def test_the_daemon_places_a_new_vm_long_before_the_cycle(tmp_path) -> None:
         wait_for(lambda: one.vm_state(0) == (3, 3), timeout=10, what="RUNNING")
     finally:
         one.stop()
+
+
+def test_host_events_close_together_make_one_pass() -> None:
+    context = FakeSchedulerContext()
+    for n in range(50):
+        context.add_host(f"h{n}", cpu=200, memory_mb=2048, FREECPU="10", FREEMEMORY="10")
+    scheduler = started(context)
+    context.submit("CPU = 1\nMEMORY = 64")  # fits nowhere: stays PENDING
+    context.clock.advance(0)
+    before = scheduler.passes
+    for hid in range(50):  # 50 monitorings within 0.4 s
+        context.monitor_host(hid, FREECPU="20")
+        context.clock.advance(0.008)
+    context.clock.advance(sched_rank.HOST_EVENTS_DELAY)
+    assert scheduler.passes == before + 1

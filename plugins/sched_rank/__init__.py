@@ -8,8 +8,9 @@ the lowest host id. Configured in oned.conf with
 ``SCHEDULER = [ plugin = "sched_rank", interval = 30 ]``.
 
 Unlike mm_sched, VMs do not wait for the periodic cycle: a pass runs as soon as a VM
-becomes PENDING, a VM frees capacity or a host is monitored or changes state; events that
-arrive while a pass is scheduled or running are served by one more pass. The cycle every
+becomes PENDING or frees capacity, and half a second after a host is monitored or changes
+state (gathering the events of many hosts); events that arrive while a pass is scheduled
+or running are served by it or by one more pass. The cycle every
 ``interval`` seconds stays as a safety net: it re-reads the pending VMs from the daemon.
 A pass never holds the reactor for long: it runs in slices of a few milliseconds
 (:func:`twisted.internet.task.Cooperator`), so API calls are served between them. A host's
@@ -23,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet import task
 from twisted.python import log
@@ -38,6 +40,9 @@ _UNUSABLE = (HostState.DISABLED, HostState.ERROR)
 _MIGRATING = (LCMState.MIGRATE, LCMState.SAVE_MIGRATE)
 #: Wall-clock seconds a slice of a pass may run before the reactor gets a turn.
 SLICE_SECONDS = 0.003
+#: Seconds host events wait for others before a pass: with 1,250 hosts monitored every
+#: minute and a VM that fits nowhere, a pass per monitoring would keep the daemon busy.
+HOST_EVENTS_DELAY = 0.5
 #: The pause between two slices of a pass, as a fraction of the slice's duration.
 PAUSE_RATIO = 1.0
 #: Hosts whose candidacy is worked out between two checks of the slice's time.
@@ -153,7 +158,7 @@ class RankScheduler(Scheduler):
         self._monitored: dict[int, _Monitored] = {}
         #: VMs whose REQUIREMENTS do not parse, already reported.
         self._reported: set[int] = set()
-        self._scheduled = False
+        self._scheduled: Any = None
         self._running = False
         #: Another pass is wanted once the running one ends.
         self._again = False
@@ -171,6 +176,8 @@ class RankScheduler(Scheduler):
         RUNNING.discard(self)
         if self._loop.running:
             self._loop.stop()
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
         self._cooperator.stop()
 
     # -- events ---------------------------------------------------------------------------
@@ -198,20 +205,25 @@ class RankScheduler(Scheduler):
         if monitored or host.state == -1:
             self._monitored.pop(host.hid, None)
         if self._pending and host.state != HostState.MONITORING:
-            self.request_pass()
+            self.request_pass(HOST_EVENTS_DELAY)
 
-    def request_pass(self) -> None:
-        """Run a pass on the next turn, or once more after the one running."""
+    def request_pass(self, delay: float = 0.0) -> None:
+        """Run a pass ``delay`` seconds from now (or sooner if one is due sooner), or once
+        more after the one running."""
         if self._running:
             self._again = True
-        elif not self._scheduled:
-            self._scheduled = True
-            self.context.clock.callLater(0, self._start_pass)
+            return
+        clock = self.context.clock
+        if self._scheduled is not None and self._scheduled.active():
+            if self._scheduled.getTime() <= clock.seconds() + delay:
+                return
+            self._scheduled.cancel()
+        self._scheduled = clock.callLater(delay, self._start_pass)
 
     # -- a pass -----------------------------------------------------------------------------
 
     def _start_pass(self) -> None:
-        self._scheduled = False
+        self._scheduled = None
         if self._running or not self._pending:
             return
         self._running = True
