@@ -229,6 +229,7 @@ class Daemon(MultiService):
             clock,
             log,
             config.vm_polling_interval,
+            config.monitoring_concurrency,
         )
         self.dm = DispatchManager(
             self.vms,
@@ -260,6 +261,7 @@ class Daemon(MultiService):
             config.host_monitoring_interval,
             on_monitored=self._host_monitored,
             error_threshold=config.host_error_threshold,
+            concurrency=config.monitoring_concurrency,
         )
         self.fencing = Fencing(
             self.vms,
