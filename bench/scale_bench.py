@@ -254,7 +254,8 @@ def main() -> None:
             time.sleep(1.0)  # let the allocator return what the listings took
             print(
                 f"  RSS: {rss_filled:.1f} MB filled, {_status(pid, 'VmRSS'):.1f} MB after "
-                f"{sum(counts) + 3 * (args.repeat + 2)} listings, peak {_status(pid, 'VmHWM'):.1f} MB"
+                f"{sum(counts) + 3 * (args.repeat + 2)} listings, "
+                f"peak {_status(pid, 'VmHWM'):.1f} MB"
                 "   [target < 100 MB]"
             )
 

@@ -10,7 +10,7 @@ owner's USERNAME), as in 1.4.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from lxml import etree
 
@@ -30,6 +30,44 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 def _text(value: object) -> str:
     text = str(value)
     return _NOT_XML.sub("\ufffd", text) if _NOT_XML.search(text) else text
+
+
+# What lxml escapes in text, and what it could not write at all (replaced as by _text).
+_NOT_PLAIN = re.compile("[&<>\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+#: Objects per piece of a pool listing: small enough for a piece to take about a
+#: millisecond, big enough that the per-piece work does not count.
+POOL_SLICE = 200
+
+
+def _escaped(text: str) -> str:
+    """``text`` as lxml writes it inside an element: escaped, illegal characters
+    replaced."""
+    text = _text(text)
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+    )
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+def _escaper(texts: Iterable[str]) -> Callable[[str], str]:
+    """:func:`_escaped`, or nothing to do if none of ``texts`` needs it (one check for
+    the strings of a whole slice: most names need no escaping)."""
+    return _escaped if _NOT_PLAIN.search("".join(texts)) else _as_is
+
+
+def _pieces(
+    root: str, items: Sequence[object], write: Callable[[Sequence[object]], str]
+) -> Iterator[str]:
+    """``<root>``, then ``write`` of each slice of :data:`POOL_SLICE` items, ``</root>``:
+    a pool document in pieces that can be built between reactor turns."""
+    yield f"<{root}>"
+    for start in range(0, len(items), POOL_SLICE):
+        yield write(items[start : start + POOL_SLICE])
+    yield f"</{root}>"
 
 
 def _add(parent: etree._Element, tag: str, value: object = None) -> etree._Element:
@@ -132,15 +170,47 @@ def vm_document(vm: VirtualMachine) -> str:
     return _serialize(element)
 
 
+def _history_text(record: History, escape: Callable[[str], str]) -> str:
+    return (
+        f"<HISTORY><SEQ>{record.seq}</SEQ><HOSTNAME>{escape(record.host_name)}</HOSTNAME>"
+        f"<HID>{record.hid}</HID><STIME>{record.stime}</STIME><ETIME>{record.etime}</ETIME>"
+        f"<PSTIME>{record.pstime}</PSTIME><PETIME>{record.petime}</PETIME>"
+        f"<RSTIME>{record.rstime}</RSTIME><RETIME>{record.retime}</RETIME>"
+        f"<ESTIME>{record.estime}</ESTIME><EETIME>{record.eetime}</EETIME>"
+        f"<REASON>{int(record.reason)}</REASON></HISTORY>"
+    )
+
+
+def _vm_pool_slice(vms: Sequence[VirtualMachine], username: UserNames) -> str:
+    """The ``<VM>`` elements of one.vmpool.info for ``vms``, written as text directly."""
+    rows = [(vm, vm.name, username(vm.uid), vm.current) for vm in vms]
+    escape = _escaper(
+        text
+        for vm, name, owner, current in rows
+        for text in (name, owner, vm.deploy_id, current.host_name if current else "")
+    )
+    return "".join(
+        f"<VM><ID>{vm.oid}</ID><UID>{vm.uid}</UID><USERNAME>{escape(owner)}</USERNAME>"
+        f"<NAME>{escape(name)}</NAME><LAST_POLL>{vm.last_poll}</LAST_POLL>"
+        f"<STATE>{int(vm.state)}</STATE><LCM_STATE>{int(vm.lcm_state)}</LCM_STATE>"
+        f"<STIME>{vm.stime}</STIME><ETIME>{vm.etime}</ETIME>"
+        f"<DEPLOY_ID>{escape(vm.deploy_id)}</DEPLOY_ID><MEMORY>{vm.memory}</MEMORY>"
+        f"<CPU>{vm.cpu}</CPU><NET_TX>{vm.net_tx}</NET_TX><NET_RX>{vm.net_rx}</NET_RX>"
+        f"{'' if current is None else _history_text(current, escape)}</VM>"
+        for vm, name, owner, current in rows
+    )
+
+
+def vm_pool_pieces(vms: Sequence[VirtualMachine], username: UserNames) -> Iterator[str]:
+    """``<VM_POOL>`` of one.vmpool.info in pieces: no templates, owner names, current
+    records. Each VM is written when its piece is, so build the pieces without yielding
+    to the reactor in between if the document must be one instant's state."""
+    return _pieces("VM_POOL", vms, lambda part: _vm_pool_slice(part, username))  # type: ignore[arg-type]
+
+
 def vm_pool_document(vms: Iterable[VirtualMachine], username: UserNames) -> str:
-    """``<VM_POOL>`` of one.vmpool.info: no templates, owner names, current records."""
-    root = _root("VM_POOL")
-    for vm in vms:
-        element = _add(root, "VM")
-        _vm(element, vm, username(vm.uid))
-        if vm.current is not None:
-            _history(element, vm.current)
-    return _serialize(root)
+    """``<VM_POOL>`` of one.vmpool.info (:func:`vm_pool_pieces` at once)."""
+    return "".join(vm_pool_pieces(list(vms), username))
 
 
 def history_document(vm: VirtualMachine) -> str:
@@ -198,11 +268,38 @@ def host_document(host: Host) -> str:
     return _serialize(element)
 
 
-def host_pool_document(hosts: Iterable[Host]) -> str:
-    root = _root("HOST_POOL")
+def _host_pool_slice(hosts: Sequence[Host]) -> str:
+    escape = _escaper(
+        text for host in hosts for text in (host.name, host.im_mad, host.vm_mad, host.tm_mad)
+    )
+    parts = []
     for host in hosts:
-        _host(_add(root, "HOST"), host)
-    return _serialize(root)
+        shares, monitored = host.shares, host.attributes.get
+        parts.append(
+            f"<HOST><ID>{host.oid}</ID><NAME>{escape(host.name)}</NAME>"
+            f"<STATE>{int(host.state)}</STATE><IM_MAD>{escape(host.im_mad)}</IM_MAD>"
+            f"<VM_MAD>{escape(host.vm_mad)}</VM_MAD><TM_MAD>{escape(host.tm_mad)}</TM_MAD>"
+            f"<LAST_MON_TIME>{host.last_mon_time}</LAST_MON_TIME>"
+            f"<HOST_SHARE><HID>{host.oid}</HID><DISK_USAGE>{shares.disk_usage}</DISK_USAGE>"
+            f"<MEM_USAGE>{shares.mem_usage}</MEM_USAGE><CPU_USAGE>{shares.cpu_usage}</CPU_USAGE>"
+            f"<MAX_DISK>{shares.max_disk}</MAX_DISK><MAX_MEM>{shares.max_mem}</MAX_MEM>"
+            f"<MAX_CPU>{shares.max_cpu}</MAX_CPU><FREE_DISK>0</FREE_DISK>"
+            f"<FREE_MEM>{leading_int(monitored('FREEMEMORY'))}</FREE_MEM>"
+            f"<FREE_CPU>{leading_int(monitored('FREECPU'))}</FREE_CPU><USED_DISK>0</USED_DISK>"
+            f"<USED_MEM>{leading_int(monitored('USEDMEMORY'))}</USED_MEM>"
+            f"<USED_CPU>{leading_int(monitored('USEDCPU'))}</USED_CPU>"
+            f"<RUNNING_VMS>{shares.running_vms}</RUNNING_VMS></HOST_SHARE></HOST>"
+        )
+    return "".join(parts)
+
+
+def host_pool_pieces(hosts: Sequence[Host]) -> Iterator[str]:
+    """``<HOST_POOL>`` of one.hostpool.info in pieces (see :func:`vm_pool_pieces`)."""
+    return _pieces("HOST_POOL", hosts, _host_pool_slice)  # type: ignore[arg-type]
+
+
+def host_pool_document(hosts: Iterable[Host]) -> str:
+    return "".join(host_pool_pieces(list(hosts)))
 
 
 # -- virtual networks --------------------------------------------------------------------
@@ -240,22 +337,28 @@ def vnet_document(network: VirtualNetwork) -> str:
     return _serialize(element)
 
 
+def _vnet_pool_slice(networks: Sequence[VirtualNetwork], username: UserNames) -> str:
+    rows = [(network, username(network.uid)) for network in networks]
+    escape = _escaper(
+        text for network, owner in rows for text in (owner, network.name, network.bridge)
+    )
+    return "".join(
+        f"<VNET><ID>{network.oid}</ID><UID>{network.uid}</UID>"
+        f"<USERNAME>{escape(owner)}</USERNAME><NAME>{escape(network.name)}</NAME>"
+        f"<TYPE>{int(network.type)}</TYPE><BRIDGE>{escape(network.bridge)}</BRIDGE>"
+        f"<TOTAL_LEASES>{sum(lease.used for lease in network.leases.values())}</TOTAL_LEASES>"
+        "</VNET>"
+        for network, owner in rows
+    )
+
+
+def vnet_pool_pieces(networks: Sequence[VirtualNetwork], username: UserNames) -> Iterator[str]:
+    """``<VNET_POOL>`` of one.vnpool.info in pieces (see :func:`vm_pool_pieces`)."""
+    return _pieces("VNET_POOL", networks, lambda part: _vnet_pool_slice(part, username))  # type: ignore[arg-type]
+
+
 def vnet_pool_document(networks: Iterable[VirtualNetwork], username: UserNames) -> str:
-    root = _root("VNET_POOL")
-    for network in networks:
-        _fields(
-            _add(root, "VNET"),
-            (
-                ("ID", network.oid),
-                ("UID", network.uid),
-                ("USERNAME", username(network.uid)),
-                ("NAME", network.name),
-                ("TYPE", int(network.type)),
-                ("BRIDGE", network.bridge),
-                ("TOTAL_LEASES", sum(lease.used for lease in network.leases.values())),
-            ),
-        )
-    return _serialize(root)
+    return "".join(vnet_pool_pieces(list(networks), username))
 
 
 # -- users -------------------------------------------------------------------------------
