@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--networks", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-rates", action="store_true", help="listings and memory only")
     args = parser.parse_args()
 
     print(f"load average before: {_load()}  ({os.cpu_count()} cores, shared)")
@@ -259,8 +260,9 @@ def main() -> None:
                 "   [target < 100 MB]"
             )
 
-            _rates(one, "one.vmget_info", _body("one.vmget_info", 0), args)
-            _rates(one, "one.hostinfo  ", _body("one.hostinfo", 0), args)
+            if not args.no_rates:
+                _rates(one, "one.vmget_info", _body("one.vmget_info", 0), args)
+                _rates(one, "one.hostinfo  ", _body("one.hostinfo", 0), args)
         finally:
             one.stop()
     print(f"load average after: {_load()}")

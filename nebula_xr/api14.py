@@ -283,7 +283,7 @@ class RequestManager14(RequestManager):
             for vm in sorted(self.vms, key=lambda vm: vm.oid)
             if vm.state is not VMState.DONE and wanted(vm.uid) and caller.owns(vm.uid)
         ]
-        return answer_in_slices(xmldoc.vm_pool_pieces(vms, self.users.name_of))
+        return answer_in_slices(xmldoc.vm_pool_pieces(vms, self.users.name_of, xmlrpc=True))
 
     def vm_history(self, caller: Caller, vid: int) -> Reply:
         vm = self._own_vm(caller, vid)
@@ -349,7 +349,7 @@ class RequestManager14(RequestManager):
         if not caller.authenticated:
             return NOT_AUTHENTICATED_HOST_POOL
         hosts = sorted(self.hosts, key=lambda host: host.oid)
-        return answer_in_slices(xmldoc.host_pool_pieces(hosts))
+        return answer_in_slices(xmldoc.host_pool_pieces(hosts, xmlrpc=True))
 
     # -- virtual networks ---------------------------------------------------------------
 
@@ -394,7 +394,7 @@ class RequestManager14(RequestManager):
             for network in sorted(self.networks, key=lambda network: network.oid)
             if wanted(network.uid) and caller.may_use_network(network.uid)
         ]
-        return answer_in_slices(xmldoc.vnet_pool_pieces(networks, self.users.name_of))
+        return answer_in_slices(xmldoc.vnet_pool_pieces(networks, self.users.name_of, xmlrpc=True))
 
     # -- users --------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ The reference builders below are the lxml ones the pool documents were made with
 (one element at a time); the direct writer must give the same string for any content,
 hostile text included (markup characters, ``]]>``, control characters and lone
 surrogates that XML cannot carry, non-BMP characters, one.db's vector separator), and the
-XML-RPC answer built piece by piece (EncodedString) the same bytes as the whole string.
+XML-RPC answer built as the daemon does it (pieces written escaped for XML-RPC already,
+added to an EncodedString) the same bytes as dump_response of the whole string.
 """
 
 from __future__ import annotations
@@ -254,9 +255,10 @@ def small_slices():
 
 
 def _pieces_answer(pieces) -> bytes:
+    """The answer as the daemon builds it from pieces escaped for XML-RPC already."""
     encoded = EncodedString()
     for piece in pieces:
-        encoded.add(piece)
+        encoded.add(piece, escaped=True)
     return dump_response([True, encoded])
 
 
@@ -267,7 +269,7 @@ def test_vm_pool_is_lxml_s(vm_list: list[VirtualMachine], owners: list[str]) -> 
         username = owners.__getitem__
         expected = reference_vm_pool(vm_list, username)
         assert xmldoc.vm_pool_document(vm_list, username) == expected
-        answer = _pieces_answer(xmldoc.vm_pool_pieces(vm_list, username))
+        answer = _pieces_answer(xmldoc.vm_pool_pieces(vm_list, username, xmlrpc=True))
         assert answer == dump_response([True, expected])
 
 
@@ -277,7 +279,9 @@ def test_host_pool_is_lxml_s(host_list: list[Host]) -> None:
     with small_slices():
         expected = reference_host_pool(host_list)
         assert xmldoc.host_pool_document(host_list) == expected
-        assert _pieces_answer(xmldoc.host_pool_pieces(host_list)) == dump_response([True, expected])
+        assert _pieces_answer(xmldoc.host_pool_pieces(host_list, xmlrpc=True)) == dump_response(
+            [True, expected]
+        )
 
 
 @SETTINGS
@@ -287,7 +291,7 @@ def test_vnet_pool_is_lxml_s(network_list: list[VirtualNetwork], owners: list[st
         username = owners.__getitem__
         expected = reference_vnet_pool(network_list, username)
         assert xmldoc.vnet_pool_document(network_list, username) == expected
-        answer = _pieces_answer(xmldoc.vnet_pool_pieces(network_list, username))
+        answer = _pieces_answer(xmldoc.vnet_pool_pieces(network_list, username, xmlrpc=True))
         assert answer == dump_response([True, expected])
 
 

@@ -437,6 +437,11 @@ _ENCODED_HEAD_FALSE = f"{_RESPONSE_HEAD}<value><array><data>{_FALSE}<value><stri
 _ENCODED_TAIL = f"</string></value></data></array></value>{_RESPONSE_TAIL}".encode()
 
 
+def escape_string(text: str) -> str:
+    """``text`` escaped as the content of an XML-RPC ``<string>``."""
+    return _escape(text)
+
+
 def _escape(text: str) -> str:
     if "&" in text:
         text = text.replace("&", "&amp;")
@@ -487,8 +492,9 @@ class EncodedString:
         self._pieces: list[bytes] = []
         self.size = 0  # bytes so far
 
-    def add(self, text: str) -> None:
-        piece = _encode(_escape(text))
+    def add(self, text: str, *, escaped: bool = False) -> None:
+        """Append ``text``; ``escaped``: it already is (:func:`escape_string`)."""
+        piece = _encode(text if escaped else _escape(text))
         self._pieces.append(piece)
         self.size += len(piece)
 
