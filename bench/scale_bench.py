@@ -16,9 +16,13 @@ then measures, repeating each figure ``--repeat`` times and printing the median:
   so that the clients' share does not hide it).
 
 The targets of issue 10 are printed beside the figures. The machine is shared: the load
-average is printed before and after.
+average is printed before and after, and ``--before DIR`` measures the code of another
+checkout too (a second daemon run with ``PYTHONPATH=DIR``), alternating run by run, so
+that both see the same load::
 
+    git archive <commit> | tar -x -C /tmp/before
     python bench/scale_bench.py [--hosts 1250] [--vms 20000] [--seconds 5] [--repeat 3]
+                                [--before /tmp/before] [--no-rates]
 """
 
 from __future__ import annotations
@@ -87,9 +91,10 @@ def _status(pid: int, key: str) -> float:
     raise KeyError(key)
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def _load() -> str:
@@ -124,32 +129,20 @@ def _new_connection_rate(url: str, body: bytes, seconds: float) -> float:
     return count / seconds
 
 
-def _rates(one: OneDaemon, name: str, body: bytes, args: argparse.Namespace) -> None:
+def _rate(one: OneDaemon, body: bytes, clients: int, seconds: float) -> tuple[float, ...]:
+    """(req/s, server user µs/call, server system µs/call); clients 0: one client
+    opening a new connection per call."""
     pid = one.process.pid  # type: ignore[union-attr]
-    for clients in (1, 8):
-        rates, costs = [], []
-        for _ in range(args.repeat):
-            cpu = _cpu_seconds(pid)
-            stats = run_load(one.url, body, clients, args.seconds)
-            assert stats["errors"] == 0, stats
-            rates.append(stats["rps"])
-            costs.append((_cpu_seconds(pid) - cpu) / stats["requests"] * 1e6)
-        target = {1: "≥ 4,400 (hostinfo)", 8: "≥ 15,000"}[clients]
-        print(
-            f"  {name} {clients} keep-alive client(s): {_median(rates):8.0f} req/s "
-            f"(runs {', '.join(f'{r:.0f}' for r in rates)}), server CPU "
-            f"{_median(costs):5.1f} µs/call   [target {target}]"
-        )
-    rates, costs = [], []
-    for _ in range(args.repeat):
-        cpu = _cpu_seconds(pid)
-        rate = _new_connection_rate(one.url, body, args.seconds)
-        rates.append(rate)
-        costs.append((_cpu_seconds(pid) - cpu) / (rate * args.seconds) * 1e6)
-    print(
-        f"  {name} 1 client, new connection per call (1.2 CLI): {_median(rates):6.0f} req/s, "
-        f"server CPU {_median(costs):5.1f} µs/call"
-    )
+    user, system = _cpu_times(pid)
+    if clients:
+        stats = run_load(one.url, body, clients, seconds)
+        assert stats["errors"] == 0, stats
+        rate, calls = stats["rps"], stats["requests"]
+    else:
+        rate = _new_connection_rate(one.url, body, seconds)
+        calls = rate * seconds
+    user_after, system_after = _cpu_times(pid)
+    return rate, (user_after - user) / calls * 1e6, (system_after - system) / calls * 1e6
 
 
 def _latency_during_listing(one: OneDaemon, listing: bytes, seconds: float) -> dict:
@@ -175,6 +168,49 @@ def _latency_during_listing(one: OneDaemon, listing: bytes, seconds: float) -> d
     return stats
 
 
+def _start(location: Path, code: str | None) -> OneDaemon:
+    """A daemon with slow timers (monitoring and polling are not what is measured here),
+    DEBUG_LEVEL 3 as shipped (with the access log); ``code``: a checkout whose nebula_xr
+    it runs instead of this one."""
+    conf = write_conf(location)
+    text = conf.read_text()
+    for key in ("HOST_MONITORING_INTERVAL", "VM_POLLING_INTERVAL"):
+        text = text.replace(f"{key} = 1\n", f"{key} = 3600\n")
+    conf.write_text(text.replace("MANAGER_TIMER = 0.2", "MANAGER_TIMER = 5"))
+    saved = os.environ.get("PYTHONPATH")
+    if code is not None:
+        os.environ["PYTHONPATH"] = code  # before the editable install of this worktree
+    try:
+        return OneDaemon(location).start()
+    finally:
+        if code is not None:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
+
+
+def _populate(one: OneDaemon, args: argparse.Namespace) -> float:
+    begun = time.perf_counter()
+    _fill(
+        one.url,
+        [
+            _body("one.hostallocate", f"node{i:04d}", "im_xen", "vmm_xen", "tm_nfs", True)
+            for i in range(args.hosts)
+        ],
+    )
+    _fill(one.url, [_body("one.vnallocate", NETWORK.format(i=i)) for i in range(args.networks)])
+    _fill(one.url, [_body("one.vmallocate", VM_TEMPLATE.format(i=i)) for i in range(args.vms)])
+    deploys = min(args.deployed, args.vms)
+    _fill(one.url, [_body("one.vmdeploy", i, i % args.hosts) for i in range(deploys)])
+    wait_for(lambda: one.vm_state(0)[0] == 3, timeout=60)
+    return time.perf_counter() - begun
+
+
+def _runs(values: list[float], form: str = "{:.0f}") -> str:
+    return f"{form.format(_median(values))} (runs {', '.join(form.format(v) for v in values)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=1250)
@@ -184,87 +220,110 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-rates", action="store_true", help="listings and memory only")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also measure the code in DIR (e.g. `git archive main | tar -x -C DIR`), "
+        "alternating with this one, run after run",
+    )
     args = parser.parse_args()
 
     print(f"load average before: {_load()}  ({os.cpu_count()} cores, shared)")
+    versions = {"after": None, **({"before": args.before} if args.before else {})}
+    daemons: dict[str, OneDaemon] = {}
+    results: dict[str, dict[str, list]] = {name: {} for name in versions}
+
+    def record(name: str, key: str, value: object) -> None:
+        results[name].setdefault(key, []).append(value)
+
     with tempfile.TemporaryDirectory(prefix="nebula-scale-") as location:
-        conf = write_conf(Path(location))  # DEBUG_LEVEL = 3: with the access log, as shipped
-        # Slow timers: monitoring and polling are not what is measured here.
-        text = conf.read_text()
-        for key in ("HOST_MONITORING_INTERVAL", "VM_POLLING_INTERVAL"):
-            text = text.replace(f"{key} = 1\n", f"{key} = 3600\n")
-        conf.write_text(text.replace("MANAGER_TIMER = 0.2", "MANAGER_TIMER = 5"))
-        one = OneDaemon(Path(location)).start()
-        pid = one.process.pid  # type: ignore[union-attr]
         try:
-            begun = time.perf_counter()
-            _fill(
-                one.url,
-                [
-                    _body("one.hostallocate", f"node{i:04d}", "im_xen", "vmm_xen", "tm_nfs", True)
-                    for i in range(args.hosts)
-                ],
-            )
-            _fill(
-                one.url,
-                [_body("one.vnallocate", NETWORK.format(i=i)) for i in range(args.networks)],
-            )
-            _fill(
-                one.url, [_body("one.vmallocate", VM_TEMPLATE.format(i=i)) for i in range(args.vms)]
-            )
-            _fill(
-                one.url,
-                [
-                    _body("one.vmdeploy", i, i % args.hosts)
-                    for i in range(min(args.deployed, args.vms))
-                ],
-            )
-            wait_for(lambda: one.vm_state(0)[0] == 3, timeout=60)
-            print(
-                f"filled: {args.hosts} hosts, {args.vms} VMs ({args.deployed} deployed), "
-                f"{args.networks} networks in {time.perf_counter() - begun:.1f} s"
-            )
-            rss_filled = _status(pid, "VmRSS")
-
-            session = one.session
-            Connection(one.url).call(_body("one.vm.info", 0, session=session))  # sign in once
-            vm_pool = _body("one.vmpool.info", -2, session=session)
-            listings = (
-                ("one.vmpool.info", vm_pool, "< 0.2 s"),
-                ("one.hostpool.info", _body("one.hostpool.info", session=session), ""),
-                ("one.vnpool.info", _body("one.vnpool.info", -2, session=session), ""),
-            )
-            for name, body, target in listings:
-                seconds, size = _listing(one.url, body, args.repeat + 2)
+            for name, code in versions.items():
+                daemons[name] = one = _start(Path(location) / name, code)
+                took = _populate(one, args)
                 print(
-                    f"  {name:17}: {seconds * 1000:7.1f} ms  {size / 1e6:5.2f} MB"
-                    + (f"   [target {target}]" if target else "")
+                    f"{name}: filled with {args.hosts} hosts, {args.vms} VMs ({args.deployed} "
+                    f"deployed), {args.networks} networks in {took:.1f} s"
                 )
+                record(name, "rss_filled", _status(one.process.pid, "VmRSS"))  # type: ignore[union-attr]
+                Connection(one.url).call(_body("one.vm.info", 0, session=one.session))  # sign in
 
-            p99s, maxes, counts = [], [], []
             for _ in range(args.repeat):
-                stats = _latency_during_listing(one, vm_pool, args.seconds)
-                p99s.append(stats["p99_ms"])
-                maxes.append(stats["max_ms"])
-                counts.append(stats["listings"])
-            print(
-                f"  one.vmget_info during back-to-back 20k-VM listings: p99 {_median(p99s):.1f} ms"
-                f" (runs {', '.join(f'{p:.1f}' for p in p99s)}), max {_median(maxes):.1f} ms, "
-                f"{_median(counts):.0f} listings per {args.seconds:g} s   [target p99 < 50 ms]"
-            )
-            time.sleep(1.0)  # let the allocator return what the listings took
-            print(
-                f"  RSS: {rss_filled:.1f} MB filled, {_status(pid, 'VmRSS'):.1f} MB after "
-                f"{sum(counts) + 3 * (args.repeat + 2)} listings, "
-                f"peak {_status(pid, 'VmHWM'):.1f} MB"
-                "   [target < 100 MB]"
-            )
+                for name, one in daemons.items():
+                    session = one.session
+                    for method, body in (
+                        ("one.vmpool.info", _body("one.vmpool.info", -2, session=session)),
+                        ("one.hostpool.info", _body("one.hostpool.info", session=session)),
+                        ("one.vnpool.info", _body("one.vnpool.info", -2, session=session)),
+                    ):
+                        seconds, size = _listing(one.url, body, 3)
+                        record(name, method, seconds * 1000)
+                        record(name, method + " size", size)
+                    stats = _latency_during_listing(
+                        one, _body("one.vmpool.info", -2, session=session), args.seconds
+                    )
+                    record(name, "p99", stats["p99_ms"])
+                    record(name, "max", stats["max_ms"])
+                    record(name, "listings", stats["listings"])
+            for name, one in daemons.items():
+                time.sleep(1.0)  # let the allocator return what the listings took
+                pid = one.process.pid  # type: ignore[union-attr]
+                record(name, "rss_after", _status(pid, "VmRSS"))
+                record(name, "rss_peak", _status(pid, "VmHWM"))
 
-            if not args.no_rates:
-                _rates(one, "one.vmget_info", _body("one.vmget_info", 0), args)
-                _rates(one, "one.hostinfo  ", _body("one.hostinfo", 0), args)
+            calls = (("one.vmget_info", _body("one.vmget_info", 0)),)
+            calls += (("one.hostinfo", _body("one.hostinfo", 0)),)
+            for _ in range(0 if args.no_rates else args.repeat):
+                for method, body in calls:
+                    for clients in (1, 8, 0):
+                        for name, one in daemons.items():
+                            record(name, (method, clients), _rate(one, body, clients, args.seconds))
         finally:
-            one.stop()
+            for one in daemons.values():
+                one.stop()
+
+    for name in versions:
+        got = results[name]
+        print(f"{name}{'' if name == 'after' else ' (' + str(args.before) + ')'}:")
+        for method, target in (
+            ("one.vmpool.info", "< 200 ms"),
+            ("one.hostpool.info", ""),
+            ("one.vnpool.info", ""),
+        ):
+            print(
+                f"  {method:17}: {_runs(got[method], '{:.1f}')} ms, "
+                f"{got[method + ' size'][0] / 1e6:.2f} MB"
+                + (f"   [target {target}]" if target else "")
+            )
+        print(
+            f"  one.vmget_info during back-to-back listings: p99 {_runs(got['p99'], '{:.1f}')} ms,"
+            f" max {_median(got['max']):.1f} ms, {_median(got['listings']):.0f} listings per "
+            f"{args.seconds:g} s   [target p99 < 50 ms]"
+        )
+        print(
+            f"  RSS: {got['rss_filled'][0]:.1f} MB filled, {got['rss_after'][0]:.1f} MB after "
+            f"{sum(got['listings']) + 9 * args.repeat} listings, peak {got['rss_peak'][0]:.1f} MB"
+            "   [target < 100 MB]"
+        )
+        for method, _ in calls:
+            for clients, label in (
+                (1, "1 keep-alive client "),
+                (8, "8 keep-alive clients"),
+                (0, "1 client, a connection per call (1.2 CLI)"),
+            ):
+                runs = got.get((method, clients))
+                if not runs:
+                    continue
+                rates = [run[0] for run in runs]
+                print(
+                    f"  {method:14} {label}: {_runs(rates)} req/s, server CPU "
+                    f"{_median([run[1] for run in runs]):.0f} user + "
+                    f"{_median([run[2] for run in runs]):.0f} system µs/call"
+                )
+    print(
+        "targets: one.hostinfo 1 keep-alive client ≥ 4,400 req/s; vmget_info and hostinfo "
+        "8 clients ≥ 15,000 req/s"
+    )
     print(f"load average after: {_load()}")
 
 
