@@ -17,7 +17,7 @@ then measures, repeating each figure ``--repeat`` times and printing the median:
 
 The targets of issue 10 are printed beside the figures. The machine is shared: the load
 average is printed before and after, and ``--before DIR`` measures the code of another
-checkout too (a second daemon run with ``PYTHONPATH=DIR``), alternating run by run, so
+checkout too (a second daemon run from DIR), alternating run by run, so
 that both see the same load::
 
     git archive <commit> | tar -x -C /tmp/before
@@ -177,17 +177,16 @@ def _start(location: Path, code: str | None) -> OneDaemon:
     for key in ("HOST_MONITORING_INTERVAL", "VM_POLLING_INTERVAL"):
         text = text.replace(f"{key} = 1\n", f"{key} = 3600\n")
     conf.write_text(text.replace("MANAGER_TIMER = 0.2", "MANAGER_TIMER = 5"))
-    saved = os.environ.get("PYTHONPATH")
-    if code is not None:
-        os.environ["PYTHONPATH"] = code  # before the editable install of this worktree
+    if code is None:
+        return OneDaemon(location).start()
+    # `python -m` puts the working directory first on sys.path, before this worktree's
+    # editable install: run the daemon from the checkout.
+    here = os.getcwd()
+    os.chdir(code)
     try:
         return OneDaemon(location).start()
     finally:
-        if code is not None:
-            if saved is None:
-                del os.environ["PYTHONPATH"]
-            else:
-                os.environ["PYTHONPATH"] = saved
+        os.chdir(here)
 
 
 def _populate(one: OneDaemon, args: argparse.Namespace) -> float:
