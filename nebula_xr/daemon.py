@@ -336,8 +336,23 @@ class Daemon(MultiService):
             self.reactor, config.port, config.listen_address, factory, tls
         )
         services.append(self.listener)
+        self.web = self._web_console()
+        if self.web is not None:
+            services.append(self.web)
         for service in services:
             service.setServiceParent(self)
+
+    def _web_console(self) -> Any:
+        """The web console (``WEB``), told of VM and host changes; None when off."""
+        if self.config.web is None:
+            return None
+        from nebula_xr.web import WebService
+
+        history = getattr(self, "monitoring", None)
+        web = WebService(self, history, self.config.web.port, self.config.web.listen_address)
+        self.vms.listeners.append(web.console.vm_changed)
+        self.hosts.listeners.append(web.console.host_changed)
+        return web
 
     def _authentication(self) -> Access:
         """The authenticator, with oneadmin created at the first start (slow hashes run
@@ -452,6 +467,8 @@ class Daemon(MultiService):
 
     def _host_monitored(self, host: Host) -> None:
         self.fencing.host_monitored(host)
+        if self.web is not None:
+            self.web.console.host_monitored(host)
         self.clock.callLater(0, self.plugins.host_monitored, host_view(host))
 
     def _make_hook_manager(self) -> HookManager:
@@ -643,10 +660,13 @@ def _startup_line(daemon: Daemon) -> str:
     drivers = ", ".join(f"{entry.name} ({entry.plugin})" for entry in config.drivers) or "none"
     scheduler = config.scheduler.plugin if config.scheduler is not None else "none (external)"
     address = f"{config.listen_address}:{daemon.port}"
+    web = ""
+    if daemon.web is not None:
+        web = f", web console on http://{config.web.listen_address}:{daemon.web.port}/"
     return (
         f"nebula-xr {__version__}: XML-RPC on {daemon.listener.scheme}://{address}/RPC2, "
         f"database {config.layout.database}, log {config.layout.log_dir / 'oned.log'}, "
-        f"drivers {drivers}, scheduler {scheduler}"
+        f"drivers {drivers}, scheduler {scheduler}{web}"
     )
 
 
