@@ -438,7 +438,9 @@ class _Api(Resource):
             body = _json_body(request)
             if path == ["signout"]:
                 console.sign_out(request.getCookie(COOKIE.encode()).decode())
-                request.addCookie(COOKIE, "", path="/", max_age=0, httpOnly=True, sameSite="strict")
+                request.addCookie(
+                    COOKIE, "", path="/", max_age="0", httpOnly=True, sameSite="strict"
+                )
                 return 200, {"ok": True}
             if path == ["call"]:
                 method_name = body.get("method")

@@ -576,5 +576,5 @@ async function start() {
   document.body.dataset.ready = "yes";
 }
 // For the browser tests: the page's own state, read-only.
-window.nebula = { store, applyVM };
+window.nebula = { store, applyVM, route };
 start();
