@@ -67,8 +67,8 @@ def sign_in(page, base: str, password: str = ADMIN_PASSWORD) -> None:
     page.click("#signin-button")
 
 
-def shoot(page, artefacts: Path, name: str) -> None:
-    page.screenshot(path=str(artefacts / f"{name}.png"), full_page=True)
+def shoot(page, artefacts: Path, name: str, *, full_page: bool = True) -> None:
+    page.screenshot(path=str(artefacts / f"{name}.png"), full_page=full_page)
     if os.environ.get("NEBULA_XR_DOC_IMAGES") and name in ("dashboard", "vm"):
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy(artefacts / f"{name}.png", DOCS / f"web-{name}.png")
@@ -283,7 +283,7 @@ def test_a_thousand_vms_render_and_update(console, artefacts) -> None:
         const start = performance.now(); nebula.applyVM(vm); document.body.offsetHeight;
         return performance.now() - start; }"""
     )
-    shoot(page, artefacts, "vms-1000")
+    shoot(page, artefacts, "vms-1000", full_page=False)
     print(
         f"\n1000 VMs: list rendered in {render_ms:.0f} ms, an update applied in "
         f"{apply_ms:.1f} ms, call-to-row end to end {end_to_end_ms:.0f} ms"

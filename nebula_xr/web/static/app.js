@@ -488,7 +488,11 @@ function openConsole(vid, screen, message) {
 }
 
 // -- networks --------------------------------------------------------------------------
-views.networks = () => {
+views.networks = (fresh) => {
+  if (!fresh && document.getElementById("create-network")) {
+    document.getElementById("networks").replaceWith(networkTable());
+    return;
+  }
   const message = h("pre", { id: "create-network-message", class: "message" });
   const kind = h("select", { id: "network-type" }, h("option", { value: "RANGED" }, "ranged"), h("option", { value: "FIXED" }, "fixed"));
   const form = h("form", { id: "create-network" }, h("h2", {}, "Create a network"),
@@ -519,7 +523,10 @@ views.networks = () => {
       await reload();
     });
   });
-  const table = h("table", { id: "networks" },
+  view.replaceChildren(h("h1", {}, "Networks"), form, networkTable());
+};
+function networkTable() {
+  return h("table", { id: "networks" },
     h("thead", {}, h("tr", {}, ["ID", "Name", "Type", "Bridge", "Owner", "Size", "Leases", ""].map((t) => h("th", {}, t)))),
     h("tbody", {}, store.networks.map((network) => {
       const rowMessage = h("span", { class: "message" });
@@ -530,8 +537,7 @@ views.networks = () => {
         h("td", { class: "actions" }, h("button", { type: "button", class: "danger", "data-action": "delete",
           onclick: () => act(rowMessage, async () => { await call("one.vn.delete", network.id); await reload(); }) }, "Delete"), rowMessage));
     })));
-  view.replaceChildren(h("h1", {}, "Networks"), form, table);
-};
+}
 views.network = async () => {
   let detail;
   try { detail = await api(`/api/network/${current.id}`); } catch (error) {
