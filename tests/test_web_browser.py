@@ -289,3 +289,34 @@ def test_a_thousand_vms_render_and_update(console, artefacts) -> None:
         f"{apply_ms:.1f} ms, call-to-row end to end {end_to_end_ms:.0f} ms"
     )
     assert render_ms < 10_000 and apply_ms < 1_000
+
+
+def test_the_serial_console_in_the_page_takes_typing(tmp_path, browser, artefacts, monkeypatch):
+    """The console WebSocket runs what ``onevm console`` runs (``$ONE_SSH -t host -- xm
+    console domain``, here a stand-in ssh) on a pseudo-terminal, both ways."""
+    monkeypatch.setenv("ONE_SSH", str(Path(__file__).parent / "fake" / "console_ssh"))
+    daemon, base = start_web_daemon(tmp_path, vmm_extra=', console = "xm"')
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        assert daemon.call14("one.host.allocate", "node01", "im_xen", "vmm_xen", "tm_nfs")[0]
+        assert daemon.call14("one.vm.allocate", "NAME = guest\nMEMORY = 64\nCPU = 1") == [True, 0]
+        wait_for(lambda: daemon.call14("one.vm.deploy", 0, 0) == [True], what="deploy")
+        sign_in(page, base)
+        page.wait_for_selector("body[data-ready=yes]")
+        page.goto(base + "/#/vm/0")
+        page.wait_for_selector("#vm-state:text('RUNNING')")
+        page.click("#console-open")
+        page.wait_for_selector("#console-message:text(\"Escape character is '^]'\")")
+        page.wait_for_selector(
+            "#console-screen:has-text('console of one-0 on node01 (xm console)')"
+        )
+        page.wait_for_selector("#console-screen:has-text('guest login:')")
+        page.click("#console-screen")
+        page.keyboard.type("hello web")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#console-screen:has-text('guest read: hello web')")
+        shoot(page, artefacts, "console")
+    finally:
+        page.close()
+        assert daemon.stop() == 0
