@@ -310,3 +310,38 @@ def test_state_changes_are_pushed_as_server_sent_events(web) -> None:
     texts = [data["text"] for kind, data in list(received) if kind == "event"]
     assert "VM 0 (a) is RUNNING" in texts
     connection.close()
+
+
+def test_failures_reach_the_dashboard_with_their_messages(tmp_path: Path) -> None:
+    daemon, base = start_web_daemon(
+        tmp_path, im_extra=', fail_hosts = "broken*"', vmm_extra=', fail_hosts = "node02"'
+    )
+    try:
+        client = WebClient(base)
+        assert client.sign_in() == 200
+        assert client.call("one.host.allocate", "broken1", "im_xen", "vmm_xen", "tm_nfs")[0]
+        assert client.call("one.host.allocate", "node02", "im_xen", "vmm_xen", "tm_nfs")[0]
+        assert client.call("one.vm.allocate", "NAME = doomed\nMEMORY = 64\nCPU = 1") == [True, 0]
+        assert client.call("one.vm.deploy", 0, 1) == [True]
+
+        def events() -> list[dict]:
+            return client.request("/api/state")[1]["events"]
+
+        def failures() -> list[str]:
+            return [event["text"] for event in events() if event["level"] == "error"]
+
+        wait_for(lambda: len(failures()) >= 2, what="both failures on the dashboard")
+        host_failure = next(text for text in failures() if text.startswith("Host 0"))
+        ok, document = daemon.call14("one.host.info", 0)
+        reported = document.split("<ERROR>")[1].split("</ERROR>")[0]
+        assert host_failure == f"Host 0 (broken1) is ERROR: {reported}"
+        vm_failure = next(text for text in failures() if text.startswith("VM 0"))
+        assert vm_failure.startswith("VM 0 (doomed) FAILED: ")
+        last_error = [line for line in _vm_log(tmp_path, 0) if "[E]" in line][-1]
+        assert vm_failure.endswith(last_error.split("[E]:", 1)[1].strip())
+    finally:
+        assert daemon.stop() == 0
+
+
+def _vm_log(location: Path, vid: int) -> list[str]:
+    return (location / "var" / str(vid) / "vm.log").read_text().splitlines()
