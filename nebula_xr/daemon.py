@@ -640,19 +640,23 @@ def _check_plugins(config: Config, plugins: PluginManager) -> None:
 
 
 def _check_port(config: Config) -> None:
-    """Fail now, before anything is created, if PORT is taken (the listener opens last)."""
-    if config.port == 0:
-        return
-    family = socket.AF_INET6 if ":" in config.listen_address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((config.listen_address, config.port))
-        except OSError as error:
-            raise StartupError(
-                f"Can not listen on {config.listen_address}:{config.port}: "
-                f"{error.strerror or error}"
-            ) from error
+    """Fail now, before anything is created, if PORT (or the WEB port) is taken (the
+    listeners open last)."""
+    wanted = [(config.listen_address, config.port)]
+    if config.web is not None:
+        wanted.append((config.web.listen_address, config.web.port))
+    for address, port in wanted:
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as error:
+                raise StartupError(
+                    f"Can not listen on {address}:{port}: {error.strerror or error}"
+                ) from error
 
 
 def _startup_line(daemon: Daemon) -> str:

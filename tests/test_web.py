@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import urllib.parse
 from pathlib import Path
@@ -345,3 +346,19 @@ def test_failures_reach_the_dashboard_with_their_messages(tmp_path: Path) -> Non
 
 def _vm_log(location: Path, vid: int) -> list[str]:
     return (location / "var" / str(vid) / "vm.log").read_text().splitlines()
+
+
+def test_a_taken_web_port_stops_the_start_with_a_reason_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    from tests.oned import write_conf
+    from tests.test_startup import created, refused, run_daemon
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        write_conf(tmp_path, extra=f"WEB = [ port = {port} ]")
+        line = refused(run_daemon(tmp_path))
+    assert line == f"Error: Can not listen on 127.0.0.1:{port}: Address already in use"
+    assert created(tmp_path) == set()
