@@ -100,6 +100,7 @@ def plot_points(page, series: str) -> int:
 TEXT_TEMPLATE = """NAME = from-text
 CPU = 0.5
 MEMORY = 64
+REQUIREMENTS = "HOSTNAME = node01"
 DISK = [ source = "/images/disk.img", target = "sda", readonly = "no" ]"""
 
 
@@ -142,6 +143,14 @@ def test_the_tutorial_in_the_browser(console, artefacts) -> None:
     wait_row(page, 0, "PENDING")
     assert page.inner_text('tr[data-vm="1"] td:nth-child(2)') == "from-text"
 
+    # The host picker says which hosts meet the VM's REQUIREMENTS.
+    page.click('tr[data-vm="1"] button[data-action="deploy"]')
+    page.wait_for_selector("#picker[open]")
+    assert page.inner_text("#picker-requirements") == "REQUIREMENTS = HOSTNAME = node01"
+    assert page.get_attribute('#picker button[data-host="0"]', "class") == "match"
+    assert page.get_attribute('#picker button[data-host="1"]', "class") == "nomatch"
+    page.click("#picker button[value=cancel]")
+    page.wait_for_selector("#picker", state="hidden")
     # Deploy with the host picker; the row goes through PROLOG and BOOT to RUNNING.
     page.evaluate(
         """() => { window.__seen = [];
@@ -197,7 +206,10 @@ def test_the_tutorial_in_the_browser(console, artefacts) -> None:
     shoot(page, artefacts, "vm")
 
     page.goto(base + "/#/host/1")
-    page.wait_for_selector('figure[data-plot="CPU"] polyline[data-series="used_cpu"]')
+    # A flat line has no height: "attached", not "visible".
+    page.wait_for_selector(
+        'figure[data-plot="CPU"] polyline[data-series="used_cpu"]', state="attached"
+    )
     assert int(page.get_attribute('polyline[data-series="used_cpu"]', "data-points")) >= 2
     shoot(page, artefacts, "host")
 
