@@ -38,7 +38,8 @@ def vm_actions(vm: VirtualMachine) -> list[str]:
 
 
 def state_words(vm: VirtualMachine) -> str:
-    if vm.state is VMState.ACTIVE:
+    """The life-cycle state of an ACTIVE VM (PROLOG, RUNNING ...), else its state."""
+    if vm.state is VMState.ACTIVE and vm.lcm_state is not LCMState.LCM_INIT:
         return vm.lcm_state.name
     return vm.state.name
 

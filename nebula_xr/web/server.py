@@ -102,6 +102,7 @@ class WebConsole:
         self.sessions: dict[str, WebSession] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._event_id = 0
+        self._host_shown: dict[int, str] = {}
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -297,13 +298,17 @@ class WebConsole:
     def host_changed(self, host: Host, previous: int) -> None:
         deleted = self.daemon.hosts.get(host.oid) is None
         row = rows.host_row(host, "DELETED" if deleted else None)
+        self._publish("host", row, owner=None)
+        # Each monitoring goes MONITORING → MONITORED: the dashboard tells what changed.
+        if row["state"] == "MONITORING" or self._host_shown.get(host.oid) == row["state"]:
+            return
+        self._host_shown[host.oid] = row["state"]
         level = "error" if host.state is HostState.ERROR and not deleted else "info"
         text = f"Host {host.oid} ({host.name}) is {row['state']}"
         error = host.attributes.get("ERROR") if level == "error" else None
         if error:
             text += f": {error}"
         self._record({"kind": "host", "uid": None, "text": text, "level": level})
-        self._publish("host", row, owner=None)
 
     def host_monitored(self, host: Host) -> None:
         self._publish("host", rows.host_row(host), owner=None)

@@ -251,6 +251,11 @@ function plot(title, samples, series, unit) {
   const label = s("text", { x: 2, y: 12, class: "tick" });
   label.textContent = unit(top);
   svg.append(label);
+  for (const [t, anchor, at] of [[t0, "start", pad], [t1, "end", width - 8]]) {
+    const tick = s("text", { x: at, y: height - 4, class: "tick", "text-anchor": anchor });
+    tick.textContent = new Date(t * 1000).toLocaleTimeString();
+    svg.append(tick);
+  }
   for (const [key, name, css] of series) {
     const points = samples.map((sample) => `${x(sample.time).toFixed(1)},${y(sample[key] || 0).toFixed(1)}`);
     svg.append(s("polyline", { points: points.join(" "), class: `line ${css}`, "data-series": key, "data-points": samples.length }));
