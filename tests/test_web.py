@@ -362,3 +362,27 @@ def test_a_taken_web_port_stops_the_start_with_a_reason_and_creates_nothing(
         line = refused(run_daemon(tmp_path))
     assert line == f"Error: Can not listen on 127.0.0.1:{port}: Address already in use"
     assert created(tmp_path) == set()
+
+
+def test_an_idle_session_is_signed_out_after_eight_hours() -> None:
+    from twisted.internet.task import Clock
+
+    from nebula_xr.web.server import COOKIE, IDLE_TIMEOUT, WebConsole, WebSession
+
+    class Request:
+        def __init__(self, token: str) -> None:
+            self.token = token
+
+        def getCookie(self, name: bytes) -> bytes | None:
+            return self.token.encode() if name == COOKIE.encode() else None
+
+    clock = Clock()
+    console = WebConsole(daemon=None, history=None, clock=clock)
+    console.sessions["t"] = WebSession("oneadmin:x", "oneadmin", 0, "csrf", clock.seconds())
+    clock.advance(IDLE_TIMEOUT - 1)
+    assert console.session_of(Request("t")) is console.sessions["t"]  # use renews it
+    clock.advance(IDLE_TIMEOUT - 1)
+    assert console.session_of(Request("t")) is not None
+    clock.advance(IDLE_TIMEOUT + 1)
+    assert console.session_of(Request("t")) is None
+    assert console.sessions == {}

@@ -113,6 +113,7 @@ class WebConsole:
             caller = await caller
         if not caller.authenticated:
             return None
+        self._forget_idle()
         token = secrets.token_urlsafe(32)
         web = WebSession(session, name, caller.uid, secrets.token_urlsafe(24), self.clock.seconds())
         self.sessions[token] = web
@@ -129,6 +130,12 @@ class WebConsole:
             return None
         web.last_used = now
         return web
+
+    def _forget_idle(self) -> None:
+        now = self.clock.seconds()
+        for token, web in list(self.sessions.items()):
+            if now - web.last_used > IDLE_TIMEOUT and not web.streams:
+                del self.sessions[token]
 
     def sign_out(self, token: str) -> None:
         web = self.sessions.pop(token, None)
