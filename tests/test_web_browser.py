@@ -28,8 +28,8 @@ DOCS = Path(__file__).parent.parent / "docs" / "img"
 TIMEOUT_MS = 20_000
 
 
-@pytest.fixture(scope="module")
-def artefacts(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="artefacts")
+def artefacts_fixture(tmp_path_factory) -> Path:
     wanted = os.environ.get("NEBULA_XR_WEB_ARTEFACTS")
     directory = Path(wanted) if wanted else tmp_path_factory.mktemp("web-screenshots")
     directory.mkdir(parents=True, exist_ok=True)
@@ -37,8 +37,8 @@ def artefacts(tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
-def browser():
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture():
     with playwright.sync_playwright() as driver:
         chromium = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield chromium
