@@ -386,3 +386,31 @@ def test_an_idle_session_is_signed_out_after_eight_hours() -> None:
     clock.advance(IDLE_TIMEOUT + 1)
     assert console.session_of(Request("t")) is None
     assert console.sessions == {}
+
+
+def _upgrade(base: str, headers: dict[str, str]) -> int:
+    """The status of a WebSocket handshake to VM 0's console."""
+    parts = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    wanted = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+        **headers,
+    }
+    connection.request("GET", "/console/0", headers=wanted)
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+def test_the_console_websocket_needs_a_session_and_our_origin(web) -> None:
+    _daemon, base = web
+    client = WebClient(base)
+    assert client.sign_in() == 200
+    cookie = "; ".join(f"{c.name}={c.value}" for c in client.cookies)
+    assert _upgrade(base, {"Origin": base, "Cookie": cookie}) == 101
+    assert _upgrade(base, {"Origin": "http://evil.example", "Cookie": cookie}) == 403
+    assert _upgrade(base, {"Origin": base}) == 401
+    assert _upgrade(base, {"Origin": base, "Cookie": "nebula_web=forged"}) == 401

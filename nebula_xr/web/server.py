@@ -292,15 +292,15 @@ class WebConsole:
     # -- events ---------------------------------------------------------------------------
 
     def vm_changed(self, vm: VirtualMachine, state: int, lcm: int) -> None:
-        row = rows.vm_row(vm, self.daemon.users.name_of)
-        text = f"VM {vm.oid} ({vm.name}) is {row['words']}"
+        text = f"VM {vm.oid} ({vm.name}) is {rows.state_words(vm)}"
         level = "info"
         if vm.state is VMState.FAILED:
             level = "error"
             reason = _last_error(self._vm_log(vm.oid))
             text = f"VM {vm.oid} ({vm.name}) FAILED" + (f": {reason}" if reason else "")
         self._record({"kind": "vm", "uid": vm.uid, "text": text, "level": level})
-        self._publish("vm", row, owner=vm.uid)
+        if self._listening():  # the API's pace is not the pages' business when none is open
+            self._publish("vm", rows.vm_row(vm, self.daemon.users.name_of), owner=vm.uid)
 
     def host_changed(self, host: Host, previous: int) -> None:
         deleted = self.daemon.hosts.get(host.oid) is None
@@ -318,7 +318,11 @@ class WebConsole:
         self._record({"kind": "host", "uid": None, "text": text, "level": level})
 
     def host_monitored(self, host: Host) -> None:
-        self._publish("host", rows.host_row(host), owner=None)
+        if self._listening():
+            self._publish("host", rows.host_row(host), owner=None)
+
+    def _listening(self) -> bool:
+        return any(web.streams for web in self.sessions.values())
 
     def _record(self, event: dict[str, Any]) -> None:
         event["time"] = self.clock.seconds()
@@ -326,6 +330,8 @@ class WebConsole:
         self._publish("event", event, owner=event["uid"])
 
     def _publish(self, kind: str, data: dict[str, Any], owner: int | None) -> None:
+        if not self._listening():
+            return
         self._event_id += 1
         payload = json.dumps(data, separators=(",", ":"))
         message = f"id: {self._event_id}\nevent: {kind}\ndata: {payload}\n\n".encode()
