@@ -328,28 +328,45 @@ async function pickHost(vm, action) {
     dialog.showModal();
   });
 }
+// The VM list is built as escaped HTML and handles its buttons' clicks in one place:
+// a page of a thousand VMs (twelve thousand buttons) renders in a fraction of a second.
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+function esc(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
+}
+function vmRowHTML(vm) {
+  const buttons = Object.entries(ACTION_LABELS).map(([action, label]) =>
+    `<button type="button" data-action="${action}"${action === "delete" ? ' class="danger"' : ""}` +
+    `${vm.actions.includes(action) ? "" : " disabled"}>${label}</button>`).join("");
+  return `<tr data-vm="${vm.id}" data-state="${esc(vm.words)}"><td>${vm.id}</td>` +
+    `<td><a href="#/vm/${vm.id}">${esc(vm.name)}</a></td><td>${esc(vm.owner)}</td>` +
+    `<td>${esc(vm.deploy_id)}</td><td><span class="${esc(stateClass(vm.words))}">${esc(vm.words)}</span></td>` +
+    `<td>${esc(vm.host)}</td><td>${vm.cpu}</td><td>${esc(kb(vm.memory))}</td><td>${esc(age(vm.stime))}</td>` +
+    `<td class="actions">${buttons}<span class="message"></span></td></tr>`;
+}
+const rowTemplate = document.createElement("template");
 function vmRow(vm) {
-  const [buttons, message] = actionButtons(vm);
-  return h("tr", { "data-vm": vm.id, "data-state": vm.words },
-    h("td", {}, vm.id),
-    h("td", {}, h("a", { href: `#/vm/${vm.id}` }, vm.name)),
-    h("td", {}, vm.owner),
-    h("td", {}, vm.deploy_id),
-    h("td", {}, h("span", { class: stateClass(vm.words) }, vm.words)),
-    h("td", {}, vm.host),
-    h("td", {}, vm.cpu),
-    h("td", {}, kb(vm.memory)),
-    h("td", {}, age(vm.stime)),
-    h("td", { class: "actions" }, buttons, message));
+  rowTemplate.innerHTML = vmRowHTML(vm);
+  return rowTemplate.content.firstElementChild;
+}
+function vmListClick(event) {
+  const button = event.target.closest("button[data-action]");
+  const row = button && button.closest("tr[data-vm]");
+  if (!row || button.disabled) return;
+  const vm = store.vms.get(Number(row.dataset.vm));
+  const message = row.querySelector(".message");
+  if (vm) act(message, () => runAction(vm, button.dataset.action, message));
 }
 const filter = { name: "", state: "" };
 function vmTable() {
   const wanted = [...store.vms.values()].filter((vm) =>
     (!filter.name || vm.name.toLowerCase().includes(filter.name.toLowerCase())) &&
     (!filter.state || vm.words === filter.state || vm.state === filter.state));
-  return h("table", { id: "vms" },
+  const body = h("tbody");
+  body.innerHTML = wanted.map(vmRowHTML).join("");
+  return h("table", { id: "vms", onclick: vmListClick },
     h("thead", {}, h("tr", {}, ["ID", "Name", "Owner", "Domain (DEPLOY_ID)", "State", "Host", "CPU", "Memory", "Age", "Actions"].map((t) => h("th", {}, t)))),
-    h("tbody", {}, wanted.map(vmRow)));
+    body);
 }
 views.vms = (fresh) => {
   if (!fresh && document.getElementById("vms")) {
