@@ -332,3 +332,22 @@ def test_the_serial_console_in_the_page_takes_typing(tmp_path, browser, artefact
     finally:
         page.close()
         assert daemon.stop() == 0
+
+
+def test_names_from_clients_are_shown_as_text(console) -> None:
+    daemon, base, page = console
+    hostile = "<img src=x id=injected>&amp;'"
+    assert daemon.call14("one.vm.allocate", f'NAME = "{hostile}"\nMEMORY = 64') == [True, 0]
+    assert daemon.call14("one.host.allocate", "<b>h</b>", "im_xen", "vmm_xen", "tm_nfs")[0]
+    sign_in(page, base)
+    page.wait_for_selector("body[data-ready=yes]")
+    for view in ("vms", "hosts", "dashboard"):
+        page.click(f"a[data-nav={view}]")
+        page.wait_for_selector("main h1")
+        assert page.locator("#injected").count() == 0 and page.locator("main b").count() == 0
+    page.click("a[data-nav=vms]")
+    assert page.inner_text('tr[data-vm="0"] td:nth-child(2)') == hostile
+    page.goto(base + "/#/vm/0")
+    page.wait_for_selector("#vm-template")
+    assert page.locator("#injected").count() == 0
+    assert hostile in page.inner_text("main h1")
