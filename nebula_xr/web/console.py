@@ -68,7 +68,7 @@ class ConsoleProtocol(WebSocketServerProtocol):
         except CookieError:
             raise ConnectionDeny(401, "Not signed in") from None
         token = cookies[COOKIE].value if COOKIE in cookies else ""
-        web = self.console.sessions.get(token)
+        web = self.console.session_for(token)
         if web is None:
             raise ConnectionDeny(401, "Not signed in")
         self.web: WebSession = web

@@ -121,12 +121,16 @@ class WebConsole:
 
     def session_of(self, request: Request) -> WebSession | None:
         token = request.getCookie(COOKIE.encode())
-        web = self.sessions.get(token.decode("ascii", "replace")) if token else None
+        return self.session_for(token.decode("ascii", "replace")) if token else None
+
+    def session_for(self, token: str) -> WebSession | None:
+        """The signed-in session of a cookie's token, None when unknown or idle too long."""
+        web = self.sessions.get(token)
         if web is None:
             return None
         now = self.clock.seconds()
         if now - web.last_used > IDLE_TIMEOUT:
-            self.sign_out(token.decode())
+            self.sign_out(token)
             return None
         web.last_used = now
         return web
@@ -422,10 +426,12 @@ class _Api(Resource):
             return self._events(request)
         request.setHeader(b"Content-Type", b"application/json")
         done = ensureDeferred(self._route(request, method, path))
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def reply(result: tuple[int, Any]) -> None:
             code, body = result
-            if request._disconnected:
+            if gone:  # the client left before the answer
                 return
             request.setResponseCode(code)
             request.write(json.dumps(body).encode())
