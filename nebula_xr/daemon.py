@@ -348,8 +348,8 @@ class Daemon(MultiService):
             return None
         from nebula_xr.web import WebService
 
-        history = getattr(self, "monitoring", None)
-        web = WebService(self, history, self.config.web.port, self.config.web.listen_address)
+        # The plots read ``self.monitoring`` (the monitoring history) when there is one.
+        web = WebService(self, None, self.config.web.port, self.config.web.listen_address)
         self.vms.listeners.append(web.console.vm_changed)
         self.hosts.listeners.append(web.console.host_changed)
         return web

@@ -261,10 +261,13 @@ class WebConsole:
         }
 
     def samples(self, kind: str, oid: int) -> list[dict[str, float]]:
-        if self.history is None:
+        # The daemon's history (``daemon.monitoring``) is looked up when read, so the
+        # order in which the daemon builds it and the console does not matter.
+        history = self.history or getattr(self.daemon, "monitoring", None)
+        if history is None:
             return []
         try:
-            return self.history.samples(kind, oid)
+            return history.samples(kind, oid)
         except Exception:  # a plot is not worth a broken page
             _log.failure(
                 "Reading the monitoring history of {kind} {oid} failed", kind=kind, oid=oid
