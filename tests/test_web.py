@@ -336,6 +336,9 @@ def test_failures_reach_the_dashboard_with_their_messages(tmp_path: Path) -> Non
         ok, document = daemon.call14("one.host.info", 0)
         reported = document.split("<ERROR>")[1].split("</ERROR>")[0]
         assert host_failure == f"Host 0 (broken1) is ERROR: {reported}"
+        hosts = client.request("/api/state")[1]["hosts"]
+        assert (hosts[0]["state"], hosts[0]["error"]) == ("ERROR", reported)
+        assert hosts[1]["error"] == ""
         vm_failure = next(text for text in failures() if text.startswith("VM 0"))
         assert vm_failure.startswith("VM 0 (doomed) FAILED: ")
         last_error = [line for line in _vm_log(tmp_path, 0) if "[E]" in line][-1]

@@ -334,6 +334,24 @@ def test_the_serial_console_in_the_page_takes_typing(tmp_path, browser, artefact
         assert daemon.stop() == 0
 
 
+def test_a_failing_host_shows_the_daemon_s_message_in_the_list(tmp_path, browser) -> None:
+    daemon, base = start_web_daemon(tmp_path, im_extra=', fail_hosts = "broken*"')
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        assert daemon.call14("one.host.allocate", "broken1", "im_xen", "vmm_xen", "tm_nfs")[0]
+        sign_in(page, base)
+        page.wait_for_selector("body[data-ready=yes]")
+        page.click("a[data-nav=hosts]")
+        page.wait_for_selector('#hosts tr[data-host="0"] .host-error')
+        ok, document = daemon.call14("one.host.info", 0)
+        reported = document.split("<ERROR>")[1].split("</ERROR>")[0]
+        assert page.text_content('#hosts tr[data-host="0"] .host-error') == reported
+    finally:
+        page.close()
+        assert daemon.stop() == 0
+
+
 def test_names_from_clients_are_shown_as_text(console) -> None:
     daemon, base, page = console
     hostile = "<img src=x id=injected>&amp;'"

@@ -96,6 +96,8 @@ def host_row(host: Host, state: str | None = None) -> dict[str, Any]:
         "cpu_usage": shares.cpu_usage,
         "memory_usage": shares.mem_usage,
         "last_mon_time": host.last_mon_time,
+        # Why the last monitoring failed, as the information manager recorded it.
+        "error": host.attributes.get("ERROR", "") if host.state is HostState.ERROR else "",
     }
 
 
