@@ -600,6 +600,9 @@ async function start() {
   });
   await reload();
   connectEvents();
+  // States come as events; what polling measures (a VM's CPU, memory, network) is not an
+  // event, so it is fetched again now and then.
+  setInterval(() => { if (!document.hidden) reload().catch(() => null); }, 30000);
   window.addEventListener("hashchange", () => route(true));
   route(true);
   document.body.dataset.ready = "yes";
