@@ -141,7 +141,7 @@ def test_the_tutorial_in_the_browser(console, artefacts) -> None:
     assert page.inner_text("#create-text-message") == expected
     assert expected.startswith("Error parsing VM template: line 1")
     wait_row(page, 0, "PENDING")
-    assert page.inner_text('tr[data-vm="1"] td:nth-child(2)') == "from-text"
+    assert page.text_content('tr[data-vm="1"] td:nth-child(2)') == "from-text"
 
     # The host picker says which hosts meet the VM's REQUIREMENTS.
     page.click('tr[data-vm="1"] button[data-action="deploy"]')
@@ -160,8 +160,8 @@ def test_the_tutorial_in_the_browser(console, artefacts) -> None:
     )
     pick(page, "deploy", 0, "node02")
     wait_row(page, 0, "RUNNING")
-    assert page.inner_text('tr[data-vm="0"] td:nth-child(6)') == "node02"
-    assert page.inner_text('tr[data-vm="0"] td:nth-child(4)') == "one-0"
+    assert page.text_content('tr[data-vm="0"] td:nth-child(6)') == "node02"
+    assert page.text_content('tr[data-vm="0"] td:nth-child(4)') == "one-0"
     assert page.evaluate("window.__sameLoad") is True
     events = page.evaluate("nebula.store.events.map(e => e.text)")
     assert "VM 0 (from-form) is PROLOG" in events and "VM 0 (from-form) is BOOT" in events
@@ -174,7 +174,7 @@ def test_the_tutorial_in_the_browser(console, artefacts) -> None:
     page.eval_on_selector('tr[data-vm="0"] button[data-action="resume"]', "b => b.disabled = false")
     page.click('tr[data-vm="0"] button[data-action="resume"]')
     page.wait_for_selector('tr[data-vm="0"] .message.error')
-    assert page.inner_text('tr[data-vm="0"] .message') == (
+    assert page.text_content('tr[data-vm="0"] .message') == (
         "Wrong state to perform action: VM 0 is ACTIVE (RUNNING)"
     )
 
@@ -364,7 +364,7 @@ def test_names_from_clients_are_shown_as_text(console) -> None:
         page.wait_for_selector("main h1")
         assert page.locator("#injected").count() == 0 and page.locator("main b").count() == 0
     page.click("a[data-nav=vms]")
-    assert page.inner_text('tr[data-vm="0"] td:nth-child(2)') == hostile
+    assert page.text_content('tr[data-vm="0"] td:nth-child(2)') == hostile
     page.goto(base + "/#/vm/0")
     page.wait_for_selector("#vm-template")
     assert page.locator("#injected").count() == 0
