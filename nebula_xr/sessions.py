@@ -178,7 +178,10 @@ class Authenticator:
         finally:
             if self._turns.get(peer) is turn:
                 del self._turns[peer]
-            turn.callback(None)
+            # The next attempt starts on a later turn, once this one's answer went out:
+            # firing it here would finish the attempts waiting behind it first (in reverse
+            # order, the calls of a multicall too) and nest one frame per attempt.
+            self.clock.callLater(0, turn.callback, None)
 
     async def _verify(self, session: str) -> int | None:
         name, colon, secret = session.partition(":")

@@ -100,6 +100,31 @@ def test_a_session_is_verified_once_then_answered_from_the_cache(pool, tmp_path)
     assert result_of(refused) is None
 
 
+def test_attempts_waiting_for_one_verification_are_answered_in_their_order(pool, tmp_path) -> None:
+    """A multicall's calls with a session not verified yet are answered in call order,
+    after one verification."""
+    users, alice = pool
+    clock = task.Clock()
+    hasher = CountingHasher()
+    auth = Authenticator(
+        users,
+        clock,
+        Log(tmp_path / "oned.log", 3),
+        hasher=hasher,
+        run_in_thread=lambda function, *args: task.deferLater(clock, 0.5, function, *args),
+    )
+    session = session_for("alice", "alice-pw")
+    answered: list[tuple[int, int]] = []
+    for index in range(50):
+        attempt = auth.authenticate(session, "10.0.0.5")
+        attempt.addCallback(lambda uid, index=index: answered.append((index, uid)))
+    clock.advance(0.5)
+    while clock.getDelayedCalls():
+        clock.advance(0)
+    assert answered == [(index, alice.oid) for index in range(50)]
+    assert hasher.verifications == 1
+
+
 def test_refusals_from_an_address_slow_down_and_log_the_peer(pool, tmp_path) -> None:
     users, alice = pool
     clock = task.Clock()
