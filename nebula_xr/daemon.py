@@ -46,6 +46,7 @@ from nebula_xr.information_manager import InformationManager
 from nebula_xr.lifecycle_manager import LifeCycleManager
 from nebula_xr.log import Log
 from nebula_xr.model import Host, VirtualMachine
+from nebula_xr.monitoring_history import MonitoringHistory
 from nebula_xr.plugin_manager import PluginError, PluginManager
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.reconciliation import Reconciler
@@ -200,6 +201,7 @@ class Daemon(MultiService):
         self.users = UserPool(self.db)
         for pool in (self.vms, self.hosts, self.networks, self.users):
             pool.load()
+        self.monitoring = MonitoringHistory(self.db, clock, config.monitoring_retention)
         self.access = self._authentication()
 
         drivers = self._make_drivers()
@@ -225,6 +227,7 @@ class Daemon(MultiService):
             clock,
             log,
             config.vm_polling_interval,
+            on_polled=self.monitoring.vm_polled,
         )
         self.dm = DispatchManager(
             self.vms,
@@ -297,13 +300,15 @@ class Daemon(MultiService):
             access=self.access,
             fencing=self.fencing,
             driver_names=by_kind,
+            monitoring=self.monitoring,
         )
 
         self.registry = MethodRegistry(config.call_limits)
         self.rm.register(self.registry)
         self.rm14.register(self.registry)
 
-        services: list[Service] = [_DriverService(drivers)]
+        # The history flushes last when the daemon stops, once nothing records any more.
+        services: list[Service] = [self.monitoring, _DriverService(drivers)]
         for tick in (self.im.monitor_due, self.lcm.poll_due):
             timer = TimerService(config.manager_timer, tick)
             timer.clock = clock
@@ -451,6 +456,7 @@ class Daemon(MultiService):
             self.hosts.listeners.append(host_changed)
 
     def _host_monitored(self, host: Host) -> None:
+        self.monitoring.host_monitored(host)
         self.fencing.host_monitored(host)
         self.clock.callLater(0, self.plugins.host_monitored, host_view(host))
 

@@ -183,6 +183,27 @@ class UserPoolRow(_Table):
         primary_key = peewee.CompositeKey("oid", "user_name")
 
 
+class MonitoringSampleRow(_Table):
+    """The monitoring history (:mod:`nebula_xr.monitoring_history`): one row per host
+    monitoring or VM poll. An extra table, which 1.2 readers ignore; ``max_*`` are a
+    host's, ``net_*`` a VM's (NULL for the other kind)."""
+
+    kind = _text()  # "host" or "vm"
+    oid = _integer()
+    time = peewee.FloatField(null=True)
+    cpu = peewee.FloatField(null=True)
+    memory = peewee.FloatField(null=True)
+    max_cpu = peewee.FloatField(null=True)
+    max_memory = peewee.FloatField(null=True)
+    net_tx = peewee.FloatField(null=True)
+    net_rx = peewee.FloatField(null=True)
+
+    class Meta:
+        table_name = "nebula_xr_monitoring"
+        primary_key = False
+        indexes = ((("time",), False),)  # the purge finds the oldest rows by it
+
+
 class PluginTable(_Table):
     """Base of a table a plugin keeps in one.db (declared with ``nebula_xr_tables``).
 
@@ -242,7 +263,18 @@ class Update:
     where: tuple[tuple[str, Any], ...]
 
 
-Operation = Replace | Insert | Delete | Update
+@dataclass(frozen=True)
+class DeleteOldest:
+    """``DELETE`` of at most ``limit`` rows whose ``column`` is below ``before``, oldest
+    first: a purge in bounded batches, so no commit holds the file for long."""
+
+    table: type[_Table]
+    column: str
+    before: Any
+    limit: int
+
+
+Operation = Replace | Insert | Delete | Update | DeleteOldest
 
 
 def _where(where: tuple[tuple[str, Any], ...]) -> tuple[str, list[Any]]:
@@ -258,6 +290,13 @@ def _apply(connection: sqlite3.Connection, operation: Operation) -> None:
             verb = "INSERT OR REPLACE" if isinstance(operation, Replace) else "INSERT"
             marks = ",".join("?" * len(operation.table._meta.sorted_fields))
             connection.executemany(f"{verb} INTO {name} VALUES ({marks})", operation.rows)
+    elif isinstance(operation, DeleteOldest):
+        column = operation.column
+        connection.execute(
+            f"DELETE FROM {name} WHERE rowid IN (SELECT rowid FROM {name} "
+            f"WHERE {column} < ? ORDER BY {column} LIMIT ?)",
+            (operation.before, operation.limit),
+        )
     elif isinstance(operation, Delete):
         condition, arguments = _where(operation.where)
         connection.execute(f"DELETE FROM {name} WHERE {condition}", arguments)
@@ -362,12 +401,13 @@ class Database:
     # -- lifecycle --
 
     def open(self, plugin_tables: Sequence[type[PluginTable]] = ()) -> None:
-        """Open the file and create the 1.2 tables (and 1.4's user table, and the
-        ``plugin_tables``) that are missing."""
+        """Open the file and create the 1.2 tables (and 1.4's user table, the monitoring
+        history and the ``plugin_tables``) that are missing."""
         database_proxy.initialize(self._db)
         try:
             self._db.connect(reuse_if_open=True)
-            self._db.create_tables((*TABLES, UserPoolRow, *plugin_tables), safe=True)
+            tables = (*TABLES, UserPoolRow, MonitoringSampleRow, *plugin_tables)
+            self._db.create_tables(tables, safe=True)
         except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
             raise DatabaseError(f"Can not open database {self.path}: {error}") from error
         self._writer = threading.Thread(target=self._write_loop, name="one.db writer", daemon=True)

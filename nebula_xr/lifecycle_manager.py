@@ -64,6 +64,7 @@ class LifeCycleManager:
         clock: IReactorTime,
         log: Log,
         polling_interval: int,
+        on_polled: Callable[[VirtualMachine], None] | None = None,
     ) -> None:
         self.vms = vms
         self.hosts = hosts
@@ -73,6 +74,8 @@ class LifeCycleManager:
         self.clock = clock
         self.log = log
         self.polling_interval = polling_interval
+        #: Told of every poll answer applied (the monitoring history records it).
+        self.on_polled = on_polled
         #: Bumped at every LCM state change: an answer asked in an older phase is stale.
         self._phases: dict[int, int] = {}
 
@@ -201,6 +204,8 @@ class LifeCycleManager:
         if vm is None:
             return
         state = record_usage(self.vms, vm, info)
+        if self.on_polled is not None:
+            self.on_polled(vm)
         # The state letter only matters while the VM is meant to be running.
         if vm.lcm_state in POLLED:
             event = {

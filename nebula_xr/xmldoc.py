@@ -280,3 +280,48 @@ def user_pool_document(users: Iterable[User]) -> str:
     for user in users:
         _user(_add(root, "USER"), user, "True" if user.enabled else "Fase")
     return _serialize(root)
+
+
+# -- monitoring history ------------------------------------------------------------------
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def host_monitoring_document(hid: int, samples: Iterable[dict[str, float]]) -> str:
+    """``<MONITORING_DATA>`` of one.host.monitoring (as OpenNebula 3.x answers it): a
+    ``<HOST>`` per sample, oldest first, with its time and the monitored share."""
+    root = _root("MONITORING_DATA")
+    for sample in samples:
+        element = _add(root, "HOST")
+        _fields(element, (("ID", hid), ("LAST_MON_TIME", int(sample["time"]))))
+        _fields(
+            _add(element, "HOST_SHARE"),
+            (
+                ("MAX_MEM", _number(sample["max_memory"])),
+                ("MAX_CPU", _number(sample["max_cpu"])),
+                ("USED_MEM", _number(sample["used_memory"])),
+                ("USED_CPU", _number(sample["used_cpu"])),
+            ),
+        )
+    return _serialize(root)
+
+
+def vm_monitoring_document(vid: int, samples: Iterable[dict[str, float]]) -> str:
+    """``<MONITORING_DATA>`` of one.vm.monitoring: a ``<VM>`` per poll, oldest first,
+    with the vm_pool usage columns as the poll left them."""
+    root = _root("MONITORING_DATA")
+    for sample in samples:
+        _fields(
+            _add(root, "VM"),
+            (
+                ("ID", vid),
+                ("LAST_POLL", int(sample["time"])),
+                ("CPU", _number(sample["cpu"])),
+                ("MEMORY", _number(sample["memory"])),
+                ("NET_TX", _number(sample["net_tx"])),
+                ("NET_RX", _number(sample["net_rx"])),
+            ),
+        )
+    return _serialize(root)
