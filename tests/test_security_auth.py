@@ -6,8 +6,8 @@ methods, 3.x's ``one.*.monitoring``, the ``nebula_xr.*`` methods, plus
 kinds of session, from loopback and from another address, against a real daemon. The other
 address is a network namespace of this test, joined to the host by a veth pair
 (10.77.9.1/30 on the host side, 10.77.9.2/30 inside): the client runs there with
-``ip netns exec``, the daemon listens on 0.0.0.0 with the shipped authentication. Nothing is sent anywhere but loopback and that
-namespace.
+``ip netns exec``, the daemon listens on 0.0.0.0 with the shipped authentication. Nothing
+is sent anywhere but loopback and that namespace.
 
 Each call is allowed exactly when :data:`ALLOWED` says so. The table is written out by
 hand from the rules in README "Security" (1.4's ownership rules, and 1.2 clients on the
