@@ -87,19 +87,18 @@ class MonitoringHistory(Service):
         return self.retention > 0
 
     def _load(self) -> None:
-        """The samples one.db kept from the last run, still in the window (read once,
-        at start-up, like the pools); the expired ones are left to the purge."""
+        """The samples one.db kept from the last run that are still in the window (read
+        once, at start-up, like the pools); the older rows are left to the purge."""
         if not self.enabled:
             return
         oldest = self.clock.seconds() - self.retention
         kept: dict[tuple[str, int], list[_Sample]] = {}
-        for row in self.db.rows(MonitoringSampleRow):
+        for row in self.db.rows_since(MonitoringSampleRow, "time", oldest):
             kind, oid, sample = _sample(row)
-            if kind in FIELDS and sample[0] is not None and sample[0] >= oldest:
+            if kind in FIELDS:
                 kept.setdefault((kind, oid), []).append(sample)
-            else:
-                self._expired_in_file += 1
         self._series = {key: deque(sorted(samples)) for key, samples in kept.items()}
+        self._expired_in_file = self.db.count_before(MonitoringSampleRow, "time", oldest)
 
     # -- recording ------------------------------------------------------------------------
 

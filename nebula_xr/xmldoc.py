@@ -283,45 +283,47 @@ def user_pool_document(users: Iterable[User]) -> str:
 
 
 # -- monitoring history ------------------------------------------------------------------
+# A day of samples is thousands of elements: these documents are joined as text, ten times
+# faster than lxml. Every value is a number of the history (nothing a client wrote), so
+# there is nothing to escape.
 
 
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else value
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def host_monitoring_document(hid: int, samples: Iterable[dict[str, float]]) -> str:
     """``<MONITORING_DATA>`` of one.host.monitoring (as OpenNebula 3.x answers it): a
     ``<HOST>`` per sample, oldest first, with its time and the monitored share."""
-    root = _root("MONITORING_DATA")
-    for sample in samples:
-        element = _add(root, "HOST")
-        _fields(element, (("ID", hid), ("LAST_MON_TIME", int(sample["time"]))))
-        _fields(
-            _add(element, "HOST_SHARE"),
-            (
-                ("MAX_MEM", _number(sample["max_memory"])),
-                ("MAX_CPU", _number(sample["max_cpu"])),
-                ("USED_MEM", _number(sample["used_memory"])),
-                ("USED_CPU", _number(sample["used_cpu"])),
+    n = _number
+    return "".join(
+        (
+            "<MONITORING_DATA>",
+            *(
+                f"<HOST><ID>{int(hid)}</ID><LAST_MON_TIME>{int(s['time'])}</LAST_MON_TIME>"
+                f"<HOST_SHARE><MAX_MEM>{n(s['max_memory'])}</MAX_MEM>"
+                f"<MAX_CPU>{n(s['max_cpu'])}</MAX_CPU><USED_MEM>{n(s['used_memory'])}</USED_MEM>"
+                f"<USED_CPU>{n(s['used_cpu'])}</USED_CPU></HOST_SHARE></HOST>"
+                for s in samples
             ),
+            "</MONITORING_DATA>",
         )
-    return _serialize(root)
+    )
 
 
 def vm_monitoring_document(vid: int, samples: Iterable[dict[str, float]]) -> str:
     """``<MONITORING_DATA>`` of one.vm.monitoring: a ``<VM>`` per poll, oldest first,
     with the vm_pool usage columns as the poll left them."""
-    root = _root("MONITORING_DATA")
-    for sample in samples:
-        _fields(
-            _add(root, "VM"),
-            (
-                ("ID", vid),
-                ("LAST_POLL", int(sample["time"])),
-                ("CPU", _number(sample["cpu"])),
-                ("MEMORY", _number(sample["memory"])),
-                ("NET_TX", _number(sample["net_tx"])),
-                ("NET_RX", _number(sample["net_rx"])),
+    n = _number
+    return "".join(
+        (
+            "<MONITORING_DATA>",
+            *(
+                f"<VM><ID>{int(vid)}</ID><LAST_POLL>{int(s['time'])}</LAST_POLL>"
+                f"<CPU>{n(s['cpu'])}</CPU><MEMORY>{n(s['memory'])}</MEMORY>"
+                f"<NET_TX>{n(s['net_tx'])}</NET_TX><NET_RX>{n(s['net_rx'])}</NET_RX></VM>"
+                for s in samples
             ),
+            "</MONITORING_DATA>",
         )
-    return _serialize(root)
+    )
