@@ -284,6 +284,7 @@ class Daemon(MultiService):
             driver_names=by_kind,
         )
         self._listen_to_pools()
+        self.hosts.listeners.append(self._forget_deleted_host)
         self.hm = self._make_hook_manager()
 
         self.rm14 = RequestManager14(
@@ -454,6 +455,10 @@ class Daemon(MultiService):
                 clock.callLater(0, plugins.host_state_changed, view, previous)
 
             self.hosts.listeners.append(host_changed)
+
+    def _forget_deleted_host(self, host: Host, previous: int) -> None:
+        if self.hosts.get(host.oid) is None:
+            self.monitoring.host_deleted(host.oid)
 
     def _host_monitored(self, host: Host) -> None:
         self.monitoring.host_monitored(host)

@@ -25,6 +25,7 @@ from twisted.internet.task import LoopingCall
 
 from nebula_xr.database import (
     Database,
+    Delete,
     DeleteOldest,
     Insert,
     MonitoringSampleRow,
@@ -128,6 +129,14 @@ class MonitoringHistory(Service):
         while series and series[0][0] < oldest:
             series.popleft()
             self._expired_in_file += 1  # written already, or about to be
+
+    def host_deleted(self, hid: int) -> None:
+        """Forget a deleted host's samples, in memory and in one.db: a restart may give
+        its id to a new host, which must not inherit them."""
+        if self._series.pop((HOST, hid), None) is None:
+            return
+        self._unwritten = [row for row in self._unwritten if row[:2] != (HOST, hid)]
+        self.db.write(Delete(MonitoringSampleRow, (("kind", HOST), ("oid", hid))))
 
     # -- reading --------------------------------------------------------------------------
 

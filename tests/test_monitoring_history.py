@@ -187,6 +187,24 @@ def test_a_series_no_longer_recorded_expires_too(store: Store) -> None:
         store.close(history)
 
 
+def test_a_deleted_host_leaves_no_samples_for_a_host_given_its_id(store: Store) -> None:
+    history = store.open(retention=3600)
+    history.host_monitored(make_host(2, used_cpu=1, used_memory=2))
+    history.vm_polled(make_vm(5, cpu=1, memory=2, net_tx=3, net_rx=4))
+    store.flush_due()  # one written already
+    history.host_monitored(make_host(2, used_cpu=1, used_memory=2))  # one still buffered
+    history.host_deleted(2)
+    assert history.samples("host", 2) == []
+    store.close(history)
+    assert store.rows("SELECT group_concat(kind || oid) FROM nebula_xr_monitoring") == "vm5"
+
+    history = store.open(retention=3600)
+    try:
+        assert history.samples("host", 2) == [] and len(history.samples("vm", 5)) == 1
+    finally:
+        store.close(history)
+
+
 def test_samples_are_written_in_batches_not_one_commit_each(store: Store) -> None:
     history = store.open(retention=3600)
     with sqlite3.connect(store.path) as reader:
