@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -129,7 +128,7 @@ class MonitoringHistory(Service):
         kept: dict[tuple[str, int], list[_Sample]] = {}
         for row in self.db.rows_since(MonitoringSampleRow, "time", oldest):
             kind, oid, sample = _sample(row)
-            if kind in FIELDS:
+            if kind in FIELDS and None not in sample:  # a row written by another hand
                 kept.setdefault((kind, oid), []).append(sample)
         self._series = {key: _Series(sorted(samples)) for key, samples in kept.items()}
         self._expired_in_file = self.db.count_before(MonitoringSampleRow, "time", oldest)
@@ -213,7 +212,7 @@ class MonitoringHistory(Service):
         if self.enabled:
             self._flushing.start(FLUSH_INTERVAL, now=False)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> None:
         super().stopService()
         if self._flushing.running:
             self._flushing.stop()

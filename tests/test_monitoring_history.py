@@ -146,6 +146,26 @@ def test_samples_survive_a_restart(store: Store) -> None:
         store.close(history)
 
 
+def test_rows_another_hand_wrote_do_not_stop_the_start(store: Store) -> None:
+    history = store.open(retention=3600)
+    history.vm_polled(make_vm(3, cpu=50, memory=1024, net_tx=7, net_rx=9))
+    store.close(history)
+    with sqlite3.connect(store.path) as db:
+        db.execute(
+            "INSERT INTO nebula_xr_monitoring VALUES ('vm', 3, ?, NULL, 1, NULL, NULL, 2, 3)",
+            (START + 1,),
+        )
+        db.execute(
+            "INSERT INTO nebula_xr_monitoring VALUES ('disk', 3, ?, 1, 1, 1, 1, 1, 1)",
+            (START + 2,),
+        )
+    history = store.open(retention=3600)
+    try:
+        assert [sample["cpu"] for sample in history.samples("vm", 3)] == [50.0]
+    finally:
+        store.close(history)
+
+
 def test_the_history_is_bounded_in_memory_and_in_the_file(store: Store) -> None:
     history = store.open(retention=100)
     try:
