@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nebula_xr.drivers.base import INFORMATION, TRANSFER, VIRTUAL_MACHINE
 from nebula_xr.hook_manager import HOST, VM, Hook, HookConfigError, parse_hook
+from nebula_xr.postgresql import DEFAULT_PORT, PostgresSettings
 from nebula_xr.scheduling import SchedulerConfig
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.transport.http import Limits
@@ -166,6 +167,8 @@ class Config:
     db_wal: bool = True
     #: Seconds a commit blocked by readers is retried before a new object is refused.
     db_busy_timeout: float = 20.0
+    #: ``DB = [ backend = "postgresql", ... ]``: the database is there, not in one.db.
+    postgresql: PostgresSettings | None = None
     #: Seconds after which any driver action fails (per-driver ``timeout`` overrides).
     driver_timeout: float = 300.0
     drivers: tuple[DriverEntry, ...] = ()
@@ -427,6 +430,7 @@ def parse_config(text: str, layout: Layout, source: str = "oned.conf") -> Config
         mac_prefix=parse_mac_prefix(template.get_string("MAC_PREFIX")),
         db_wal=journal == "wal",
         db_busy_timeout=_float(template.get_string("DB_BUSY_TIMEOUT"), "DB_BUSY_TIMEOUT", 20.0),
+        postgresql=_database(template),
         driver_timeout=_float(template.get_string("DRIVER_TIMEOUT"), "DRIVER_TIMEOUT", 300.0),
         drivers=tuple(drivers),
         scheduler=_scheduler(template),
@@ -437,6 +441,38 @@ def parse_config(text: str, layout: Layout, source: str = "oned.conf") -> Config
         hook_ssh=_command_words(hook_manager.get("SSH") or "ssh", "HM_MAD ssh"),
         monitoring_retention=_monitoring_retention(template),
         warnings=warnings,
+    )
+
+
+def _database(template: Template) -> PostgresSettings | None:
+    """``DB = [ backend = "sqlite" | "postgresql", server, port, user, passwd, db_name ]``
+    (OpenNebula's keys); sqlite, the default, is one.db."""
+    vector = template.get_vector("DB") or {}
+    backend = (vector.get("BACKEND") or "sqlite").lower()
+    if backend == "sqlite":
+        return None
+    if backend != "postgresql":
+        raise ConfigError(f"DB backend must be sqlite or postgresql, not {backend!r}")
+    defaults = PostgresSettings()
+    port_text = vector.get("PORT") or "0"
+    try:
+        port = int(port_text)
+    except ValueError as error:
+        raise ConfigError(f"DB port must be an integer, not {port_text!r}") from error
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"DB port must be a TCP port, not {port}")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            "DB backend postgresql needs psycopg: pip install 'nebula-xr[postgresql]'"
+        ) from error
+    return PostgresSettings(
+        server=vector.get("SERVER") or defaults.server,
+        port=port or DEFAULT_PORT,
+        user=vector.get("USER") or defaults.user,
+        passwd=vector.get("PASSWD") or "",
+        db_name=vector.get("DB_NAME") or defaults.db_name,
     )
 
 

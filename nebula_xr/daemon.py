@@ -15,6 +15,7 @@ import resource
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -45,6 +46,7 @@ from nebula_xr.host_failure import Fencing
 from nebula_xr.information_manager import InformationManager
 from nebula_xr.lifecycle_manager import LifeCycleManager
 from nebula_xr.log import Log
+from nebula_xr.migrate import db_command
 from nebula_xr.model import Host, VirtualMachine
 from nebula_xr.monitoring_history import MonitoringHistory
 from nebula_xr.plugin_manager import PluginError, PluginManager
@@ -53,6 +55,7 @@ from nebula_xr.reconciliation import Reconciler
 from nebula_xr.request_manager import RequestManager
 from nebula_xr.scheduling import Scheduler
 from nebula_xr.sessions import Authenticator, FailureThrottle
+from nebula_xr.standby import ActiveLock, Standby
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.transfer_manager import TransferManager
 from nebula_xr.transport.tls import TLSSetupError, server_options
@@ -173,6 +176,7 @@ class Daemon(MultiService):
             reactor=reactor,
             on_error=self._db_error,
             busy_retry=config.db_busy_timeout,
+            postgresql=config.postgresql,
         )
         self._build()
 
@@ -548,7 +552,7 @@ def _default_conf(layout: Layout) -> Path:
     return layout.etc_dir / "oned.conf"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--conf",
     "conf_path",
@@ -557,8 +561,11 @@ def _default_conf(layout: Layout) -> Path:
 )
 @click.option("--list-plugins", is_flag=True, help="List installed plugins and exit.")
 @click.version_option(__version__, prog_name="nebula-xr")
-def main(conf_path: Path | None, list_plugins: bool) -> None:
+@click.pass_context
+def main(context: click.Context, conf_path: Path | None, list_plugins: bool) -> None:
     """Run the nebula-xr daemon: OpenNebula 1.2's oned, XML-RPC on PORT/RPC2."""
+    if context.invoked_subcommand is not None:
+        return
     plugins = PluginManager()
     plugins.load()
     if list_plugins:
@@ -579,7 +586,8 @@ def main(conf_path: Path | None, list_plugins: bool) -> None:
         for warning in config.warnings:
             click.echo(f"Warning: {warning}", err=True)
         _check_plugins(config, plugins)
-        _check_port(config)
+        if config.postgresql is None:  # else a standby may share the active one's port
+            _check_port(config)
         lock = _Lock(layout.lock_file)
         lock.acquire()
     except (ConfigError, StartupError, PluginError) as error:
@@ -656,7 +664,7 @@ def _startup_line(daemon: Daemon) -> str:
     address = f"{config.listen_address}:{daemon.port}"
     return (
         f"nebula-xr {__version__}: XML-RPC on {daemon.listener.scheme}://{address}/RPC2, "
-        f"database {config.layout.database}, log {config.layout.log_dir / 'oned.log'}, "
+        f"database {daemon.db.location}, log {config.layout.log_dir / 'oned.log'}, "
         f"drivers {drivers}, scheduler {scheduler}"
     )
 
@@ -665,20 +673,22 @@ def _run(config: Config, plugins: PluginManager) -> None:
     from twisted.internet import reactor
 
     file_warning = _raise_file_limit(config.limits.connections)
-    try:
-        daemon = Daemon(config, plugins, reactor=reactor)
-    except (StartupError, ConfigError, PluginError) as error:
-        _refuse_to_start(str(error), config.layout)
-    except OSError as error:  # e.g. the var dir cannot be created
-        _refuse_to_start(f"Can not start: {error}", config.layout)
-    for warning in config.warnings:
-        daemon.log.warning("ONE", warning)
-    if file_warning:
-        click.echo(f"Warning: {file_warning}", err=True)
-        daemon.log.error("ONE", file_warning)
     failed: list[str] = []
+    refused: list[str] = []
 
-    def started() -> None:
+    def build() -> Daemon:
+        daemon = Daemon(config, plugins, reactor=reactor)
+        for warning in config.warnings:
+            daemon.log.warning("ONE", warning)
+        if file_warning:
+            click.echo(f"Warning: {file_warning}", err=True)
+            daemon.log.error("ONE", file_warning)
+        daemon.log.observe_twisted()
+        daemon.log.reopen_on_sighup(reactor)  # logrotate's postrotate: kill -HUP
+        reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
+        return daemon
+
+    def started(daemon: Daemon) -> None:
         try:
             daemon.startService()
         except Exception as error:  # e.g. the port was taken since it was checked
@@ -690,13 +700,56 @@ def _run(config: Config, plugins: PluginManager) -> None:
         click.echo(line, err=True)
         daemon.log.info("ONE", line)
 
-    reactor.callWhenRunning(started)
-    daemon.log.observe_twisted()
-    daemon.log.reopen_on_sighup(reactor)  # logrotate's postrotate: kill -HUP
-    reactor.addSystemEventTrigger("before", "shutdown", daemon.stopService)
+    if config.postgresql is None:
+        try:
+            daemon = build()
+        except (StartupError, ConfigError, PluginError) as error:
+            _refuse_to_start(str(error), config.layout)
+        except OSError as error:  # e.g. the var dir cannot be created
+            _refuse_to_start(f"Can not start: {error}", config.layout)
+        reactor.callWhenRunning(started, daemon)
+    else:
+        reactor.callWhenRunning(_stand_by, reactor, config, build, started, refused)
     # Twisted's own handlers: SIGTERM/SIGINT stop the reactor cleanly, and SIGCHLD
     # reaps the driver processes.
     reactor.run()
     sys.stderr.flush()
+    if refused:
+        _refuse_to_start(refused[0], config.layout)
     if failed:
         raise click.ClickException(" ".join(failed[0].split()))
+
+
+def _stand_by(
+    reactor: Any,
+    config: Config,
+    build: Callable[[], Daemon],
+    started: Callable[[Daemon], None],
+    refused: list[str],
+) -> None:
+    """PostgreSQL: wait for the database lock (hot standby), then build and serve."""
+    assert config.postgresql is not None
+    daemons: list[Daemon] = []
+
+    def activate() -> None:
+        try:
+            daemons.append(build())
+        except (StartupError, ConfigError, PluginError) as error:
+            refused.append(str(error))
+        except OSError as error:
+            refused.append(f"Can not start: {error}")
+        if refused:
+            reactor.stop()
+            return
+        started(daemons[0])
+
+    def lost(message: str) -> None:
+        click.echo(message, err=True)
+        daemons[0].log.error("ONE", message)
+        os._exit(1)  # at once: another daemon may be active, this one must not write
+
+    report = lambda line: click.echo(line, err=True)  # noqa: E731
+    Standby(reactor, ActiveLock(config.postgresql), activate, lost, report).start()
+
+
+main.add_command(db_command)

@@ -31,6 +31,14 @@ from typing import Any
 import peewee
 from twisted.internet.defer import Deferred
 
+from nebula_xr.postgresql import (
+    BackendUnavailable,
+    PostgresSettings,
+    is_transient,
+    replace_statements,
+    row_order,
+)
+
 database_proxy = peewee.DatabaseProxy()
 
 
@@ -190,13 +198,13 @@ class MonitoringSampleRow(_Table):
 
     kind = _text()  # "host" or "vm"
     oid = _integer()
-    time = peewee.FloatField(null=True)
-    cpu = peewee.FloatField(null=True)
-    memory = peewee.FloatField(null=True)
-    max_cpu = peewee.FloatField(null=True)
-    max_memory = peewee.FloatField(null=True)
-    net_tx = peewee.FloatField(null=True)
-    net_rx = peewee.FloatField(null=True)
+    time = peewee.DoubleField(null=True)
+    cpu = peewee.DoubleField(null=True)
+    memory = peewee.DoubleField(null=True)
+    max_cpu = peewee.DoubleField(null=True)
+    max_memory = peewee.DoubleField(null=True)
+    net_tx = peewee.DoubleField(null=True)
+    net_rx = peewee.DoubleField(null=True)
 
     class Meta:
         table_name = "nebula_xr_monitoring"
@@ -265,8 +273,9 @@ class Update:
 
 @dataclass(frozen=True)
 class DeleteOldest:
-    """``DELETE`` of at most ``limit`` rows whose ``column`` is below ``before``, oldest
-    first: a purge in bounded batches, so no commit holds the file for long."""
+    """``DELETE`` of the ``limit`` oldest rows whose ``column`` is below ``before`` (and
+    of those sharing the last one's value): a purge in bounded batches, so no commit
+    holds the file for long."""
 
     table: type[_Table]
     column: str
@@ -277,34 +286,169 @@ class DeleteOldest:
 Operation = Replace | Insert | Delete | Update | DeleteOldest
 
 
-def _where(where: tuple[tuple[str, Any], ...]) -> tuple[str, list[Any]]:
-    return " AND ".join(f"{column} = ?" for column, _ in where), [value for _, value in where]
+def _where(where: tuple[tuple[str, Any], ...], mark: str) -> tuple[str, list[Any]]:
+    condition = " AND ".join(f"{column} = {mark}" for column, _ in where)
+    return condition, [value for _, value in where]
 
 
-def _apply(connection: sqlite3.Connection, operation: Operation) -> None:
+def _statement(operation: Delete | Update | DeleteOldest, mark: str) -> tuple[str, list[Any]]:
     # Plain SQL built from the peewee models' metadata: the schema has one definition,
-    # and the writer avoids a query builder per row.
+    # and the writer avoids a query builder per row. Values are always parameters.
     name = operation.table._meta.table_name
-    if isinstance(operation, Replace | Insert):
-        if operation.rows:
-            verb = "INSERT OR REPLACE" if isinstance(operation, Replace) else "INSERT"
-            marks = ",".join("?" * len(operation.table._meta.sorted_fields))
-            connection.executemany(f"{verb} INTO {name} VALUES ({marks})", operation.rows)
-    elif isinstance(operation, DeleteOldest):
-        column = operation.column
-        connection.execute(
-            f"DELETE FROM {name} WHERE rowid IN (SELECT rowid FROM {name} "
-            f"WHERE {column} < ? ORDER BY {column} LIMIT ?)",
-            (operation.before, operation.limit),
+    if isinstance(operation, DeleteOldest):
+        # The limit-th oldest value bounds the batch (rows sharing it go with it): the
+        # same SQL for both backends, with neither SQLite's rowid nor PostgreSQL's ctid.
+        column, before = operation.column, operation.before
+        batch = (
+            f"SELECT {column} FROM {name} WHERE {column} < {mark} ORDER BY {column} LIMIT {mark}"
         )
-    elif isinstance(operation, Delete):
-        condition, arguments = _where(operation.where)
-        connection.execute(f"DELETE FROM {name} WHERE {condition}", arguments)
-    else:
-        assignments = ", ".join(f"{column} = ?" for column, _ in operation.values)
-        condition, arguments = _where(operation.where)
-        values = [value for _, value in operation.values]
-        connection.execute(f"UPDATE {name} SET {assignments} WHERE {condition}", values + arguments)
+        bound = f"SELECT max({column}) FROM ({batch}) AS oldest"
+        sql = f"DELETE FROM {name} WHERE {column} < {mark} AND {column} <= ({bound})"
+        return sql, [before, before, operation.limit]
+    condition, arguments = _where(operation.where, mark)
+    if isinstance(operation, Delete):
+        return f"DELETE FROM {name} WHERE {condition}", arguments
+    assignments = ", ".join(f"{column} = {mark}" for column, _ in operation.values)
+    values = [value for _, value in operation.values]
+    return f"UPDATE {name} SET {assignments} WHERE {condition}", values + arguments
+
+
+class _SqliteWriter:
+    """The writer thread's SQLite connection and dialect."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
+
+    def __init__(self, connection: sqlite3.Connection, wal: bool) -> None:
+        self.connection = connection
+        self.wal = wal
+        self.busy_ms = 0
+
+    def execute(self, sql: str) -> None:
+        self.connection.execute(sql)
+
+    def prepare(self) -> None:
+        """Before the first attempt of a commit."""
+        self._busy_timeout(_WRITER_BUSY_MS if self.wal else _ROLLBACK_FIRST_BUSY_MS)
+
+    def _busy_timeout(self, milliseconds: int) -> None:
+        if milliseconds != self.busy_ms:
+            self.connection.execute(f"PRAGMA busy_timeout = {milliseconds}")
+            self.busy_ms = milliseconds
+
+    def begin(self) -> None:
+        self.connection.execute("BEGIN IMMEDIATE")
+
+    def commit_at_once(self, group: list[_Change]) -> bool:
+        return False  # statements cost no round trip: a savepoint per change is cheap
+
+    def apply(self, operation: Operation) -> None:
+        if isinstance(operation, Replace | Insert):
+            if operation.rows:
+                name = operation.table._meta.table_name
+                verb = "INSERT OR REPLACE" if isinstance(operation, Replace) else "INSERT"
+                marks = ",".join("?" * len(operation.table._meta.sorted_fields))
+                self.connection.executemany(f"{verb} INTO {name} VALUES ({marks})", operation.rows)
+        else:
+            self.connection.execute(*_statement(operation, "?"))
+
+    def is_busy(self, error: BaseException) -> bool:
+        return _is_busy(error)
+
+    def rollback(self) -> None:
+        if self.connection.in_transaction:
+            self.connection.execute("ROLLBACK")
+
+    def close(self) -> None:
+        pass  # the peewee database closes it
+
+    def retrying(self) -> None:
+        # Rollback-journal mode: later attempts wait only a moment (see _WRITER_BUSY_MS).
+        if not self.wal:
+            self._busy_timeout(_ROLLBACK_RETRY_BUSY_MS)
+
+
+class _PostgresWriter:
+    """The writer thread's own PostgreSQL connection (reopened when it is lost)."""
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        import psycopg
+
+        self.errors: tuple[type[BaseException], ...] = (psycopg.Error, ValueError)
+        self.settings = settings
+        self.connection: Any = None
+        self._replace: dict[type[_Table], list[tuple[str, tuple[int, ...] | None]]] = {}
+
+    def execute(self, sql: str) -> None:
+        self.connection.execute(sql)
+
+    def prepare(self) -> None:
+        pass
+
+    def begin(self) -> None:
+        self.connection.execute("BEGIN")
+
+    def commit_at_once(self, group: list[_Change]) -> bool:
+        """The whole group in one round trip (a pipeline, no savepoints); False, with
+        nothing written, if a change is refused: the caller then isolates it with a
+        savepoint per change. A transient failure is raised, as from :meth:`begin`."""
+        if self.connection is None or self.connection.closed:
+            # A reply waits for COMMIT, which returns once the WAL is flushed.
+            self.connection = self.settings.connect("writer", options="-c synchronous_commit=on")
+        try:
+            with self.connection.pipeline():
+                self.connection.execute("BEGIN")
+                for change in group:
+                    for operation in change.operations:
+                        self.apply(operation)
+                self.connection.execute("COMMIT")
+        except self.errors as error:
+            if is_transient(error):
+                raise
+            self.rollback()
+            return False
+        return True
+
+    def apply(self, operation: Operation) -> None:
+        cursor = self.connection.cursor()
+        if isinstance(operation, Replace):
+            if not operation.rows:
+                return
+            statements = self._replace.get(operation.table)
+            if statements is None:
+                statements = self._replace[operation.table] = replace_statements(operation.table)
+            for sql, positions in statements:
+                rows = operation.rows
+                if positions is not None:
+                    rows = [tuple(row[position] for position in positions) for row in rows]
+                cursor.executemany(sql, rows)
+        elif isinstance(operation, Insert):
+            if operation.rows:
+                name = operation.table._meta.table_name
+                marks = ",".join(["%s"] * len(operation.table._meta.sorted_fields))
+                cursor.executemany(f"INSERT INTO {name} VALUES ({marks})", operation.rows)
+        else:
+            cursor.execute(*_statement(operation, "%s"))
+
+    def is_busy(self, error: BaseException) -> bool:
+        return is_transient(error)
+
+    def rollback(self) -> None:
+        if self.connection is None or self.connection.closed:
+            return
+        from psycopg.pq import TransactionStatus
+
+        if self.connection.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                self.connection.execute("ROLLBACK")
+            except self.errors:
+                self.connection.close()  # reopened by the next attempt
+
+    def retrying(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
 
 
 class DatabaseError(Exception):
@@ -368,8 +512,13 @@ class Database:
         reactor: Any = None,
         on_error: Callable[[str], None] | None = None,
         busy_retry: float = BUSY_RETRY_SECONDS,
+        postgresql: PostgresSettings | None = None,
     ) -> None:
         self.path = Path(path)
+        #: With PostgreSQL settings, the database is there and ``path`` is unused.
+        self.postgresql = postgresql
+        #: Where the database is, for messages.
+        self.location = str(self.path) if postgresql is None else postgresql.describe()
         self.wal = wal
         self.busy_retry = busy_retry
         if reactor is None:
@@ -378,16 +527,23 @@ class Database:
             reactor = default_reactor
         self.reactor = reactor
         self.on_error = on_error
-        self._db = peewee.SqliteDatabase(
-            str(self.path),
-            pragmas={
-                "journal_mode": "wal" if wal else "delete",
-                # Every acknowledged change must survive a power cut, as in 1.2.
-                "synchronous": "full",
-                "busy_timeout": _WRITER_BUSY_MS if wal else _ROLLBACK_FIRST_BUSY_MS,
-            },
-            check_same_thread=False,
-        )
+        self._db: peewee.Database
+        if postgresql is not None:
+            try:
+                self._db = postgresql.peewee_database()
+            except BackendUnavailable as error:
+                raise DatabaseError(str(error)) from error
+        else:
+            self._db = peewee.SqliteDatabase(
+                str(self.path),
+                pragmas={
+                    "journal_mode": "wal" if wal else "delete",
+                    # Every acknowledged change must survive a power cut, as in 1.2.
+                    "synchronous": "full",
+                    "busy_timeout": _WRITER_BUSY_MS if wal else _ROLLBACK_FIRST_BUSY_MS,
+                },
+                check_same_thread=False,
+            )
         self._queue: queue.SimpleQueue[list[_Change] | None] = queue.SimpleQueue()
         self._pending: list[_Change] = []
         self._flush_scheduled = False
@@ -409,7 +565,7 @@ class Database:
             tables = (*TABLES, UserPoolRow, MonitoringSampleRow, *plugin_tables)
             self._db.create_tables(tables, safe=True)
         except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
-            raise DatabaseError(f"Can not open database {self.path}: {error}") from error
+            raise DatabaseError(f"Can not open database {self.location}: {error}") from error
         self._writer = threading.Thread(target=self._write_loop, name="one.db writer", daemon=True)
         self._writer.start()
 
@@ -425,22 +581,24 @@ class Database:
     # -- reads (start-up only) --
 
     def rows(self, table: type[_Table]) -> list[tuple]:
-        """Every row of ``table`` as tuples in column order, in rowid order."""
-        return list(table.select().order_by(peewee.SQL("rowid")).tuples())
+        """Every row of ``table`` as tuples in column order, in rowid order (PostgreSQL: in
+        key order, or where the rows are for tables without a key)."""
+        order = peewee.SQL("rowid") if self.postgresql is None else row_order(table)
+        return list(table.select().order_by(order).tuples())
 
     def rows_since(self, table: type[_Table], column: str, since: Any) -> list[tuple]:
-        """The rows of ``table`` whose ``column`` is at least ``since``, in rowid order,
-        as SQLite returns them: without peewee's conversions, a large table (the
+        """The rows of ``table`` whose ``column`` is at least ``since``, in no set order,
+        as the database returns them: without peewee's conversions, a large table (the
         monitoring history) loads several times faster."""
-        name = table._meta.table_name
-        query = f"SELECT * FROM {name} WHERE {column} >= ? ORDER BY rowid"
-        return self._db.connection().execute(query, (since,)).fetchall()
+        name, mark = table._meta.table_name, self._db.param
+        query = f"SELECT * FROM {name} WHERE {column} >= {mark}"
+        return list(self._db.execute_sql(query, (since,)).fetchall())
 
     def count_before(self, table: type[_Table], column: str, before: Any) -> int:
         """How many rows of ``table`` have ``column`` below ``before``."""
-        name = table._meta.table_name
-        query = f"SELECT count(*) FROM {name} WHERE {column} < ?"
-        return self._db.connection().execute(query, (before,)).fetchone()[0]
+        name, mark = table._meta.table_name, self._db.param
+        query = f"SELECT count(*) FROM {name} WHERE {column} < {mark}"
+        return self._db.execute_sql(query, (before,)).fetchone()[0]
 
     # -- writes --
 
@@ -515,7 +673,11 @@ class Database:
         self._queue.put(changes)
 
     def _write_loop(self) -> None:
-        connection = self._db.connection()
+        writer: _SqliteWriter | _PostgresWriter
+        if self.postgresql is None:
+            writer = _SqliteWriter(self._db.connection(), self.wal)
+        else:
+            writer = _PostgresWriter(self.postgresql)
         carried: list[_Change] = []  # failed changes without undo, retried first
         backoff = _BACKOFF_SECONDS[0]
         stopping = False
@@ -526,6 +688,7 @@ class Database:
                 changes = []
             if changes is None:
                 if not carried:
+                    writer.close()
                     return
                 stopping, changes = True, []
             # Group commit: everything queued meanwhile goes into the same transaction.
@@ -539,7 +702,7 @@ class Database:
                     stopping = True
                     break
                 group.extend(more)
-            error, refused = self._commit(connection, group)
+            error, refused = self._commit(writer, group)
             if error is None:
                 carried = []
                 backoff = _BACKOFF_SECONDS[0]
@@ -555,10 +718,11 @@ class Database:
                 durable_upto = carried[0].seq if carried else group[-1].seq + 1
                 self.reactor.callFromThread(self._finish, durable_upto, undone, error)
             if stopping and (not carried or error is not None):
+                writer.close()
                 return
 
     def _commit(
-        self, connection: sqlite3.Connection, group: list[_Change]
+        self, writer: _SqliteWriter | _PostgresWriter, group: list[_Change]
     ) -> tuple[Exception | None, list[tuple[_Change, Exception]]]:
         """One transaction for the group; a busy file is retried with back-off for
         ``busy_retry`` s. Each change is its own savepoint: one the file refuses for good
@@ -568,36 +732,34 @@ class Database:
         deadline = start + self.busy_retry
         pause = _BACKOFF_SECONDS[0]
         reported = False
-        busy_ms = _WRITER_BUSY_MS if self.wal else _ROLLBACK_FIRST_BUSY_MS
-        connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        writer.prepare()
         while True:
             refused: list[tuple[_Change, Exception]] = []
             try:
-                connection.execute("BEGIN IMMEDIATE")
+                if writer.commit_at_once(group):
+                    return None, []
+                writer.begin()
                 for change in group:
-                    connection.execute("SAVEPOINT change")
+                    writer.execute("SAVEPOINT change")
                     try:
                         for operation in change.operations:
-                            _apply(connection, operation)
-                    except sqlite3.DatabaseError as error:
-                        if _is_busy(error):
+                            writer.apply(operation)
+                    except writer.errors as error:
+                        if writer.is_busy(error):
                             raise
-                        connection.execute("ROLLBACK TO change")
+                        writer.execute("ROLLBACK TO change")
                         refused.append((change, error))
-                    connection.execute("RELEASE change")
-                connection.execute("COMMIT")
+                    writer.execute("RELEASE change")
+                writer.execute("COMMIT")
                 return None, refused
-            except sqlite3.DatabaseError as error:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                if not _is_busy(error) or time.monotonic() + pause > deadline:
+            except writer.errors as error:
+                writer.rollback()
+                if not writer.is_busy(error) or time.monotonic() + pause > deadline:
                     return error, []
             if not reported and time.monotonic() - start > _REPORT_BUSY_AFTER:
                 reported = True
                 self.reactor.callFromThread(self._report_busy)
-            if not self.wal and busy_ms != _ROLLBACK_RETRY_BUSY_MS:
-                busy_ms = _ROLLBACK_RETRY_BUSY_MS
-                connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            writer.retrying()
             # Randomised, so that the writer and polling readers do not keep colliding.
             time.sleep(pause * random.uniform(0.5, 1.5))
             pause = min(pause * 2, _BACKOFF_SECONDS[1])
@@ -605,7 +767,7 @@ class Database:
     def _report_busy(self) -> None:
         if self.on_error is not None:
             self.on_error(
-                f"{self.path} is locked by another process (a reader?); "
+                f"{self.location} is locked by another process (a reader?); "
                 f"retrying the commit for up to {self.busy_retry:g} s"
             )
 
@@ -618,7 +780,7 @@ class Database:
                 if refused
                 else "retrying"
             )
-            self.on_error(f"Error writing {self.path}: {error} ({what})")
+            self.on_error(f"Error writing {self.location}: {error} ({what})")
         for change in reversed(refused):
             self._refused.add(change.seq)
             if change.undo is not None:

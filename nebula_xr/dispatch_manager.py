@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from nebula_xr.interfaces import LifeCycleActions, TransferOperations, ignore_driver_failure
 from nebula_xr.lifecycle_manager import RECOVERABLE
 from nebula_xr.log import Log
-from nebula_xr.model import History, LCMState, Reason, VirtualMachine, VMState
+from nebula_xr.model import History, Host, LCMState, Reason, VirtualMachine, VMState
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.scheduling import RequestResult
 from nebula_xr.template import Template
@@ -141,9 +141,7 @@ class DispatchManager:
             # "rm -rf" of the move then destroyed the images.
             if vm.current is not None and vm.current.hid == hid:
                 return wrong
-        seq = vm.current.seq + 1 if vm.current is not None else 0
-        record = History(vid, seq, host.name, self.vm_dir, hid, host.vm_mad, host.tm_mad)
-        self.vms.add_history(vm, record)
+        self._open_record(vm, host)
         if live is None:
             self.vms.transition(vm, state=VMState.ACTIVE)
             self.lcm.deploy(vid)
@@ -151,6 +149,32 @@ class DispatchManager:
             self.lcm.live_migrate(vid)
         else:
             self.lcm.migrate(vid)
+        return OK
+
+    def _open_record(self, vm: VirtualMachine, host: Host) -> None:
+        """A new current history record on ``host``."""
+        seq = vm.current.seq + 1 if vm.current is not None else 0
+        record = History(vm.oid, seq, host.name, self.vm_dir, host.oid, host.vm_mad, host.tm_mad)
+        self.vms.add_history(vm, record)
+
+    def resume_on(self, vid: int, hid: int) -> RequestResult:
+        """Resume a SUSPENDED VM on host ``hid``: on its own host, the plain ``resume``;
+        on another, by cold migration (the checkpoint and images move there first)."""
+        host = self.hosts.get(hid)
+        if host is None:
+            return RequestResult(False, f"The host {hid} does not exists")
+        if not host.managed:
+            return RequestResult(False, f"Not managed hosts (id:{hid}) not supported")
+        vm = self.vms.get(vid)
+        if vm is None:
+            return RequestResult(False, "Virtual machine does not exist")
+        if vm.state is not VMState.SUSPENDED or vm.current is None:
+            return RequestResult(False, "Wrong state to perform action")
+        if vm.current.hid == hid:
+            return self.action("resume", vid)
+        self._open_record(vm, host)
+        self.states.set(vm, VMState.ACTIVE)
+        self.lcm.resume_migrate(vid)
         return OK
 
     def action(self, action: str, vid: int) -> RequestResult:

@@ -177,6 +177,12 @@ class LifeCycleManager:
         on_success = _event(self.prolog_success)
         self.ask(vm, "TRANSFER", vm.current, request, on_success, self.prolog_failure)
 
+    def _prolog_migrate(self, vm: VirtualMachine) -> None:
+        """Move the checkpoint and images from the previous record's host to the current
+        one's; then a restore there (``prolog_success``), as a cold migration does."""
+        self._set(vm, L.PROLOG_MIGRATE)
+        self._prolog(vm, self.tm.prolog_migrate(vm))
+
     def _epilog(self, vm: VirtualMachine, request: Deferred[None]) -> None:
         on_success = _event(self.epilog_success)
         self.ask(vm, "TRANSFER", vm.current, request, on_success, self.epilog_failure)
@@ -350,6 +356,19 @@ class LifeCycleManager:
         self._set(vm, L.BOOT)
         self._restore(vm)
 
+    def resume_migrate(self, vid: int) -> None:
+        """Resume a SUSPENDED VM on another host: the DM made it ACTIVE and opened the
+        record on the target host. It goes on as a cold migration after its save (the
+        suspension already saved it): PROLOG_MIGRATE, BOOT with a restore, RUNNING, and
+        fails the same way."""
+        vm = self._vm(vid, "resume_migrate_action", L.LCM_INIT)
+        if vm is None or vm.current is None:
+            return
+        vm.current.stime = vm.current.pstime = self.now()
+        self.vms.save_history(vm.current)
+        self._charge(vm, vm.current)
+        self._prolog_migrate(vm)
+
     # -- events (from the VMM and TM managers) ------------------------------------------
 
     def prolog_success(self, vid: int) -> None:
@@ -405,8 +424,7 @@ class LifeCycleManager:
             self.vms.save_history(cur)
             if vm.previous is not None:
                 self._leave_host(vm, vm.previous, ("etime", "retime"), Reason.USER, now)
-            self._set(vm, L.PROLOG_MIGRATE)
-            self._prolog(vm, self.tm.prolog_migrate(vm))
+            self._prolog_migrate(vm)
         elif vm.lcm_state is L.SAVE_SUSPEND:
             self._leave_host(vm, cur, ("retime", "etime"), Reason.STOP_RESUME)
             self.dm.suspend_success(vid)

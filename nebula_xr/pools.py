@@ -93,6 +93,10 @@ class VirtualMachinePool:
                 history=sorted(histories.get(oid, ()), key=lambda record: record.seq),
             )
             self.vms[oid] = vm
+            if vm.state not in (VMState.DONE, VMState.FAILED):
+                # A front-end taking over from another (hot standby) has no directory yet
+                # for the VMs the other one created: their logs and deployment files go here.
+                self.vm_dir(oid).mkdir(mode=0o770, parents=True, exist_ok=True)
         # A VM acknowledged-then-lost (a crash before its commit) left only its directory:
         # its id is not handed out again, so no new VM inherits that directory and log.
         self._next_oid = _next_id([*self.vms, *_numeric_names(self.var_dir)])

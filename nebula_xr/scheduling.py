@@ -5,7 +5,8 @@ and hosts, and the same user actions the XML-RPC API offers (answered exactly as
 API answers them). It is told about changes through the event hooks of
 :mod:`nebula_xr.hookspecs`. A placement scheduler (``sched_rank``) runs a cycle every
 ``interval`` seconds; a lease scheduler can also suspend, resume and shut VMs down
-at planned times using ``context.clock.callLater``.
+at planned times using ``context.clock.callLater``, and resume a suspended VM on
+another host (:meth:`SchedulerContext.resume_on`).
 """
 
 from __future__ import annotations
@@ -122,6 +123,15 @@ class SchedulerContext(Protocol):
 
     def action(self, action: str, vid: int) -> RequestResult:
         """``one.vmaction``: shutdown, hold, release, stop, cancel, suspend, resume, finalize."""
+
+    def resume_on(self, vid: int, hid: int) -> RequestResult:
+        """Resume a SUSPENDED VM on host ``hid``. On the host it was suspended on this is
+        ``action("resume", vid)``; on another it is a cold migration: a new history record
+        on ``hid``, PROLOG_MIGRATE (the transfer driver moves the checkpoint and images
+        there), BOOT restoring the checkpoint, RUNNING; a failed transfer or restore leaves
+        the VM FAILED, as a failed cold migration does. Refused ("Wrong state to perform
+        action") unless the VM is SUSPENDED; an unknown or unmanaged host is refused with
+        ``one.vmdeploy``'s messages."""
 
     def reject(self, vid: int, reason: str) -> RequestResult:
         """Refuse a PENDING or HOLD VM the scheduler will never run (a malformed or

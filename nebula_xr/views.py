@@ -99,6 +99,9 @@ class DaemonSchedulerContext:
     def action(self, action: str, vid: int) -> RequestResult:
         return self.dm.action(action, vid)
 
+    def resume_on(self, vid: int, hid: int) -> RequestResult:
+        return self.dm.resume_on(vid, hid)
+
     def reject(self, vid: int, reason: str) -> RequestResult:
         vm = self._vms.get(vid)
         if vm is None:

@@ -10,3 +10,4 @@ from tests.cluster.fixtures import (  # noqa: F401
     fast_cluster_fixture,
     qemu_cluster_fixture,
 )
+from tests.postgres import postgres  # noqa: E402, F401

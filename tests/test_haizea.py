@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from lxml import etree
 from nebula_xr_haizea import api
 from nebula_xr_haizea import scheduler as scheduler_module
 from nebula_xr_haizea import store as store_module
-from nebula_xr_haizea.planner import LeaseState
+from nebula_xr_haizea.planner import Lease, LeaseState, Node, Policy, plan
 from nebula_xr_haizea.request import (
     LeaseKind,
     LeaseRequest,
@@ -203,6 +204,97 @@ def test_ar_preempts_a_running_best_effort_lease_on_4_hosts_and_it_resumes_after
     advance_to(context, end + 2)
     assert [context.times("shutdown", vid) for vid in batch] == [[end]] * 4
     assert all(context.state(vid)[0] is VMState.DONE for vid in batch)
+
+
+def _preempted_while_its_host_is_taken(
+    migration: str,
+) -> tuple[FakeSchedulerContext, HaizeaScheduler, int]:
+    """A preemptible lease on node0, a non-preemptible one on node1 until 4801 s, then an
+    advance reservation of node0 for three hours from 4200 s: the first is suspended."""
+    context, scheduler = cluster(hosts=2, suspend_rate="8", resume_rate="512",
+                                 migrate_rate="16", migration=migration)  # fmt: skip
+    (batch,) = submit(context, preemptible="yes", duration="02:00:00")
+    advance_to(context, 1)
+    submit(context, start="now", duration="01:20:00", requirements='"NODE = 1"')
+    advance_to(context, 600)
+    assert (context.host_of(batch), context.host_of(1)) == (0, 1)
+    (ar,) = submit(context, start="+01:00:00", duration="03:00:00", requirements='"NODE = 0"')
+    advance_to(context, 601)
+    assert scheduler.leases[ar].state is LeaseState.SCHEDULED
+    advance_to(context, 4200 + 2)
+    assert context.times("suspend", batch) == [4200 - 64]
+    assert context.state(batch)[0] is VMState.SUSPENDED
+    assert context.state(ar) == RUNNING
+    return context, scheduler, batch
+
+
+def test_a_preempted_lease_resumes_on_another_host_when_its_own_is_taken() -> None:
+    context, scheduler, batch = _preempted_while_its_host_is_taken("yes")
+    # node1's lease (deployed at 1) ends at 4801, DONE a second later: the batch lease
+    # moves there at once rather than wait for the reservation's end on node0 (15000 s).
+    advance_to(context, 4801 + 5)
+    assert context.times("resume_on", batch) == [4802]
+    assert context.times("resume", batch) == []
+    assert context.host_of(batch) == 1
+    assert context.state(batch) == RUNNING  # PROLOG_MIGRATE, BOOT, RUNNING at 4804
+    # Planned: 512 MB / 512 MB/s to restore, 512 MB / 16 MB/s to move. It took 2 s, the
+    # restore's planned second aside 1 s: the migrate rate moves halfway to 512 MB/s.
+    assert scheduler.policy.migrate_rate == (16 + 16 * 32 / 1) / 2
+    assert scheduler.policy.resume_rate == 512  # a migration is not a resume's measure
+    # Its work goes on from 4804: it ran 0 → 4136, 7200 - 4136 s are left.
+    end = 4804 + 7200 - 4136
+    advance_to(context, end + 2)
+    assert context.times("shutdown", batch) == [end]
+    assert context.state(batch)[0] is VMState.DONE
+
+
+def test_without_migration_a_preempted_lease_waits_for_its_own_host() -> None:
+    context, _scheduler, batch = _preempted_while_its_host_is_taken("no")
+    advance_to(context, 15000 + 3)
+    assert context.times("resume_on", batch) == []
+    assert context.times("resume", batch) == [15000 + 1]
+    assert context.host_of(batch) == 0
+    assert context.state(batch) == RUNNING
+
+
+def test_a_migrating_gang_lease_keeps_every_node_it_can_on_its_host() -> None:
+    """Only the node whose host the reservation takes moves, to the free host."""
+    context, scheduler = cluster(hosts=3, suspend_rate="8", resume_rate="8", migration="yes")
+    batch = submit(context, 2, preemptible="yes", duration="02:00:00", group="batch")
+    advance_to(context, 600)
+    assert [context.host_of(vid) for vid in batch] == [0, 1]
+    submit(context, start="+01:00:00", duration="00:30:00", requirements='"NODE = 0"')
+    ar_start = 600 + HOUR
+    advance_to(context, ar_start)
+    # Suspended as a whole (all or nothing), resumed as soon as the suspension is over.
+    assert [context.times("suspend", vid) for vid in batch] == [[ar_start - 64]] * 2
+    assert context.times("resume_on", batch[0]) == [ar_start - 63]
+    assert context.times("resume", batch[1]) == [ar_start - 63]
+    assert context.times("resume_on", batch[1]) == context.times("resume", batch[0]) == []
+    assert [context.host_of(vid) for vid in batch] == [2, 1]
+    assert all(context.state(vid) == RUNNING for vid in batch)
+    assert scheduler.leases[batch[0]].hosts == (2, 1)
+
+
+def test_a_migration_is_planned_from_memory_and_disk_at_migrate_rate() -> None:
+    nodes = [Node(0, 100, 1024 * 1024), Node(1, 100, 1024 * 1024)]
+    suspended = Lease(1, LeaseKind.BEST_EFFORT, 1, 100, 512 * 1024, 0.0, 1000.0,
+                      preemptible=True, state=LeaseState.SUSPENDED, hosts=(0,),
+                      work_done=400.0, disk=256)  # fmt: skip
+    holder = Lease(2, LeaseKind.IMMEDIATE, 1, 100, 512 * 1024, 0.0, 5000.0,
+                   state=LeaseState.ACTIVE, hosts=(0,), running_since=0.0)  # fmt: skip
+    policy = Policy(resume_rate=8.0, migrate_rate=16.0, migration=True)
+    moved = plan(100.0, nodes, [suspended, holder], policy).reservations[1]
+    # 600 s of work left, 512 MB / 8 MB/s to restore, (512 + 256) MB / 16 MB/s to move.
+    assert (moved.hosts, moved.start, moved.end, moved.migrated) == (
+        (1,),
+        100.0,
+        100 + 600 + 64 + 48,
+        True,
+    )
+    stays = plan(100.0, nodes, [suspended, holder], replace(policy, migration=False))
+    # Without migration it waits for node0 (backfilling off: no future reservation).
+    assert 1 not in stays.reservations and stays.queued == [1]
 
 
 def test_a_vm_deleted_while_its_lease_is_being_suspended_does_not_stall_it() -> None:
@@ -480,6 +572,22 @@ def test_the_plugin_is_its_own_distribution_registered_as_haizea() -> None:
     assert (entry_point.name, entry_point.value) == ("haizea", "nebula_xr_haizea")
     core = metadata.distribution("nebula-xr")
     assert not [ep for ep in core.entry_points if ep.name == "haizea"]
+
+
+def test_the_plugin_metadata_is_in_its_own_setup_cfg() -> None:
+    import configparser
+    import tomllib
+
+    plugin = ROOT / "plugins" / "sched_haizea"
+    setup = configparser.ConfigParser()
+    setup.read(plugin / "setup.cfg")
+    assert setup["metadata"]["name"] == "nebula-xr-haizea"
+    assert setup["options"]["install_requires"].split() == ["nebula-xr"]
+    assert setup["options.entry_points"]["nebula_xr"].split() == ["haizea", "=", "nebula_xr_haizea"]
+    scripts = setup["options.entry_points"]["console_scripts"].split()
+    assert scripts == ["onelease", "=", "nebula_xr_haizea.cli:main"]
+    pyproject = tomllib.loads((plugin / "pyproject.toml").read_text())
+    assert set(pyproject) == {"build-system"}  # the metadata lives in setup.cfg alone
 
 
 def test_the_core_package_list_leaves_the_plugin_out() -> None:

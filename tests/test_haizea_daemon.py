@@ -18,7 +18,7 @@ from pathlib import Path
 from lxml import etree
 
 from tests.oned import OneDaemon, wait_for, write_conf
-from tests.test_tutorial import add_hosts, history
+from tests.test_tutorial import add_hosts, history, shares
 
 ACTIVE, SUSPENDED, DONE, FAILED = 3, 5, 6, 7
 RUNNING = 3
@@ -115,6 +115,67 @@ def test_an_advance_reservation_suspends_a_best_effort_vm_and_it_resumes(tmp_pat
         assert (first["reason"], second["reason"]) == (2, 0)
         assert first["retime"] <= reservation["rstime"] == ar_start
         assert reservation["etime"] <= second["rstime"]
+    finally:
+        assert one.stop() == 0
+
+
+def test_with_migration_a_suspended_vm_resumes_on_another_host(tmp_path) -> None:
+    """The best-effort VM is suspended on node01 for a reservation of that host; node02
+    frees up first, and it resumes there (PROLOG_MIGRATE, BOOT, RUNNING) at once."""
+    scheduler = SCHEDULER.replace(" ]", ", migration = yes, migrate_rate = 256 ]")
+    write_conf(tmp_path, scheduler=scheduler, vmm_extra=", DELAY = 0.2")
+    one = OneDaemon(tmp_path).start()
+    try:
+        add_hosts(one, "node01", "node02")
+        ok, batch = one.call(
+            "one.vmallocate",
+            _vm("batch", 'START = best_effort, DURATION = "00:01:00", PREEMPTIBLE = yes'),
+        )
+        assert ok
+        timeline = Timeline(one, [batch])
+        started = timeline.wait(batch, (ACTIVE, RUNNING), 0)
+        # node02 is taken for 8 s by a lease that can not be preempted...
+        ok, blocker = one.call(
+            "one.vmallocate", _vm("blocker", 'START = now, DURATION = "00:00:08", PREEMPTIBLE = no')
+        )
+        assert ok
+        timeline.vids.append(blocker)
+        timeline.wait(blocker, (ACTIVE, RUNNING), 0)
+        # ... so a reservation from +4 s for a minute can only have node01.
+        ok, reserved = one.call(
+            "one.vmallocate",
+            _vm("reserved", 'START = "+00:00:04", DURATION = "00:01:00", PREEMPTIBLE = no'),
+        )
+        assert ok
+        ar_start = one.vm_row(reserved)[6] + 4
+        timeline.vids.append(reserved)
+
+        suspended = timeline.wait(batch, (SUSPENDED, 0), started)
+        assert suspended < ar_start
+        ar_running = timeline.wait(reserved, (ACTIVE, RUNNING), 0)
+        assert ar_start <= ar_running < ar_start + 1
+        blocker_done = timeline.wait(blocker, (DONE, 0), 0, timeout=15)
+        resumed = timeline.wait(batch, (ACTIVE, RUNNING), suspended)
+        assert blocker_done - 0.1 <= resumed < blocker_done + 2.5
+        assert resumed < ar_start + 60  # not waiting for node01 to be free again
+        assert lease_state(one, batch) == "active"
+
+        # one.db: suspended on node01 (STOP_RESUME), then a record on node02 whose
+        # prolog (the move of the checkpoint and images) ran before its restore.
+        first, second = history(one, batch)
+        (reservation,) = history(one, reserved)
+        (blocking,) = history(one, blocker)
+        assert (first["host_name"], second["host_name"]) == ("node01", "node02")
+        assert (first["reason"], second["reason"]) == (2, 0)
+        assert first["retime"] <= reservation["rstime"] == ar_start
+        assert reservation["host_name"] == "node01"
+        assert blocking["etime"] <= second["stime"] == second["pstime"]
+        assert second["pstime"] <= second["petime"] <= second["rstime"]
+        assert second["etime"] == 0
+        log = (tmp_path / "var" / str(batch) / "vm.log").read_text()
+        assert "New VM state is PROLOG_MIGRATE" in log
+        # The shares moved with it: node02 holds the batch VM, node01 the reservation.
+        assert shares(one, 0)[2] == shares(one, 1)[2] == 1
     finally:
         assert one.stop() == 0
 

@@ -16,6 +16,7 @@ from nebula_xr.model import LCMState, Reason, VMState
 from tests.fake.lifecycle import TIMEOUT, Request, World
 
 RUNNING_ON_A = ["deploy A", "TRANSFER ok", "DEPLOY ok"]
+SUSPENDED_ON_A = RUNNING_ON_A + ["suspend", "SAVE ok"]
 
 
 @pytest.fixture
@@ -43,6 +44,9 @@ def play(world: World, vid: int, script: list[str]) -> None:
                 result = world.dm.deploy(vid, hid)
             else:
                 result = world.dm.migrate(vid, hid, verb == "livemigrate")
+            assert result.ok, (step, result)
+        elif verb == "resumeon":
+            result = world.dm.resume_on(vid, world.host(argument).oid)
             assert result.ok, (step, result)
         elif verb in ("recover",):
             assert world.dm.recover(vid, argument == "success").ok
@@ -106,6 +110,43 @@ TRANSITIONS = [
         ("FAILED", "-", "A"),
         (0, 0),
         [Reason.STOP_RESUME, Reason.ERROR],
+    ),
+    # A suspended VM resumed on another host: the cold migration after its save.
+    (
+        SUSPENDED_ON_A + ["resumeon B", "TRANSFER ok", "RESTORE ok"],
+        ("ACTIVE", "RUNNING", "B"),
+        (0, 1),
+        [Reason.STOP_RESUME, 0],
+    ),
+    (
+        SUSPENDED_ON_A + ["resumeon B", "TRANSFER fail"],
+        ("FAILED", "-", "B"),
+        (0, 0),
+        [Reason.STOP_RESUME, Reason.ERROR],
+    ),
+    (
+        SUSPENDED_ON_A + ["resumeon B", "TRANSFER timeout"],
+        ("FAILED", "-", "B"),
+        (0, 0),
+        [Reason.STOP_RESUME, Reason.ERROR],
+    ),
+    (
+        SUSPENDED_ON_A + ["resumeon B", "TRANSFER ok", "RESTORE fail"],
+        ("FAILED", "-", "B"),
+        (0, 0),
+        [Reason.STOP_RESUME, Reason.ERROR],
+    ),
+    (
+        SUSPENDED_ON_A + ["resumeon B", "recover success", "RESTORE ok"],
+        ("ACTIVE", "RUNNING", "B"),
+        (0, 1),
+        [Reason.STOP_RESUME, 0],
+    ),
+    (
+        SUSPENDED_ON_A + ["resumeon A", "RESTORE ok"],
+        ("ACTIVE", "RUNNING", "A"),
+        (1, 0),
+        [Reason.STOP_RESUME, 0],
     ),
     (RUNNING_ON_A + ["cancel", "CANCEL ok"], ("DONE", "-", "A"), (0, 0), [Reason.CANCEL]),
     (RUNNING_ON_A + ["cancel", "CANCEL fail"], ("ACTIVE", "RUNNING", "A"), (1, 0), [0]),
@@ -226,6 +267,41 @@ def test_recover_is_refused_outside_transient_states(world: World) -> None:
     assert world.dm.recover(vid, False).message == "Wrong state to perform action"
     assert world.dm.recover(99, True).message == "Virtual machine does not exist"
     assert world.where(vid) == ("ACTIVE", "RUNNING", "A")
+
+
+def test_resume_on_another_host_moves_the_checkpoint_then_restores_there(world: World) -> None:
+    vid = world.new_vm()
+    play(world, vid, SUSPENDED_ON_A)
+    world.clock.advance(50)
+    play(world, vid, ["resumeon B"])
+    # The checkpoint and images move from A's VM directory to B's, B alone is charged.
+    assert world.transfers.scripts[-1] == [f"MV A:/vm/{vid}/images B:/vm/{vid}/images"]
+    assert world.where(vid) == ("ACTIVE", "PROLOG_MIGRATE", "B")
+    assert world.running_vms() == {"A": 0, "B": 1}
+    world.clock.advance(7)
+    play(world, vid, ["TRANSFER ok"])
+    assert world.pending() == ["RESTORE B"]
+    play(world, vid, ["RESTORE ok"])
+    suspended, resumed = world.vm(vid).history
+    assert (suspended.host_name, resumed.host_name, resumed.seq) == ("A", "B", 1)
+    assert resumed.stime == resumed.pstime == suspended.etime + 50
+    assert resumed.petime == resumed.rstime == resumed.stime + 7
+    assert resumed.etime == 0
+    assert "New VM state is PROLOG_MIGRATE" in world.vm_log(vid)
+
+
+def test_resume_on_is_refused_unless_suspended(world: World) -> None:
+    vid = world.new_vm()
+    wrong = "Wrong state to perform action"
+    assert world.dm.resume_on(vid, world.host("B").oid).message == wrong  # PENDING
+    play(world, vid, RUNNING_ON_A)
+    assert world.dm.resume_on(vid, world.host("B").oid).message == wrong
+    play(world, vid, ["suspend", "SAVE ok"])
+    assert world.dm.resume_on(vid, 99).message == "The host 99 does not exists"
+    assert world.dm.resume_on(99, world.host("B").oid).message == "Virtual machine does not exist"
+    assert world.where(vid) == ("SUSPENDED", "-", "A")
+    assert len(world.vm(vid).history) == 1
+    assert world.pending() == []
 
 
 def test_late_answer_after_recover_is_ignored(world: World) -> None:

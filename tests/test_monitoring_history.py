@@ -26,6 +26,7 @@ from nebula_xr.model import Host, HostShares, VirtualMachine
 from nebula_xr.monitoring_history import FLUSH_INTERVAL, PURGE_BATCH, MonitoringHistory
 from nebula_xr.template import Template
 from tests.oned import OneDaemon, wait_for, write_conf
+from tests.postgres import PostgresServer
 
 START = 1_700_000_000.0
 
@@ -244,8 +245,9 @@ def test_samples_are_written_in_batches_not_one_commit_each(store: Store) -> Non
 
 def test_a_restart_after_a_long_stop_purges_in_batches(store: Store) -> None:
     history = store.open(retention=100)
-    for vid in range(PURGE_BATCH + 10):
+    for vid in range(PURGE_BATCH + 10):  # each at its own time: a batch ends at the 5000th
         history.vm_polled(make_vm(vid, cpu=1, memory=2, net_tx=3, net_rx=4))
+        store.clock.advance(0.001)
     store.close(history)
     assert store.rows() == PURGE_BATCH + 10
 
@@ -414,3 +416,54 @@ def test_monitoring_follows_the_ownership_rules(running: tuple[OneDaemon, int, i
     assert one.call14("one.host.info", hid, session=wrong)[1].startswith("User not authenticated")
     assert one.call14("one.vm.monitoring", 999) == [False, "Error getting vm with VID = 999"]
     assert one.call14("one.host.monitoring", 999) == [False, "Error getting host with HID = 999"]
+
+
+def test_the_history_in_postgresql_is_kept_reloaded_and_purged(postgres: PostgresServer) -> None:
+    """The same SQL on the PostgreSQL backend: batches written, reloaded at start-up,
+    expired rows purged a batch at a time."""
+    settings = postgres.settings(postgres.create_database())
+    clock = WriterClock()
+
+    def start(retention: int) -> tuple[Database, MonitoringHistory]:
+        db = Database(Path("unused"), reactor=clock, postgresql=settings)
+        db.open()
+        history = MonitoringHistory(db, clock, retention)
+        history.startService()
+        return db, history
+
+    def stored() -> int:
+        with settings.connect("test") as connection:
+            return connection.execute("SELECT count(*) FROM nebula_xr_monitoring").fetchone()[0]
+
+    db, history = start(retention=100)
+    for vid in range(PURGE_BATCH + 10):
+        history.vm_polled(make_vm(vid, cpu=vid, memory=2, net_tx=3, net_rx=4))
+        clock.advance(0.001)
+    monitored_at = clock.seconds()
+    history.host_monitored(make_host(0, used_cpu=7, used_memory=8))
+    history.stopService()
+    db.close()
+    assert stored() == PURGE_BATCH + 11
+
+    db, history = start(retention=100)
+    try:
+        assert [s["cpu"] for s in history.samples("vm", 42)] == [42.0]
+        # Times come back exact (double precision: a REAL column would round by minutes).
+        assert [(s["time"], s["used_cpu"]) for s in history.samples("host", 0)] == [
+            (monitored_at, 7.0)
+        ]
+    finally:
+        history.stopService()
+        db.close()
+
+    clock.advance(1000)
+    db, history = start(retention=100)
+    try:
+        assert history.samples("vm", 42) == []
+        clock.advance(FLUSH_INTERVAL)
+        wait_for(lambda: stored() == 11, what="a first batch purged")
+        clock.advance(FLUSH_INTERVAL)
+        wait_for(lambda: stored() == 0, what="the rest purged")
+    finally:
+        history.stopService()
+        db.close()

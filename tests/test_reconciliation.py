@@ -14,7 +14,7 @@ import pytest
 
 from nebula_xr.model import History, LCMState, VMState
 from tests.fake.lifecycle import POLLING_INTERVAL, TIMEOUT, World
-from tests.test_lifecycle import RUNNING_ON_A, play
+from tests.test_lifecycle import RUNNING_ON_A, SUSPENDED_ON_A, play
 
 GONE = {}  # no host reports the domain
 ON_A, ON_B = {"A": "a"}, {"B": "a"}
@@ -35,6 +35,10 @@ CRASHES = [
     ("SAVE_MIGRATE saved", RUNNING_ON_A + ["migrate B"], GONE, (), ["POLL A", "TRANSFER B", "RESTORE B"], ("ACTIVE", "RUNNING", "B"), (0, 1)),
     ("SAVE_MIGRATE unreachable", RUNNING_ON_A + ["migrate B"], GONE, ("A",), ["POLL A", "POLL A"], ("ACTIVE", "UNKNOWN", "A"), (1, 0)),
     ("PROLOG_MIGRATE", RUNNING_ON_A + ["migrate B", "SAVE ok"], GONE, (), ["TRANSFER B", "RESTORE B"], ("ACTIVE", "RUNNING", "B"), (0, 1)),
+    ("PROLOG_MIGRATE of a resume", SUSPENDED_ON_A + ["resumeon B"], GONE, (), ["TRANSFER B", "RESTORE B"], ("ACTIVE", "RUNNING", "B"), (0, 1)),
+    ("BOOT resume on B gone", SUSPENDED_ON_A + ["resumeon B", "TRANSFER ok"], GONE, (), ["POLL B", "RESTORE B"], ("ACTIVE", "RUNNING", "B"), (0, 1)),
+    ("BOOT resume on B running", SUSPENDED_ON_A + ["resumeon B", "TRANSFER ok"], ON_B, (), ["POLL B"], ("ACTIVE", "RUNNING", "B"), (0, 1)),
+    ("BOOT resume on B crashed", SUSPENDED_ON_A + ["resumeon B", "TRANSFER ok"], {"B": "e"}, (), ["POLL B"], ("FAILED", "-", "B"), (0, 0)),
     ("SAVE_STOP running", RUNNING_ON_A + ["stop"], ON_A, (), ["POLL A", "SAVE A", "TRANSFER front"], ("STOPPED", "-", "A"), (0, 0)),
     ("SAVE_STOP saved", RUNNING_ON_A + ["stop"], GONE, (), ["POLL A", "TRANSFER front"], ("STOPPED", "-", "A"), (0, 0)),
     ("EPILOG_STOP", RUNNING_ON_A + ["stop", "SAVE ok"], GONE, (), ["TRANSFER front"], ("STOPPED", "-", "A"), (0, 0)),

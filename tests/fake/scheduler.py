@@ -2,7 +2,8 @@
 
 It answers the :class:`~nebula_xr.scheduling.SchedulerContext` calls with the 1.2 rules
 for the states they need, changes VM states after ``delay`` (deploy → RUNNING, suspend →
-SUSPENDED, resume → RUNNING, shutdown and cancel → DONE) and delivers each change to
+SUSPENDED, resume → RUNNING, resume on another host → PROLOG_MIGRATE, BOOT, RUNNING,
+shutdown and cancel → DONE) and delivers each change to
 ``on_vm_changed`` on the next clock turn, as the daemon does. ``actions`` records
 ``(time, action, vid, hid)`` for the tests to read.
 """
@@ -127,6 +128,21 @@ class FakeSchedulerContext:
             self.clock.callLater(self.delay, self._set, vid, *after)
         else:
             self._set(vid, VMState.DONE, LCMState.LCM_INIT)
+        return OK
+
+    def resume_on(self, vid: int, hid: int) -> RequestResult:
+        """On its own host a plain resume; on another PROLOG_MIGRATE, BOOT after ``delay``,
+        RUNNING after another (the transfer, then the restore)."""
+        vm = self._vms[vid]
+        if vm.state != VMState.SUSPENDED:
+            return WRONG
+        if hid == vm.hid:
+            return self.action("resume", vid)
+        self._record("resume_on", vid, hid)
+        self._vms[vid] = replace(vm, hid=hid, host_name=self._hosts[hid].name)
+        self._set(vid, VMState.ACTIVE, LCMState.PROLOG_MIGRATE)
+        self.clock.callLater(self.delay, self._set, vid, VMState.ACTIVE, LCMState.BOOT)
+        self.clock.callLater(2 * self.delay, self._set, vid, VMState.ACTIVE, LCMState.RUNNING)
         return OK
 
     def reject(self, vid: int, reason: str) -> RequestResult:

@@ -15,6 +15,11 @@ plan is rebuilt from scratch after every event, so it only depends on the leases
    not, it gets a reservation at the earliest time it fits while the backfilling policy
    allows more future reservations (``off``: none, ``aggressive``: one, ``conservative``:
    every lease), otherwise it waits; with ``off`` nothing behind it may start.
+   A suspended lease resumes on the hosts it was suspended on; with ``migration`` on,
+   when those lack the room at some moment, it may resume there on other hosts after
+   a cold migration that moves its memory and disk images ((memory + disk) /
+   ``migrate_rate``, the nodes leaving one host one after another), as Haizea planned
+   migrations.
 
 Admission (:func:`admit`) checks an advance reservation or an immediate lease against
 steps 1-3, with preemptible leases ignored when preemption is allowed.
@@ -86,6 +91,8 @@ class Lease:
     running_since: float | None = None
     #: Seconds of work done by earlier runs (before suspensions).
     work_done: float = 0.0
+    #: MB of disk images a migration moves with each node (its DISKs' SIZE).
+    disk: int = 0
     #: The lease is over and its VMs are shutting down: it holds its room until then.
     releasing_by: float | None = None
     #: Host filter (REQUIREMENTS) and preference (RANK, higher first).
@@ -117,12 +124,22 @@ class Policy:
     resume_rate: float = 32.0
     #: ``local``: suspensions on one host run one after another; ``global``: on all hosts.
     suspendresume_exclusion: str = "local"
+    #: Whether a suspended lease may resume on other hosts (Haizea's ``migration = yes``).
+    migration: bool = False
+    #: MB per second a cold migration moves a node's memory and disk images at.
+    migrate_rate: float = 32.0
 
     def suspend_time(self, lease: Lease) -> float:
         return _serialised(lease, self.suspend_rate, self.suspendresume_exclusion)
 
     def resume_time(self, lease: Lease) -> float:
         return _serialised(lease, self.resume_rate, self.suspendresume_exclusion)
+
+    def migrate_time(self, lease: Lease) -> float:
+        """Moving every node of a suspended lease: hosts send in parallel, the nodes
+        leaving one host one after another."""
+        per_node = (lease.memory / 1024 + lease.disk) / self.migrate_rate
+        return per_node * max((lease.hosts.count(hid) for hid in set(lease.hosts)), default=1)
 
 
 def _serialised(lease: Lease, rate: float, exclusion: str) -> float:
@@ -145,6 +162,8 @@ class Reservation:
     suspend_at: float | None = None
     #: The lease was suspended: its start is a resume.
     resume: bool = False
+    #: The resume is on other hosts, after a cold migration (included in the length).
+    migrated: bool = False
 
 
 @dataclass
@@ -426,8 +445,11 @@ def plan(now: float, nodes: Sequence[Node], leases: Sequence[Lease], policy: Pol
         future_ok = allowed is None or in_future < allowed
         candidates = [table.nodes[h] for h in fixed if h in table.nodes] if fixed else None
         candidates = candidates or table.candidates(lease)
+        # Migrating: its own hosts first (nodes that stay move nothing), then the others.
+        elsewhere = _migration_candidates(table, lease) if resume and policy.migration else []
+        moved_length = length + policy.migrate_time(lease) if elsewhere else length
         # Skip the moments at which not even one of its nodes would fit.
-        bound = max(not_before, table.earliest(lease, not_before, length, candidates))
+        bound = max(not_before, table.earliest(lease, not_before, length, elsewhere or candidates))
         placed = None
         if not math.isinf(bound):
             for moment in [bound, *table.ends_after(bound)]:
@@ -435,20 +457,50 @@ def plan(now: float, nodes: Sequence[Node], leases: Sequence[Lease], policy: Pol
                     break
                 hosts = table.map(lease, moment, moment + length, fixed, candidates)
                 if hosts is not None:
-                    placed = (moment, hosts)
+                    placed = (moment, hosts, length)
                     break
+                if elsewhere:
+                    end = moment + moved_length
+                    hosts = table.map(lease, moment, end, None, elsewhere)
+                    if hosts is not None:
+                        placed = (moment, _stay_where_possible(lease.hosts, hosts), moved_length)
+                        break
         if placed is None:
             result.queued.append(lease.lid)
             blocked = policy.backfilling == "off"
             continue
-        start, hosts = placed
+        start, hosts, length = placed
         if start > now:
             in_future += 1
         table.add(hosts, start, start + length, lease.cpu, lease.memory)
         result.reservations[lease.lid] = Reservation(
-            lease.lid, hosts, start, start + length, resume=resume
+            lease.lid,
+            hosts,
+            start,
+            start + length,
+            resume=resume,
+            migrated=resume and hosts != fixed,
         )
     return result
+
+
+def _migration_candidates(table: SlotTable, lease: Lease) -> list[Node]:
+    """Where a suspended lease may resume with migration on: the hosts it was suspended
+    on (if still usable and matching), then every other matching host by RANK."""
+    matching = table.candidates(lease)
+    own = [node for hid in dict.fromkeys(lease.hosts) for node in matching if node.hid == hid]
+    return own + [node for node in matching if node.hid not in lease.hosts]
+
+
+def _stay_where_possible(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
+    """``new``'s hosts given to the nodes so that as many as possible keep their host."""
+    left = list(new)
+    kept: list[int | None] = []
+    for hid in old:
+        kept.append(hid if hid in left else None)
+        if hid in left:
+            left.remove(hid)
+    return tuple(hid if hid is not None else left.pop(0) for hid in kept)
 
 
 def admit(

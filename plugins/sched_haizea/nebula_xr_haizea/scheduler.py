@@ -87,16 +87,21 @@ def _policy(options: dict[str, str]) -> tuple[Policy, float, float]:
             raise PluginError(f"haizea: {key.lower()} must be one of {', '.join(allowed)}")
         return value
 
-    if choice("MIGRATION", ("no", "yes"), "no") == "yes":
-        raise PluginError("haizea: migration = yes is not supported yet (leases resume in place)")
     policy = Policy(
         backfilling=choice("BACKFILLING", tuple(BACKFILLING), "off"),
         preemption=choice("PREEMPTION", PREEMPTION, "ar-preempts-everything"),
         suspend_rate=number("SUSPEND_RATE", 32.0),
         resume_rate=number("RESUME_RATE", 32.0),
         suspendresume_exclusion=choice("SUSPENDRESUME_EXCLUSION", ("local", "global"), "local"),
+        migration=choice("MIGRATION", ("no", "yes"), "no") == "yes",
+        migrate_rate=number("MIGRATE_RATE", 32.0),
     )
     return policy, number("SHUTDOWN_TIME", 10.0), number("GROUP_WINDOW", 1.0)
+
+
+def _disk_mb(vm: VMView) -> int:
+    """MB of disk a migration moves with the VM: the SIZE its DISKs declare."""
+    return sum(max(0, leading_int(disk.get("SIZE"))) for disk in vm.template.vectors("DISK"))
 
 
 class HaizeaScheduler(Scheduler):
@@ -123,6 +128,10 @@ class HaizeaScheduler(Scheduler):
         self._resumed_vms: dict[int, set[int]] = {}
         #: VMs being suspended or resumed, with the action and the VMs after them.
         self._lane_of: dict[int, tuple[str, list[int]]] = {}
+        #: VMs whose resume is on another host (``migration = yes``): that host.
+        self._resume_targets: dict[int, int] = {}
+        #: Leases resuming after a migration, as they were on the hosts they left.
+        self._migrating: dict[int, Lease] = {}
         #: Owner (uid of its first VM) of every lease, for the API's ownership rules.
         self.owners: dict[int, int] = {}
         #: Leases that are over, latest last: what they were and how they ended.
@@ -265,6 +274,7 @@ class HaizeaScheduler(Scheduler):
             nodes=len(vms),
             cpu=max(vm.cpu_demand for vm in vms),
             memory=max(vm.memory_demand for vm in vms),
+            disk=max(_disk_mb(vm) for vm in vms),
             submitted=float(first.stime),
             duration=request.duration,
             preemptible=request.preemptible,
@@ -360,6 +370,7 @@ class HaizeaScheduler(Scheduler):
             self._finish(lease, list(self.vids_ever[lid]))
             del self.leases[lid], self.vids[lid]
             self._ending.pop(lid, None)
+            self._migrating.pop(lid, None)
             grace = self._grace.pop(lid, None)
             if grace is not None and grace.active():
                 grace.cancel()
@@ -396,19 +407,24 @@ class HaizeaScheduler(Scheduler):
         del self._resumed_vms[lid]
         issued = self._resume_issued.pop(lid)
         lease = self.leases[lid]
-        self._measured("resume", lease, self.now - issued)
+        moved = self._migrating.pop(lid, None)
+        if moved is None:
+            self._measured("resume", lease, self.now - issued)
+        else:
+            # The restore is taken to have gone as planned: the rest was the transfer.
+            self._measured("migrate", moved, self.now - issued - self.policy.resume_time(lease))
         # Its work goes on from now, not from when the plan expected the memory back.
         self.leases[lid] = replace(lease, running_since=self.now)
         self.replan_soon()
 
     def _measured(self, action: str, lease: Lease, seconds: float) -> None:
-        """Correct the rate planning uses with what a real suspend or resume took."""
+        """Correct the rate planning uses with what a real suspend, resume or migration took."""
         self.context.log(f"haizea: lease {lease.lid} {action} took {seconds:.1f} s")
-        planned = (
-            self.policy.suspend_time(lease)
-            if action == "suspend"
-            else self.policy.resume_time(lease)
-        )
+        planned = {
+            "suspend": self.policy.suspend_time,
+            "resume": self.policy.resume_time,
+            "migrate": self.policy.migrate_time,
+        }[action](lease)
         if seconds <= 0 or planned <= 0:
             return
         key = f"{action}_rate"
@@ -486,11 +502,23 @@ class HaizeaScheduler(Scheduler):
         now = self.now
         resume = lease.state is LeaseState.SUSPENDED
         if resume:
-            # Resumed where it was suspended; its clock restarts once its memory is back
-            # (corrected when its VMs are seen RUNNING).
-            self._resume_issued[lid] = now
-            self._enact_in_lanes(lid, "resume")
+            # Its clock restarts once its memory is back (corrected when its VMs are seen
+            # RUNNING); nodes given other hosts are moved there first (``migration``).
             since = now + self.policy.resume_time(lease)
+            moving = {
+                vid: hid
+                for vid, old, hid in zip(self.vids[lid], lease.hosts, hosts, strict=True)
+                if old != hid
+            }
+            if moving:
+                since += self.policy.migrate_time(lease)
+                self._migrating[lid] = lease
+                self._resume_targets.update(moving)
+                self.context.log(f"haizea: lease {lid} migrates from {lease.hosts} to {hosts}")
+            self._resume_issued[lid] = now
+            # Lanes by the hosts the VMs resume on.
+            self.leases[lid] = replace(lease, hosts=hosts)
+            self._enact_in_lanes(lid, "resume")
         else:
             since = now
             for vid, hid in zip(self.vids[lid], hosts, strict=True):
@@ -530,7 +558,11 @@ class HaizeaScheduler(Scheduler):
     def _next_in_lane(self, lid: int, action: str, lane: list[int]) -> None:
         while lane:
             vid = lane.pop(0)
-            result = self.context.action(action, vid)
+            target = self._resume_targets.pop(vid, None) if action == "resume" else None
+            if target is not None:
+                result = self.context.resume_on(vid, target)
+            else:
+                result = self.context.action(action, vid)
             if result.ok:
                 self._lane_of[vid] = (action, lane)
                 return

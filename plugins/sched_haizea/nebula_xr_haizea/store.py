@@ -3,7 +3,7 @@
 Two tables of its own (declared with ``nebula_xr_tables``, written through the daemon's
 group-commit writer; the 1.2 tables are never touched):
 
-* ``haizea_rates``: the suspend and resume rates corrected by real suspensions and resumes;
+* ``haizea_rates``: the suspend, resume and migrate rates corrected by real ones;
 * ``haizea_finished``: the leases that are over (done, failed, rejected), for listing.
 """
 
@@ -19,7 +19,7 @@ from nebula_xr_haizea.request import LeaseKind
 
 
 class RateRow(PluginTable):
-    action = peewee.TextField(primary_key=True)  # suspend, resume
+    action = peewee.TextField(primary_key=True)  # suspend, resume, migrate
     rate = peewee.FloatField()  # MB/s
 
     class Meta:
