@@ -26,6 +26,7 @@ from nebula_xr.database import Database
 from nebula_xr.dispatch_manager import ACTIONS, AllocationError, DispatchManager
 from nebula_xr.drivers.base import DriverError
 from nebula_xr.host_failure import Fencing
+from nebula_xr.listing import answer_in_slices
 from nebula_xr.log import Log
 from nebula_xr.model import LCMState, VirtualMachine, VMState
 from nebula_xr.monitoring_history import HOST, VM, MonitoringHistory
@@ -288,16 +289,16 @@ class RequestManager14(RequestManager):
             return vm
         return [True, xmldoc.vm_document(vm)]
 
-    def vm_pool_info(self, caller: Caller, flag: int) -> Reply:
+    def vm_pool_info(self, caller: Caller, flag: int) -> Deferred | Reply:
         if not caller.authenticated:
             return NOT_AUTHENTICATED_VM_POOL
         wanted = _pool_filter(flag, caller.uid)
-        vms = (
+        vms = [
             vm
             for vm in sorted(self.vms, key=lambda vm: vm.oid)
             if vm.state is not VMState.DONE and wanted(vm.uid) and caller.owns(vm.uid)
-        )
-        return [True, xmldoc.vm_pool_document(vms, self.users.name_of)]
+        ]
+        return answer_in_slices(xmldoc.vm_pool_pieces(vms, self.users.name_of, xmlrpc=True))
 
     def vm_monitoring(self, caller: Caller, vid: int) -> Reply:
         """3.x's one.vm.monitoring: the VM's polls kept by the monitoring history."""
@@ -376,11 +377,11 @@ class RequestManager14(RequestManager):
         samples = self.monitoring.samples(HOST, hid) if self.monitoring is not None else []
         return [True, xmldoc.host_monitoring_document(hid, samples)]
 
-    def host_pool_info(self, caller: Caller) -> Reply:
+    def host_pool_info(self, caller: Caller) -> Deferred | Reply:
         if not caller.authenticated:
             return NOT_AUTHENTICATED_HOST_POOL
         hosts = sorted(self.hosts, key=lambda host: host.oid)
-        return [True, xmldoc.host_pool_document(hosts)]
+        return answer_in_slices(xmldoc.host_pool_pieces(hosts, xmlrpc=True))
 
     # -- virtual networks ---------------------------------------------------------------
 
@@ -416,16 +417,16 @@ class RequestManager14(RequestManager):
             return NOT_AUTHORIZED_VN_INFO
         return [True, xmldoc.vnet_document(network)]
 
-    def vn_pool_info(self, caller: Caller, flag: int) -> Reply:
+    def vn_pool_info(self, caller: Caller, flag: int) -> Deferred | Reply:
         if not caller.authenticated:
             return NOT_AUTHENTICATED_VN_POOL
         wanted = _pool_filter(flag, caller.uid)
-        networks = (
+        networks = [
             network
             for network in sorted(self.networks, key=lambda network: network.oid)
             if wanted(network.uid) and caller.may_use_network(network.uid)
-        )
-        return [True, xmldoc.vnet_pool_document(networks, self.users.name_of)]
+        ]
+        return answer_in_slices(xmldoc.vnet_pool_pieces(networks, self.users.name_of, xmlrpc=True))
 
     # -- users --------------------------------------------------------------------------
 

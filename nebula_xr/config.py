@@ -56,6 +56,7 @@ KNOWN_KEYS = frozenset(
         "LIMITS",
         "WEB",
         "HOST_ERROR_THRESHOLD",
+        "MONITORING_CONCURRENCY",
         "SCHEDULER",
         "DB_JOURNAL",
         "DB_BUSY_TIMEOUT",
@@ -178,6 +179,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     #: Monitoring failures in a row that put a host in ERROR (1: the first, as 1.2).
     host_error_threshold: int = 1
+    #: Host monitorings (and, separately, VM polls) under way at once, at most.
+    monitoring_concurrency: int = 32
     #: VM_HOOK and HOST_HOOK entries, in file order.
     hooks: tuple[Hook, ...] = ()
     #: Seconds after which a hook is killed (HM_MAD = [ timeout = N ]).
@@ -436,6 +439,7 @@ def parse_config(text: str, layout: Layout, source: str = "oned.conf") -> Config
         scheduler=_scheduler(template),
         auth=_auth(template, listen_address),
         host_error_threshold=threshold,
+        monitoring_concurrency=max(1, _int(template, "MONITORING_CONCURRENCY", 32)),
         hooks=_hooks(template),
         hook_timeout=_float(hook_manager.get("TIMEOUT"), "HM_MAD timeout", 300.0),
         hook_ssh=_command_words(hook_manager.get("SSH") or "ssh", "HM_MAD ssh"),

@@ -45,6 +45,7 @@ from nebula_xr.hook_manager import HookManager, hooks_directory
 from nebula_xr.host_failure import Fencing
 from nebula_xr.information_manager import InformationManager
 from nebula_xr.lifecycle_manager import LifeCycleManager
+from nebula_xr.listing import keep_big_buffers_out_of_the_heap
 from nebula_xr.log import Log
 from nebula_xr.migrate import db_command
 from nebula_xr.model import Host, VirtualMachine
@@ -231,6 +232,7 @@ class Daemon(MultiService):
             clock,
             log,
             config.vm_polling_interval,
+            config.monitoring_concurrency,
             on_polled=self.monitoring.vm_polled,
         )
         self.dm = DispatchManager(
@@ -263,6 +265,7 @@ class Daemon(MultiService):
             config.host_monitoring_interval,
             on_monitored=self._host_monitored,
             error_threshold=config.host_error_threshold,
+            concurrency=config.monitoring_concurrency,
         )
         self.fencing = Fencing(
             self.vms,
@@ -673,6 +676,7 @@ def _run(config: Config, plugins: PluginManager) -> None:
     from twisted.internet import reactor
 
     file_warning = _raise_file_limit(config.limits.connections)
+    keep_big_buffers_out_of_the_heap()
     failed: list[str] = []
     refused: list[str] = []
 

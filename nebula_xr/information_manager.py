@@ -1,12 +1,16 @@
 """The information manager (IM): monitors hosts through their IM drivers.
 
-Each timer tick takes the (at most ten) longest-unmonitored hosts that are not DISABLED
-and asks the driver named by the host's ``im_mad`` for fresh attributes
-(lifecycle.md §8). A reply updates ``host_attributes`` and the capacity maxima; a
-failure, or no answer within the driver's timeout, counts against the host: after
-HOST_ERROR_THRESHOLD failures in a row (1 by default, as 1.2) it is in ERROR, before
-that it keeps its state. The last failure's message is the host's ``ERROR`` attribute
-(shown by ``onehost show``) until a monitoring succeeds.
+Each host that is not DISABLED is monitored once per HOST_MONITORING_INTERVAL, whatever
+the number of hosts: a :class:`~nebula_xr.cadence.Cadence` starts each monitoring one
+interval after the host's previous one, at most MONITORING_CONCURRENCY at once (the
+drivers' remote runner bounds the commands per host), spread over the interval, and logs
+when the bounds cannot keep up. A new host is monitored at once (1.2 waited a whole
+interval). The timer tick (``monitor_due``) only picks up hosts not yet on the cadence.
+A reply updates ``host_attributes`` and the capacity maxima; a failure, or no answer
+within the driver's timeout, counts against the host: after HOST_ERROR_THRESHOLD failures
+in a row (1 by default, as 1.2) it is in ERROR, before that it keeps its state. The last
+failure's message is the host's ``ERROR`` attribute (shown by ``onehost show``) until a
+monitoring succeeds.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from nebula_xr.cadence import Cadence
 from nebula_xr.drivers.base import InformationDriver
 from nebula_xr.drivers.invoke import invoke
 from nebula_xr.log import Log
@@ -25,7 +31,8 @@ from nebula_xr.pools import HostPool
 
 #: A host stuck in MONITORING this long is given another chance (1.2's value).
 MONITORING_EXPIRY = 600
-HOSTS_PER_TICK = 10
+#: Monitorings under way at once unless MONITORING_CONCURRENCY says otherwise.
+DEFAULT_CONCURRENCY = 32
 #: The host attribute holding the last monitoring failure (as later OpenNebulas do).
 ERROR_ATTRIBUTE = "ERROR"
 
@@ -41,6 +48,7 @@ class InformationManager:
         interval: int,
         on_monitored: Callable[[Host], None] | None = None,
         error_threshold: int = 1,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self.drivers = drivers
         self.timeouts = timeouts
@@ -49,9 +57,16 @@ class InformationManager:
         self.log = log
         self.interval = interval
         self.on_monitored = on_monitored
-        #: Hosts added while the daemon runs are monitored at the next tick (1.2
-        #: waited a whole interval because last_mon_time starts at creation time).
-        self._never_monitored: set[int] = set()
+        self.cadence = Cadence(
+            clock,
+            interval,
+            concurrency,
+            self._start,
+            "Host monitoring",
+            lambda message: log.warning("InM", message),
+        )
+        #: Fired when the monitoring under way of a host is answered.
+        self._answers: dict[int, Deferred[None]] = {}
         self.error_threshold = error_threshold
         #: Monitoring failures in a row, and the state each host had before its
         #: current monitoring (where a failure below the threshold leaves it).
@@ -59,30 +74,41 @@ class InformationManager:
         self._before: dict[int, HostState] = {}
 
     def host_added(self, host: Host) -> None:
-        self._never_monitored.add(host.oid)
+        """Monitor a new host at once (on the next turn: the request adding it answers
+        first)."""
+        self.clock.callLater(0, self.cadence.run_soon, host.oid)
 
     def monitor_due(self) -> None:
-        now = int(self.clock.seconds())
-        candidates = sorted(
-            (host for host in self.hosts if host.state is not HostState.DISABLED),
-            key=lambda host: (host.last_mon_time, host.oid),
-        )[:HOSTS_PER_TICK]
-        for host in candidates:
-            if host.state is HostState.MONITORING:
-                if now - host.last_mon_time >= MONITORING_EXPIRY:
-                    self.hosts.set_state(host, HostState.INIT)
-                continue
-            due = now - host.last_mon_time >= self.interval
-            if due or host.oid in self._never_monitored:
-                self._monitor(host)
+        """Timer tick: put the hosts not on the cadence yet (at start-up, re-enabled or
+        recovered from a missing driver) on it, due one interval after their last
+        monitoring."""
+        self.cadence.add(
+            (host.oid, host.last_mon_time + self.interval)
+            for host in self.hosts
+            if host.state is not HostState.DISABLED and host.oid not in self.cadence
+        )
 
-    def _monitor(self, host: Host) -> None:
-        self._never_monitored.discard(host.oid)
+    def stop(self) -> None:
+        self.cadence.stop()
+
+    def _start(self, hid: int) -> Deferred[None] | None:
+        """Start the cadence's monitoring of ``hid``; None when it is not to be monitored."""
+        host = self.hosts.get(hid)
+        if host is None or host.state is HostState.DISABLED:
+            return None
+        if host.state is HostState.MONITORING and hid not in self._answers:
+            # Left in MONITORING by a daemon that stopped: given another chance late.
+            if self.clock.seconds() - host.last_mon_time < MONITORING_EXPIRY:
+                return None
+            self.hosts.set_state(host, HostState.INIT)
+        return self._monitor(host)
+
+    def _monitor(self, host: Host) -> Deferred[None] | None:
         driver = self.drivers.get(host.im_mad)
         if driver is None:
             self.log.error("InM", f"Could not find information driver {host.im_mad}")
             self.hosts.set_state(host, HostState.ERROR)
-            return
+            return None
         self.log.debug("InM", f"Monitoring host {host.name} ({host.oid})")
         self._before[host.oid] = host.state
         self.hosts.set_state(host, HostState.MONITORING)
@@ -100,8 +126,18 @@ class InformationManager:
             on_success=lambda attributes: self._answered(hid, attributes, ""),
             on_failure=failed,
         )
+        answered = self._answers[hid] = Deferred()
+        return answered
 
     def _answered(self, hid: int, attributes: dict[str, str] | None, message: str) -> None:
+        try:
+            self._apply(hid, attributes, message)
+        finally:
+            answered = self._answers.pop(hid, None)
+            if answered is not None:
+                answered.callback(None)
+
+    def _apply(self, hid: int, attributes: dict[str, str] | None, message: str) -> None:
         host = self.hosts.get(hid)
         if host is None:
             return

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import log as twisted_log
 from twisted.python.failure import Failure
 
+from nebula_xr.cadence import Cadence
 from nebula_xr.interfaces import (
     DispatchEvents,
     DriverFailure,
@@ -64,6 +65,7 @@ class LifeCycleManager:
         clock: IReactorTime,
         log: Log,
         polling_interval: int,
+        polling_concurrency: int = 32,
         on_polled: Callable[[VirtualMachine], None] | None = None,
     ) -> None:
         self.vms = vms
@@ -74,6 +76,15 @@ class LifeCycleManager:
         self.clock = clock
         self.log = log
         self.polling_interval = polling_interval
+        #: Each polled VM once per VM_POLLING_INTERVAL, MONITORING_CONCURRENCY at once.
+        self.polling = Cadence(
+            clock,
+            polling_interval,
+            polling_concurrency,
+            self._poll_on_cadence,
+            "VM polling",
+            lambda message: log.warning("LCM", message),
+        )
         #: Told of every poll answer applied (the monitoring history records it).
         self.on_polled = on_polled
         #: Bumped at every LCM state change: an answer asked in an older phase is stale.
@@ -190,20 +201,29 @@ class LifeCycleManager:
     # -- polling ------------------------------------------------------------------------
 
     def poll_due(self) -> None:
-        """Timer tick: poll every RUNNING or UNKNOWN VM not polled for VM_POLLING_INTERVAL."""
-        now = self.now()
-        for vm in list(self.vms):
-            if vm.state is not VMState.ACTIVE or vm.lcm_state not in POLLED:
-                continue
-            if now - vm.last_poll >= self.polling_interval:
-                self.poll(vm)
+        """Timer tick: put the RUNNING or UNKNOWN VMs not on the polling cadence yet on it,
+        due one VM_POLLING_INTERVAL after their last poll."""
+        polling = self.polling
+        self.polling.add(
+            (vm.oid, vm.last_poll + self.polling_interval)
+            for vm in list(self.vms)
+            if vm.state is VMState.ACTIVE and vm.lcm_state in POLLED and vm.oid not in polling
+        )
 
-    def poll(self, vm: VirtualMachine) -> None:
+    def _poll_on_cadence(self, vid: int) -> Deferred[Any] | None:
+        vm = self.vms.get(vid)
+        if vm is None or vm.state is not VMState.ACTIVE or vm.lcm_state not in POLLED:
+            return None
+        return self.poll(vm)
+
+    def poll(self, vm: VirtualMachine) -> Deferred[Any]:
+        """Ask the VM's driver for its state; the Deferred fires once the answer is applied."""
         vm.last_poll = self.now()
         self.vms.update(vm)
         # A failed poll is only logged (1.2 raised CANCEL_FAILURE here, a bug).
         request = self.vmm.poll(vm, vm.current)
         self.ask(vm, "POLL", vm.current, request, self._polled, _nothing)
+        return request
 
     def _polled(self, vid: int, info: dict[str, str]) -> None:
         vm = self.vms.get(vid)

@@ -14,6 +14,7 @@ buffers are flushed at the end of the reactor turn that wrote them (errors at on
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import time
@@ -41,10 +42,16 @@ VM_LOGS_OPEN = 64
 _NAMESPACE = "nebula_xr"
 
 
+@functools.lru_cache(maxsize=4)
+def _ctime(second: int) -> str:
+    return time.ctime(second)  # a line per call at DEBUG_LEVEL 3: once per second is enough
+
+
 def _line(module: str, level: int, message: str, when: float | None = None) -> str:
     # One line per entry: a newline inside a message must not forge another entry.
     text = message.replace("\n", " ").replace("\r", " ")
-    return f"{time.ctime(when)} [{module}][{_LETTERS[level]}]: {text}\n"
+    stamp = _ctime(int(when)) if when is not None else time.ctime()
+    return f"{stamp} [{module}][{_LETTERS[level]}]: {text}\n"
 
 
 def _event_line(event: LogEvent) -> str:
@@ -213,13 +220,20 @@ class Log:
     # -- internals ----------------------------------------------------------------------
 
     def _emit(self, module: str, level: int, message: str, vid: int | None) -> None:
-        self._logger.emit(
-            _TWISTED_LEVELS.get(level, LogLevel.debug),
-            "{one_message}",
-            one_module=module,
-            one_level=level,
-            one_message=message,
-            one_vid=vid,
+        # The event Logger.emit would make, without its per-call check of the level.
+        self.publisher(
+            {
+                "log_logger": self._logger,
+                "log_level": _TWISTED_LEVELS.get(level, LogLevel.debug),
+                "log_namespace": _NAMESPACE,
+                "log_source": None,
+                "log_format": "{one_message}",
+                "log_time": time.time(),
+                "one_module": module,
+                "one_level": level,
+                "one_message": message,
+                "one_vid": vid,
+            }
         )
         if level == ERROR:
             self.flush()

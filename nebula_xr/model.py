@@ -150,6 +150,22 @@ class History:
         return f"{self.vm_dir}/{self.vid}/images"
 
 
+_VM_LABELS = (
+    "VID",
+    "UID",
+    "STATE",
+    "LCM STATE",
+    "DEPLOY ID",
+    "MEMORY",
+    "CPU",
+    "LAST POLL",
+    "START TIME",
+    "STOP TIME",
+    "NET TX",
+    "NET RX",
+)
+
+
 @dataclass
 class VirtualMachine:
     oid: int
@@ -166,6 +182,8 @@ class VirtualMachine:
     net_tx: int = 0
     net_rx: int = 0
     history: list[History] = field(default_factory=list)
+    #: The last info_text and what it was written from (see :meth:`info_text`).
+    _info: tuple[tuple, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -210,23 +228,36 @@ class VirtualMachine:
         return [(self.oid, name, kind, value) for name, kind, value in self.template.to_rows()]
 
     def info_text(self) -> str:
-        """The plain-text document of ``one.vmget_info`` (xmlrpc-api.md §3.1)."""
-        header = (
-            ("VID", self.oid),
-            ("UID", self.uid),
-            ("STATE", int(self.state)),
-            ("LCM STATE", int(self.lcm_state)),
-            ("DEPLOY ID", self.deploy_id),
-            ("MEMORY", self.memory),
-            ("CPU", self.cpu),
-            ("LAST POLL", self.last_poll),
-            ("START TIME", self.stime),
-            ("STOP TIME", self.etime),
-            ("NET TX", self.net_tx),
-            ("NET RX", self.net_rx),
+        """The plain-text document of ``one.vmget_info`` (xmlrpc-api.md §3.1).
+
+        Kept with the values it was written from and written again when one differs:
+        fields are assigned all over the daemon, so comparing them (a dozen values) is
+        the only invalidation that cannot miss a change."""
+        template = self.template.info_text()
+        values = (
+            self.oid,
+            self.uid,
+            int(self.state),
+            int(self.lcm_state),
+            self.deploy_id,
+            self.memory,
+            self.cpu,
+            self.last_poll,
+            self.stime,
+            self.etime,
+            self.net_tx,
+            self.net_rx,
+            template,
         )
-        lines = "".join(f"{label:<18}: {value}\n" for label, value in header)
-        return f"{lines}Template\n{self.template.info_text()}\n"
+        cached = self._info
+        if cached is not None and cached[0] == values:
+            return cached[1]
+        lines = "".join(
+            f"{label:<18}: {value}\n" for label, value in zip(_VM_LABELS, values[:-1], strict=True)
+        )
+        text = f"{lines}Template\n{template}\n"
+        self._info = (values, text)
+        return text
 
 
 @dataclass
@@ -282,6 +313,10 @@ class Host:
     #: Monitored attributes, upper-case names; a later report replaces by name.
     attributes: dict[str, str] = field(default_factory=dict)
     shares: HostShares = field(init=False)
+    #: The last info_text and what it was written from (see :meth:`info_text`).
+    _info: tuple[tuple, dict[str, str], str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.shares = HostShares(self.oid)
@@ -302,7 +337,25 @@ class Host:
         return [(self.oid, name, 0, value) for name, value in self.attributes.items()]
 
     def info_text(self) -> str:
-        """The plain-text document of ``one.hostinfo`` (xmlrpc-api.md §3.2)."""
+        """The plain-text document of ``one.hostinfo`` (xmlrpc-api.md §3.2), written
+        again only when a value it shows differs (see VirtualMachine.info_text)."""
+        values = (
+            self.oid,
+            self.name,
+            self.im_mad,
+            self.vm_mad,
+            self.tm_mad,
+            self.managed,
+            self.shares.row(),
+        )
+        cached = self._info
+        if cached is not None and cached[0] == values and cached[1] == self.attributes:
+            return cached[2]
+        text = self._info_text()
+        self._info = (values, dict(self.attributes), text)
+        return text
+
+    def _info_text(self) -> str:
         header = (
             ("HID", self.oid),
             ("HOSTNAME", self.name),

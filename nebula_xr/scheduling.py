@@ -3,10 +3,10 @@
 A scheduler gets a :class:`SchedulerContext`: the reactor clock, frozen views of VMs
 and hosts, and the same user actions the XML-RPC API offers (answered exactly as the
 API answers them). It is told about changes through the event hooks of
-:mod:`nebula_xr.hookspecs`. A placement scheduler (``sched_rank``) runs a cycle every
-``interval`` seconds; a lease scheduler can also suspend, resume and shut VMs down
-at planned times using ``context.clock.callLater``, and resume a suspended VM on
-another host (:meth:`SchedulerContext.resume_on`).
+:mod:`nebula_xr.hookspecs`. A placement scheduler (``sched_rank``) places VMs as those
+events come and runs a safety-net cycle every ``interval`` seconds; a lease scheduler can
+also suspend, resume and shut VMs down at planned times using ``context.clock.callLater``,
+and resume a suspended VM on another host (:meth:`SchedulerContext.resume_on`).
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ class Template:
     not the mode.
     """
 
-    __slots__ = ("attributes", "replace_mode")
+    __slots__ = ("attributes", "replace_mode", "_info")
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __init__(
@@ -293,6 +293,8 @@ class Template:
         normalized = [_normalize(name, value) for name, value in attributes]
         self.attributes: list[tuple[str, Value]] = _keep_last(normalized) if replace else normalized
         self.replace_mode = replace
+        #: The last info_text and a copy of the attributes it was written from.
+        self._info: tuple[list[tuple[str, Value]], str] | None = None
 
     @classmethod
     def _build(cls, attributes: list[tuple[str, Value]], replace: bool) -> Template:
@@ -300,6 +302,7 @@ class Template:
         template = cls.__new__(cls)
         template.attributes = _keep_last(attributes) if replace else attributes
         template.replace_mode = replace
+        template._info = None
         return template
 
     @classmethod
@@ -455,11 +458,21 @@ class Template:
         """The template part of the 1.2 info documents: ``"\\n\\t" NAME "=" value`` per
         attribute in sorted order, vectors as ``KEY=value`` sorted by key joined with
         ``,``; no trailing newline. (1.2 crashes on an empty vector; here it shows empty.)
+
+        Info calls ask for it again and again: the text is kept with a copy of the
+        attributes it comes from, and written again when they differ (however they were
+        changed: the attribute list is public).
         """
-        return "".join(
+        cached = self._info
+        if cached is not None and cached[0] == self.attributes:
+            return cached[1]
+        text = "".join(
             f"\n\t{name}={value if isinstance(value, str) else encode_vector(value, ',')}"
             for name, value in self.sorted_attributes()
         )
+        snapshot = [(n, v if isinstance(v, str) else dict(v)) for n, v in self.attributes]
+        self._info = (snapshot, text)
+        return text
 
     def to_text(self) -> str:
         """Template syntax that :meth:`parse` reads back to an equal template, one

@@ -10,12 +10,15 @@ owner's USERNAME), as in 1.4.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from lxml import etree
 
 from nebula_xr.model import History, Host, VirtualMachine, leading_int
 from nebula_xr.template import Template
+from nebula_xr.transport.xmlrpc import escape_string
 from nebula_xr.users import User
 from nebula_xr.vnet import NetworkType, VirtualNetwork, number_to_ip
 
@@ -30,6 +33,62 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 def _text(value: object) -> str:
     text = str(value)
     return _NOT_XML.sub("\ufffd", text) if _NOT_XML.search(text) else text
+
+
+# What lxml escapes in text, and what it could not write at all (replaced as by _text).
+_NOT_PLAIN = re.compile("[&<>\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+#: Objects per piece of a pool listing: small enough for a piece to take about a
+#: millisecond, big enough that the per-piece work does not count.
+POOL_SLICE = 200
+
+
+def _escaped(text: str) -> str:
+    """``text`` as lxml writes it inside an element: escaped, illegal characters
+    replaced."""
+    text = _text(text)
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+    )
+
+
+def _escaped_twice(text: str) -> str:
+    """``text`` as it reads in a pool document sent as an XML-RPC string."""
+    return escape_string(_escaped(text))
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class _Form:
+    """How a pool document is written: as XML, or directly as the XML-RPC string that
+    carries it (markup escaped once, text twice), which saves escaping megabytes of
+    markup afterwards."""
+
+    markup: Callable[[str], str]
+    escape: Callable[[str], str]
+
+    def escaper(self, texts: Iterable[str]) -> Callable[[str], str]:
+        """:attr:`escape`, or nothing to do if none of ``texts`` needs it (one check for
+        the strings of a whole slice: most names need no escaping)."""
+        return self.escape if _NOT_PLAIN.search("".join(texts)) else _as_is
+
+
+_XML = _Form(_as_is, _escaped)
+_XMLRPC = _Form(escape_string, _escaped_twice)
+
+
+def _pieces(
+    root: str, items: Sequence[Any], write: Callable[[Sequence[Any]], str], form: _Form
+) -> Iterator[str]:
+    """``<root>``, then ``write`` of each slice of :data:`POOL_SLICE` items, ``</root>``:
+    a pool document in pieces that can be built between reactor turns."""
+    yield form.markup(f"<{root}>")
+    for start in range(0, len(items), POOL_SLICE):
+        yield write(items[start : start + POOL_SLICE])
+    yield form.markup(f"</{root}>")
 
 
 def _add(parent: etree._Element, tag: str, value: object = None) -> etree._Element:
@@ -132,15 +191,89 @@ def vm_document(vm: VirtualMachine) -> str:
     return _serialize(element)
 
 
+def _name(template: Template) -> str:
+    """``vm.name`` without its case-folding of "NAME" (a third of a listing's time)."""
+    for name, value in template.attributes:
+        if name == "NAME":
+            return value if isinstance(value, str) else ""
+    return ""
+
+
+_VM_ENTRY = (
+    "<VM><ID>%s</ID><UID>%s</UID><USERNAME>%s</USERNAME><NAME>%s</NAME>"
+    "<LAST_POLL>%s</LAST_POLL><STATE>%s</STATE><LCM_STATE>%s</LCM_STATE><STIME>%s</STIME>"
+    "<ETIME>%s</ETIME><DEPLOY_ID>%s</DEPLOY_ID><MEMORY>%s</MEMORY><CPU>%s</CPU>"
+    "<NET_TX>%s</NET_TX><NET_RX>%s</NET_RX>%s</VM>"
+)
+_HISTORY_ENTRY = (
+    "<HISTORY><SEQ>%s</SEQ><HOSTNAME>%s</HOSTNAME><HID>%s</HID><STIME>%s</STIME>"
+    "<ETIME>%s</ETIME><PSTIME>%s</PSTIME><PETIME>%s</PETIME><RSTIME>%s</RSTIME>"
+    "<RETIME>%s</RETIME><ESTIME>%s</ESTIME><EETIME>%s</EETIME><REASON>%s</REASON></HISTORY>"
+)
+
+
+def _vm_pool_slice(vms: Sequence[VirtualMachine], username: UserNames, form: _Form) -> str:
+    """The ``<VM>`` elements of one.vmpool.info for ``vms``, written as text directly."""
+    rows = [(vm, _name(vm.template), username(vm.uid), vm.current) for vm in vms]
+    escape = form.escaper(
+        text
+        for vm, name, owner, current in rows
+        for text in (name, owner, vm.deploy_id, current.host_name if current else "")
+    )
+    vm_entry, history_entry = form.markup(_VM_ENTRY), form.markup(_HISTORY_ENTRY)
+    return "".join(
+        vm_entry
+        % (
+            vm.oid,
+            vm.uid,
+            escape(owner),
+            escape(name),
+            vm.last_poll,
+            int(vm.state),
+            int(vm.lcm_state),
+            vm.stime,
+            vm.etime,
+            escape(vm.deploy_id),
+            vm.memory,
+            vm.cpu,
+            vm.net_tx,
+            vm.net_rx,
+            ""
+            if h is None
+            else history_entry
+            % (
+                h.seq,
+                escape(h.host_name),
+                h.hid,
+                h.stime,
+                h.etime,
+                h.pstime,
+                h.petime,
+                h.rstime,
+                h.retime,
+                h.estime,
+                h.eetime,
+                int(h.reason),
+            ),
+        )
+        for vm, name, owner, h in rows
+    )
+
+
+def vm_pool_pieces(
+    vms: Sequence[VirtualMachine], username: UserNames, *, xmlrpc: bool = False
+) -> Iterator[str]:
+    """``<VM_POOL>`` of one.vmpool.info in pieces: no templates, owner names, current
+    records; with ``xmlrpc``, already escaped as the XML-RPC string that carries it.
+    Each VM is written when its piece is, so build the pieces without yielding to the
+    reactor in between if the document must be one instant's state."""
+    form = _XMLRPC if xmlrpc else _XML
+    return _pieces("VM_POOL", vms, lambda part: _vm_pool_slice(part, username, form), form)
+
+
 def vm_pool_document(vms: Iterable[VirtualMachine], username: UserNames) -> str:
-    """``<VM_POOL>`` of one.vmpool.info: no templates, owner names, current records."""
-    root = _root("VM_POOL")
-    for vm in vms:
-        element = _add(root, "VM")
-        _vm(element, vm, username(vm.uid))
-        if vm.current is not None:
-            _history(element, vm.current)
-    return _serialize(root)
+    """``<VM_POOL>`` of one.vmpool.info (:func:`vm_pool_pieces` at once)."""
+    return "".join(vm_pool_pieces(list(vms), username))
 
 
 def history_document(vm: VirtualMachine) -> str:
@@ -198,11 +331,60 @@ def host_document(host: Host) -> str:
     return _serialize(element)
 
 
-def host_pool_document(hosts: Iterable[Host]) -> str:
-    root = _root("HOST_POOL")
+_HOST_ENTRY = (
+    "<HOST><ID>%s</ID><NAME>%s</NAME><STATE>%s</STATE><IM_MAD>%s</IM_MAD><VM_MAD>%s</VM_MAD>"
+    "<TM_MAD>%s</TM_MAD><LAST_MON_TIME>%s</LAST_MON_TIME><HOST_SHARE><HID>%s</HID>"
+    "<DISK_USAGE>%s</DISK_USAGE><MEM_USAGE>%s</MEM_USAGE><CPU_USAGE>%s</CPU_USAGE>"
+    "<MAX_DISK>%s</MAX_DISK><MAX_MEM>%s</MAX_MEM><MAX_CPU>%s</MAX_CPU><FREE_DISK>0</FREE_DISK>"
+    "<FREE_MEM>%s</FREE_MEM><FREE_CPU>%s</FREE_CPU><USED_DISK>0</USED_DISK>"
+    "<USED_MEM>%s</USED_MEM><USED_CPU>%s</USED_CPU><RUNNING_VMS>%s</RUNNING_VMS>"
+    "</HOST_SHARE></HOST>"
+)
+
+
+def _host_pool_slice(hosts: Sequence[Host], form: _Form) -> str:
+    escape = form.escaper(
+        text for host in hosts for text in (host.name, host.im_mad, host.vm_mad, host.tm_mad)
+    )
+    entry = form.markup(_HOST_ENTRY)
+    parts = []
     for host in hosts:
-        _host(_add(root, "HOST"), host)
-    return _serialize(root)
+        shares, monitored = host.shares, host.attributes.get
+        parts.append(
+            entry
+            % (
+                host.oid,
+                escape(host.name),
+                int(host.state),
+                escape(host.im_mad),
+                escape(host.vm_mad),
+                escape(host.tm_mad),
+                host.last_mon_time,
+                host.oid,
+                shares.disk_usage,
+                shares.mem_usage,
+                shares.cpu_usage,
+                shares.max_disk,
+                shares.max_mem,
+                shares.max_cpu,
+                leading_int(monitored("FREEMEMORY")),
+                leading_int(monitored("FREECPU")),
+                leading_int(monitored("USEDMEMORY")),
+                leading_int(monitored("USEDCPU")),
+                shares.running_vms,
+            )
+        )
+    return "".join(parts)
+
+
+def host_pool_pieces(hosts: Sequence[Host], *, xmlrpc: bool = False) -> Iterator[str]:
+    """``<HOST_POOL>`` of one.hostpool.info in pieces (see :func:`vm_pool_pieces`)."""
+    form = _XMLRPC if xmlrpc else _XML
+    return _pieces("HOST_POOL", hosts, lambda part: _host_pool_slice(part, form), form)
+
+
+def host_pool_document(hosts: Iterable[Host]) -> str:
+    return "".join(host_pool_pieces(list(hosts)))
 
 
 # -- virtual networks --------------------------------------------------------------------
@@ -240,22 +422,43 @@ def vnet_document(network: VirtualNetwork) -> str:
     return _serialize(element)
 
 
-def vnet_pool_document(networks: Iterable[VirtualNetwork], username: UserNames) -> str:
-    root = _root("VNET_POOL")
-    for network in networks:
-        _fields(
-            _add(root, "VNET"),
-            (
-                ("ID", network.oid),
-                ("UID", network.uid),
-                ("USERNAME", username(network.uid)),
-                ("NAME", network.name),
-                ("TYPE", int(network.type)),
-                ("BRIDGE", network.bridge),
-                ("TOTAL_LEASES", sum(lease.used for lease in network.leases.values())),
-            ),
+_VNET_ENTRY = (
+    "<VNET><ID>%s</ID><UID>%s</UID><USERNAME>%s</USERNAME><NAME>%s</NAME><TYPE>%s</TYPE>"
+    "<BRIDGE>%s</BRIDGE><TOTAL_LEASES>%s</TOTAL_LEASES></VNET>"
+)
+
+
+def _vnet_pool_slice(networks: Sequence[VirtualNetwork], username: UserNames, form: _Form) -> str:
+    rows = [(network, username(network.uid)) for network in networks]
+    escape = form.escaper(
+        text for network, owner in rows for text in (owner, network.name, network.bridge)
+    )
+    entry = form.markup(_VNET_ENTRY)
+    return "".join(
+        entry
+        % (
+            network.oid,
+            network.uid,
+            escape(owner),
+            escape(network.name),
+            int(network.type),
+            escape(network.bridge),
+            sum(lease.used for lease in network.leases.values()),
         )
-    return _serialize(root)
+        for network, owner in rows
+    )
+
+
+def vnet_pool_pieces(
+    networks: Sequence[VirtualNetwork], username: UserNames, *, xmlrpc: bool = False
+) -> Iterator[str]:
+    """``<VNET_POOL>`` of one.vnpool.info in pieces (see :func:`vm_pool_pieces`)."""
+    form = _XMLRPC if xmlrpc else _XML
+    return _pieces("VNET_POOL", networks, lambda part: _vnet_pool_slice(part, username, form), form)
+
+
+def vnet_pool_document(networks: Iterable[VirtualNetwork], username: UserNames) -> str:
+    return "".join(vnet_pool_pieces(list(networks), username))
 
 
 # -- users -------------------------------------------------------------------------------

@@ -321,13 +321,18 @@ def test_a_hanging_hook_is_killed_at_its_timeout(tmp_path: Path) -> None:
 
 
 class FlakyMonitor:
-    """An IM driver whose answers the test decides: True answers, a string fails."""
+    """An IM driver whose answers the test decides: True answers, a string fails, "hang"
+    waits for the test to fire ``hung``."""
 
     def __init__(self) -> None:
         self.outcomes: list[bool | str] = []
+        self.hung: defer.Deferred = defer.Deferred()
 
     def monitor(self, _hid: int, host: str) -> defer.Deferred:
         outcome = self.outcomes.pop(0)
+        if outcome == "hang":
+            self.hung = defer.Deferred()
+            return self.hung
         if outcome is True:
             return defer.succeed({"HOSTNAME": host, "TOTALCPU": "200", "TOTALMEMORY": "1024"})
         return defer.fail(DriverError(outcome))
@@ -347,14 +352,15 @@ def test_a_host_is_in_error_after_the_threshold_and_its_hook_runs_once(tmp_path:
         {"im": driver}, {"im": 5}, w.hosts, w.clock, w.log, 10, error_threshold=3
     )
     host = w.host()
+    driver.outcomes.append(True)
     im.host_added(host)
     w.clock.advance(0)
     assert w.runner.calls == [["new", "0"]]
+    assert host.state is HostState.MONITORED  # a new host is monitored at once
 
     def monitor(outcome: bool | str) -> HostState:
         driver.outcomes.append(outcome)
-        w.clock.advance(10)
-        im.monitor_due()
+        w.clock.advance(10)  # the monitoring cadence: one HOST_MONITORING_INTERVAL later
         w.clock.advance(0)  # the driver call
         w.clock.advance(0)  # the hooks
         return host.state
@@ -370,11 +376,10 @@ def test_a_host_is_in_error_after_the_threshold_and_its_hook_runs_once(tmp_path:
     assert host.attributes["ERROR"].endswith(": no route to host")
     assert "ERROR=" in host.info_text() and "<ERROR>" in xmldoc.host_document(host)
     assert w.runner.calls[1:] == [["err", "0", "node01"]]
-    driver.outcomes.append("still down")
+    driver.outcomes.append("hang")
     w.clock.advance(10)
-    im.monitor_due()
     assert host.state is HostState.MONITORING and im.in_error(host)  # for the fencing
-    w.clock.advance(0)
+    driver.hung.errback(DriverError("still down"))
     w.clock.advance(0)
     assert host.state is HostState.ERROR  # MONITORING → ERROR again: no new run
     assert w.runner.calls[1:] == [["err", "0", "node01"]]

@@ -13,7 +13,7 @@ import pytest
 
 from nebula_xr.drivers.base import DriverError
 from nebula_xr.model import LCMState, Reason, VMState
-from tests.fake.lifecycle import TIMEOUT, Request, World
+from tests.fake.lifecycle import POLLING_INTERVAL, TIMEOUT, Request, World
 
 RUNNING_ON_A = ["deploy A", "TRANSFER ok", "DEPLOY ok"]
 SUSPENDED_ON_A = RUNNING_ON_A + ["suspend", "SAVE ok"]
@@ -407,3 +407,25 @@ def test_polling_is_driven_by_the_clock(world: World) -> None:
     world.turn()
     assert world.hypervisor.asked == ["POLL A", "POLL A"]
     assert world.vm(vid).lcm_state is LCMState.RUNNING
+
+
+def test_polls_are_spread_over_the_interval_and_bounded(world: World) -> None:
+    vids = [world.new_vm() for _ in range(40)]
+    for vid in vids:
+        play(world, vid, RUNNING_ON_A)
+    world.lcm.polling.concurrency = 8
+    world.hypervisor.hold_polls = True
+    world.lcm.poll_due()
+    world.turn()
+    assert len(world.hypervisor.pending) == 1  # 40 VMs: one every 10 s / 40, not all at once
+    under_way = []
+    for _ in range(40):
+        world.clock.advance(POLLING_INTERVAL / 40)
+        world.turn()
+        under_way.append(len(world.hypervisor.pending))
+    assert max(under_way) == 8  # never more than MONITORING_CONCURRENCY at once
+    for request in list(world.hypervisor.pending):
+        world.hypervisor.pending.remove(request)
+        request.deferred.callback({"STATE": "a"})
+    world.turn()
+    assert len(world.hypervisor.pending) == 8  # the next ones start as answers come

@@ -60,7 +60,12 @@ def test_shipped_drivers_are_entry_point_plugins() -> None:
     installed = {info.name: info for info in manager.installed()}
     assert set(SHIPPED) <= set(installed)
     assert installed["im_dummy"].distribution == "nebula-xr"
-    assert installed["sched_rank"].hooks == ("nebula_xr_scheduler",)
+    assert installed["sched_rank"].hooks == (
+        "nebula_xr_host_monitored",
+        "nebula_xr_host_state_changed",
+        "nebula_xr_scheduler",
+        "nebula_xr_vm_state_changed",
+    )
 
 
 def test_list_plugins_command() -> None:

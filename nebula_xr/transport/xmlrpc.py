@@ -431,6 +431,15 @@ _RESPONSE_HEAD = '<?xml version="1.0" encoding="UTF-8"?>\r\n<methodResponse>\r\n
 _TRUE = "<value><boolean>1</boolean></value>"
 _FALSE = "<value><boolean>0</boolean></value>"
 _RESPONSE_TAIL = "</param>\r\n</params>\r\n</methodResponse>\r\n"
+# Around an EncodedString answer: what dump_response writes around [bool, str].
+_ENCODED_HEAD_TRUE = f"{_RESPONSE_HEAD}<value><array><data>{_TRUE}<value><string>".encode()
+_ENCODED_HEAD_FALSE = f"{_RESPONSE_HEAD}<value><array><data>{_FALSE}<value><string>".encode()
+_ENCODED_TAIL = f"</string></value></data></array></value>{_RESPONSE_TAIL}".encode()
+
+
+def escape_string(text: str) -> str:
+    """``text`` escaped as the content of an XML-RPC ``<string>``."""
+    return _escape(text)
 
 
 def _escape(text: str) -> str:
@@ -469,6 +478,31 @@ class _Serialized:
 
     def __init__(self, xml: str) -> None:
         self.xml = xml
+
+
+class EncodedString:
+    """A string value written as XML-RPC piece by piece: each piece is escaped and encoded
+    as it is added, so that a document of megabytes (a pool listing built in slices
+    between reactor turns) never passes through the serializer in one reactor turn.
+    A method answers ``[True, encoded_string]``; it reads like any string there."""
+
+    __slots__ = ("_pieces", "size")
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self.size = 0  # bytes so far
+
+    def add(self, text: str, *, escaped: bool = False) -> None:
+        """Append ``text``; ``escaped``: it already is (:func:`escape_string`)."""
+        piece = _encode(text if escaped else _escape(text))
+        self._pieces.append(piece)
+        self.size += len(piece)
+
+    def encoded(self) -> bytes:
+        return b"".join(self._pieces)
+
+    def __str__(self) -> str:
+        return self.encoded().decode()
 
 
 def _dump(value: Any, out: list[str]) -> None:
@@ -513,6 +547,8 @@ def _dump(value: Any, out: list[str]) -> None:
         out.append(f"<value><dateTime.iso8601>{value:%Y%m%dT%H:%M:%S}</dateTime.iso8601></value>")
     elif kind is _Serialized:
         out.append(value.xml)
+    elif kind is EncodedString:  # inside a system.multicall: already escaped
+        out.append(f"<value><string>{value}</string></value>")
     # Subclasses (enums, named tuples, ...) are written as their base type.
     elif isinstance(value, int):
         _dump(int(value), out)
@@ -530,6 +566,14 @@ def _dump(value: Any, out: list[str]) -> None:
 
 def dump_response(value: Any) -> bytes:
     """The methodResponse document carrying ``value``."""
+    if type(value) is list and len(value) == 2 and type(value[1]) is EncodedString:
+        return b"".join(
+            (
+                _ENCODED_HEAD_TRUE if value[0] is True else _ENCODED_HEAD_FALSE,
+                value[1].encoded(),
+                _ENCODED_TAIL,
+            )
+        )
     out = [_RESPONSE_HEAD]
     _dump(value, out)
     out.append(_RESPONSE_TAIL)

@@ -3,8 +3,10 @@
 It answers the :class:`~nebula_xr.scheduling.SchedulerContext` calls with the 1.2 rules
 for the states they need, changes VM states after ``delay`` (deploy → RUNNING, suspend →
 SUSPENDED, resume → RUNNING, resume on another host → PROLOG_MIGRATE, BOOT, RUNNING,
-shutdown and cancel → DONE) and delivers each change to
-``on_vm_changed`` on the next clock turn, as the daemon does. ``actions`` records
+shutdown and cancel → DONE) and delivers each change to ``on_vm_changed`` on the next
+clock turn, as the daemon does. A deploy charges the VM's CPU and memory to its host's
+shares and leaving the host gives them back; a monitoring (``monitor_host``) is told to
+``on_host_monitored``. ``actions`` records
 ``(time, action, vid, hid)`` for the tests to read.
 """
 
@@ -35,6 +37,7 @@ class FakeSchedulerContext:
         self._hosts: dict[int, HostView] = {}
         self.on_vm_changed: Callable[[VMView, int, int], None] = lambda vm, s, lcm: None
         self.on_host_changed: Callable[[HostView], None] = lambda host: None
+        self.on_host_monitored: Callable[[HostView], None] = lambda host: None
         #: Shutdowns fail back to RUNNING after ``delay`` (a guest ignoring ACPI), as in 1.2.
         self.shutdown_fails = False
 
@@ -52,6 +55,17 @@ class FakeSchedulerContext:
     def set_host_state(self, hid: int, state: HostState) -> None:
         self._hosts[hid] = replace(self._hosts[hid], state=int(state))
         self.clock.callLater(0, self.on_host_changed, self._hosts[hid])
+
+    def monitor_host(self, hid: int, **attributes: str) -> None:
+        """A monitoring of host ``hid`` answered ``attributes`` (merged into its own)."""
+        host = self._hosts[hid]
+        merged = {**host.attributes, **attributes}
+        now = int(self.clock.seconds())
+        self._hosts[hid] = replace(host, attributes=merged, last_mon_time=now)
+        self.clock.callLater(0, self.on_host_monitored, self._hosts[hid])
+
+    def shares(self, hid: int) -> HostShares:
+        return self._hosts[hid].shares
 
     def submit(self, text: str, uid: int = 0) -> int:
         """``one.vmallocate`` by user ``uid``: a PENDING VM, announced like the daemon does."""
@@ -95,6 +109,7 @@ class FakeSchedulerContext:
         self._record("deploy", vid, hid)
         placed = int(self.clock.seconds())
         self._vms[vid] = replace(vm, hid=hid, host_name=self._hosts[hid].name, placed=placed)
+        self._charge(hid, vm, 1)
         self._set(vid, VMState.ACTIVE, LCMState.PROLOG)
         self.clock.callLater(self.delay, self._set, vid, VMState.ACTIVE, LCMState.RUNNING)
         return OK
@@ -172,4 +187,19 @@ class FakeSchedulerContext:
         elif previous[0] == VMState.SUSPENDED:  # a resume opens a new record
             vm = replace(vm, placed=now)
         self._vms[vid] = replace(vm, state=int(state), lcm_state=int(lcm))
+        # Leaving the host gives its capacity back; a resume takes it again.
+        if vm.hid is not None and previous[0] == VMState.ACTIVE and state != VMState.ACTIVE:
+            self._charge(vm.hid, vm, -1)
+        elif vm.hid is not None and previous[0] == VMState.SUSPENDED and state == VMState.ACTIVE:
+            self._charge(vm.hid, vm, 1)
         self.clock.callLater(0, self.on_vm_changed, self._vms[vid], *previous)
+
+    def _charge(self, hid: int, vm: VMView, sign: int) -> None:
+        host = self._hosts[hid]
+        shares = replace(
+            host.shares,
+            cpu_usage=host.shares.cpu_usage + sign * vm.cpu_demand,
+            mem_usage=host.shares.mem_usage + sign * vm.memory_demand,
+            running_vms=host.shares.running_vms + sign,
+        )
+        self._hosts[hid] = replace(host, shares=shares)
