@@ -147,6 +147,14 @@ class TLSFiles:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """``WEB = [ port = 9869, listen_address = "127.0.0.1" ]``: the web console."""
+
+    port: int
+    listen_address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class Config:
     layout: Layout
     host_monitoring_interval: int = 300
@@ -187,6 +195,8 @@ class Config:
     hook_timeout: float = 300.0
     #: The ssh command of remote hooks (HM_MAD = [ ssh = "ssh -F file" ]).
     hook_ssh: tuple[str, ...] = ("ssh",)
+    #: The web console's listener; None (no WEB, or port = 0) keeps it off.
+    web: WebConfig | None = None
     #: Seconds of host monitoring and VM polling samples kept (0: no history).
     monitoring_retention: int = 86400
     #: Things worth telling the user that do not stop the daemon (unknown keys).
@@ -259,6 +269,24 @@ def _tls(template: Template, layout: Layout) -> TLSFiles | None:
     if not cert or not key:
         raise ConfigError("TLS needs both cert and key (PEM files)")
     return TLSFiles(layout.etc_dir / cert, layout.etc_dir / key)
+
+
+def _web(template: Template) -> WebConfig | None:
+    if template.get_string("WEB") is not None:
+        raise ConfigError('WEB must be a vector: WEB = [ port = 9869, listen_address = "..." ]')
+    vector = template.get_vector("WEB")
+    if vector is None:
+        return None
+    text = vector.get("PORT", "0")
+    try:
+        port = int(text)
+    except ValueError as error:
+        raise ConfigError(f"WEB port must be an integer, not {text!r}") from error
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"WEB port must be a TCP port, not {port}")
+    if port == 0:
+        return None
+    return WebConfig(port, vector.get("LISTEN_ADDRESS") or "127.0.0.1")
 
 
 #: LIMITS keys: the field each sets, and whether it takes seconds (else a count or bytes).
@@ -443,6 +471,7 @@ def parse_config(text: str, layout: Layout, source: str = "oned.conf") -> Config
         hooks=_hooks(template),
         hook_timeout=_float(hook_manager.get("TIMEOUT"), "HM_MAD timeout", 300.0),
         hook_ssh=_command_words(hook_manager.get("SSH") or "ssh", "HM_MAD ssh"),
+        web=_web(template),
         monitoring_retention=_monitoring_retention(template),
         warnings=warnings,
     )

@@ -349,8 +349,23 @@ class Daemon(MultiService):
             self.reactor, config.port, config.listen_address, factory, tls
         )
         services.append(self.listener)
+        self.web = self._web_console()
+        if self.web is not None:
+            services.append(self.web)
         for service in services:
             service.setServiceParent(self)
+
+    def _web_console(self) -> Any:
+        """The web console (``WEB``), told of VM and host changes; None when off."""
+        if self.config.web is None:
+            return None
+        from nebula_xr.web import WebService
+
+        # The plots read ``self.monitoring`` (the monitoring history) when there is one.
+        web = WebService(self, None, self.config.web.port, self.config.web.listen_address)
+        self.vms.listeners.append(web.console.vm_changed)
+        self.hosts.listeners.append(web.console.host_changed)
+        return web
 
     def _authentication(self) -> Access:
         """The authenticator, with oneadmin created at the first start (slow hashes run
@@ -470,6 +485,8 @@ class Daemon(MultiService):
     def _host_monitored(self, host: Host) -> None:
         self.monitoring.host_monitored(host)
         self.fencing.host_monitored(host)
+        if self.web is not None:
+            self.web.console.host_monitored(host)
         self.clock.callLater(0, self.plugins.host_monitored, host_view(host))
 
     def _make_hook_manager(self) -> HookManager:
@@ -645,19 +662,23 @@ def _check_plugins(config: Config, plugins: PluginManager) -> None:
 
 
 def _check_port(config: Config) -> None:
-    """Fail now, before anything is created, if PORT is taken (the listener opens last)."""
-    if config.port == 0:
-        return
-    family = socket.AF_INET6 if ":" in config.listen_address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((config.listen_address, config.port))
-        except OSError as error:
-            raise StartupError(
-                f"Can not listen on {config.listen_address}:{config.port}: "
-                f"{error.strerror or error}"
-            ) from error
+    """Fail now, before anything is created, if PORT (or the WEB port) is taken (the
+    listeners open last)."""
+    wanted = [(config.listen_address, config.port)]
+    if config.web is not None:
+        wanted.append((config.web.listen_address, config.web.port))
+    for address, port in wanted:
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as error:
+                raise StartupError(
+                    f"Can not listen on {address}:{port}: {error.strerror or error}"
+                ) from error
 
 
 def _startup_line(daemon: Daemon) -> str:
@@ -665,10 +686,13 @@ def _startup_line(daemon: Daemon) -> str:
     drivers = ", ".join(f"{entry.name} ({entry.plugin})" for entry in config.drivers) or "none"
     scheduler = config.scheduler.plugin if config.scheduler is not None else "none (external)"
     address = f"{config.listen_address}:{daemon.port}"
+    web = ""
+    if daemon.web is not None:
+        web = f", web console on http://{config.web.listen_address}:{daemon.web.port}/"
     return (
         f"nebula-xr {__version__}: XML-RPC on {daemon.listener.scheme}://{address}/RPC2, "
         f"database {daemon.db.location}, log {config.layout.log_dir / 'oned.log'}, "
-        f"drivers {drivers}, scheduler {scheduler}"
+        f"drivers {drivers}, scheduler {scheduler}{web}"
     )
 
 

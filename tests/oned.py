@@ -77,7 +77,11 @@ class OneDaemon:
     """
 
     def __init__(
-        self, location: Path, conf: Path | None = None, one_auth: Path | None = None
+        self,
+        location: Path,
+        conf: Path | None = None,
+        one_auth: Path | None = None,
+        module: str = "nebula_xr",
     ) -> None:
         self.location = location
         self.conf = conf or location / "etc" / "oned.conf"
@@ -86,6 +90,7 @@ class OneDaemon:
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.startup: list[str] = []
+        self.module = module  # what ``python -m`` runs: the daemon, or a test's wrapper of it
 
     @property
     def session(self) -> str:
@@ -100,7 +105,7 @@ class OneDaemon:
             self.one_auth.write_text(f"oneadmin:{ADMIN_PASSWORD}\n")
         env = dict(os.environ, ONE_LOCATION=str(self.location), ONE_AUTH=str(self.one_auth))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nebula_xr", "--conf", str(self.conf)],
+            [sys.executable, "-m", self.module, "--conf", str(self.conf)],
             env=env,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

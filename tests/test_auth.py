@@ -23,7 +23,7 @@ from nebula_xr.database import Database
 from nebula_xr.log import Log
 from nebula_xr.sessions import Authenticator, FailureThrottle, SecretHasher
 from nebula_xr.users import UserPool
-from tests.oned import OneDaemon, write_conf
+from tests.oned import OneDaemon, wait_for, write_conf
 
 FAST = SecretHasher(cost=4)
 
@@ -243,8 +243,9 @@ def test_first_start_without_one_auth_writes_a_private_random_password(tmp_path:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         assert any(f"random password, written to {path}" in line for line in one.startup)
-        log = (tmp_path / "var" / "oned.log").read_text()
-        assert f"created with a random password, written to {path}" in log
+        log = tmp_path / "var" / "oned.log"
+        told = f"created with a random password, written to {path}"
+        wait_for(lambda: told in log.read_text(), what="the password's line in oned.log")
         with one.proxy() as proxy:
             assert proxy.one.userpool.info(session_for(name, password))[0] is True
             assert proxy.one.userpool.info(session_for(name, password + "x"))[0] is False

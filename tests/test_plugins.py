@@ -153,13 +153,20 @@ def test_pip_installed_plugin_is_used_by_naming_it(tmp_path, example_plugin) -> 
 def test_the_shipped_oned_conf_starts_with_every_driver(tmp_path) -> None:
     import shutil
 
+    from tests.web_support import free_port
+
     etc = tmp_path / "etc"
     shutil.copytree(ROOT / "conf", etc)
     conf = etc / "oned.conf"
+    web_port = free_port()  # the shipped conf serves the web console on 9869
     conf.write_text(
-        conf.read_text().replace("PORT=2633", "PORT=0").replace('"0.0.0.0"', '"127.0.0.1"')
+        conf.read_text()
+        .replace("PORT=2633", "PORT=0")
+        .replace('"0.0.0.0"', '"127.0.0.1"')
+        .replace("port = 9869", f"port = {web_port}")
     )
     one = OneDaemon(tmp_path, conf).start()
+    assert f"web console on http://127.0.0.1:{web_port}/" in one.startup[-1]
     try:
         assert one.call("one.hostallocate", "local", "im_dummy", "vmm_dummy", "tm_dummy", True) == [
             True,

@@ -12,7 +12,9 @@ vector itself:
 * ``HANG_RATE``: the fraction of actions that never answer (the driver timeout ends them);
 * ``SEED``: seed of those random draws (reproducible runs);
 * im_dummy: any other key is a host attribute reported by monitoring;
-* vmm_dummy: ``POLL = [ USEDMEMORY=..., USEDCPU=..., NETTX=..., NETRX=... ]``.
+* vmm_dummy: ``POLL = [ USEDMEMORY=..., USEDCPU=..., NETTX=..., NETRX=... ]``;
+* vmm_dummy: ``CONSOLE = xm`` (or another console method): a running VM's console is
+  offered as a Xen domain's is (``ssh -t <host> -- xm console <domain>``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ CONTROL_KEYS = {
     "HANG_RATE",
     "SEED",
     "POLL",
+    "CONSOLE",
 }
 
 

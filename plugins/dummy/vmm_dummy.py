@@ -7,7 +7,13 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 
 from nebula_xr import hookimpl
-from nebula_xr.drivers.base import DriverConfig, DriverContext, VirtualMachineDriver, VMAction
+from nebula_xr.drivers.base import (
+    ConsoleTarget,
+    DriverConfig,
+    DriverContext,
+    VirtualMachineDriver,
+    VMAction,
+)
 from nebula_xr.model import leading_int
 from nebula_xr_plugins.dummy import DummyDriver
 
@@ -45,6 +51,12 @@ class DummyVirtualMachineDriver(DummyDriver, VirtualMachineDriver):
         info.update(self.settings.get_vector("POLL") or {})
         info["STATE"] = "a"
         return self.answer([vm.host], "POLL", info)
+
+    def console(self, vm: VMAction) -> ConsoleTarget | None:
+        method = self.settings.get_string("CONSOLE")
+        if not method:
+            return None
+        return ConsoleTarget(vm.host, vm.deploy_id, method, banner="Escape character is '^]'")
 
 
 @hookimpl

@@ -9,8 +9,9 @@ build=$here/build
 # python3: the fake Xen toolstack runs with Debian's interpreter inside the fake hosts, where
 # the per-host /root hides any pyenv. ruby, ruby-xmlrpc: the Ruby XML-RPC client of the TLS test.
 # postgresql: initdb/pg_ctl for the throw-away server of the PostgreSQL and fail-over tests.
+# chromium: the browser the web console tests drive with Playwright (no browser download).
 packages=(iproute2 mount openssh-server openssh-client qemu-system-x86 qemu-utils busybox-static
-          cpio python3 ruby ruby-xmlrpc postgresql)
+          cpio python3 ruby ruby-xmlrpc postgresql chromium)
 # Guest modules, in dependency order (insmod has no resolver): the power button and evdev let
 # busybox acpid turn an ACPI power-button press (QMP system_powerdown) into a poweroff.
 guest_modules=(kernel/drivers/input/evdev.ko kernel/drivers/acpi/button.ko)
