@@ -29,6 +29,7 @@ from nebula_xr.host_failure import Fencing
 from nebula_xr.listing import answer_in_slices
 from nebula_xr.log import Log
 from nebula_xr.model import LCMState, VirtualMachine, VMState
+from nebula_xr.monitoring_history import HOST, VM, MonitoringHistory
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.request_manager import (
     NOT_AUTHENTICATED_ALLOCATE,
@@ -102,6 +103,7 @@ class RequestManager14(RequestManager):
         fencing: Fencing | None = None,
         *,
         driver_names: Mapping[str, Collection[str]] | None = None,
+        monitoring: MonitoringHistory | None = None,
     ) -> None:
         super().__init__(
             dm,
@@ -118,6 +120,7 @@ class RequestManager14(RequestManager):
         self.users = users
         self.vmm = vmm
         self.fencing = fencing
+        self.monitoring = monitoring
 
     def register(self, registry: MethodRegistry) -> None:
         # Help strings as xmlrpc-c announced them in 1.4 (userpool.info's sic included).
@@ -139,11 +142,23 @@ class RequestManager14(RequestManager):
                 "Recovers a stuck VM that is waiting for a driver operation",
             ),
             ("one.vmpool.info", self.vm_pool_info, "A:si", "Returns the virtual machine pool"),
+            (
+                "one.vm.monitoring",
+                self.vm_monitoring,
+                "A:si",
+                "Returns the virtual machine monitoring records",
+            ),
             ("one.host.allocate", self.host_allocate14, "A:sssss", "Allocates a host in the pool"),
             ("one.host.info", self.host_info14, "A:si", "Returns host information"),
             ("one.host.delete", self.host_delete, "A:si", "Deletes a host from the pool"),
             ("one.host.enable", self.host_enable, "A:sib", "Enables or disables a host"),
             ("one.hostpool.info", self.host_pool_info, "A:s", "Returns the host pool information"),
+            (
+                "one.host.monitoring",
+                self.host_monitoring,
+                "A:si",
+                "Returns the host monitoring records",
+            ),
             ("one.vn.allocate", self.vn_allocate14, "A:ss", "Creates a virtual network"),
             ("one.vn.info", self.vn_info14, "A:si", "Returns virtual network information"),
             ("one.vn.delete", self.vn_delete, "A:si", "Deletes a virtual network"),
@@ -285,6 +300,14 @@ class RequestManager14(RequestManager):
         ]
         return answer_in_slices(xmldoc.vm_pool_pieces(vms, self.users.name_of, xmlrpc=True))
 
+    def vm_monitoring(self, caller: Caller, vid: int) -> Reply:
+        """3.x's one.vm.monitoring: the VM's polls kept by the monitoring history."""
+        vm = self._own_vm(caller, vid)
+        if isinstance(vm, list):
+            return vm
+        samples = self.monitoring.samples(VM, vid) if self.monitoring is not None else []
+        return [True, xmldoc.vm_monitoring_document(vid, samples)]
+
     def vm_history(self, caller: Caller, vid: int) -> Reply:
         vm = self._own_vm(caller, vid)
         if isinstance(vm, list):
@@ -344,6 +367,15 @@ class RequestManager14(RequestManager):
         if host is None:
             return [False, f"Error getting host with HID = {hid}"]
         return [True, xmldoc.host_document(host)]
+
+    def host_monitoring(self, caller: Caller, hid: int) -> Reply:
+        """3.x's one.host.monitoring: readable by every user, as one.host.info is."""
+        if not caller.authenticated:
+            return NOT_AUTHENTICATED_HOST_INFO
+        if self.hosts.get(hid) is None:
+            return [False, f"Error getting host with HID = {hid}"]
+        samples = self.monitoring.samples(HOST, hid) if self.monitoring is not None else []
+        return [True, xmldoc.host_monitoring_document(hid, samples)]
 
     def host_pool_info(self, caller: Caller) -> Deferred | Reply:
         if not caller.authenticated:

@@ -62,6 +62,7 @@ KNOWN_KEYS = frozenset(
         "DB_BUSY_TIMEOUT",
         "DRIVER_TIMEOUT",
         "LISTEN_ADDRESS",
+        "MONITORING_HISTORY",
     }
 )
 
@@ -196,6 +197,8 @@ class Config:
     hook_ssh: tuple[str, ...] = ("ssh",)
     #: The web console's listener; None (no WEB, or port = 0) keeps it off.
     web: WebConfig | None = None
+    #: Seconds of host monitoring and VM polling samples kept (0: no history).
+    monitoring_retention: int = 86400
     #: Things worth telling the user that do not stop the daemon (unknown keys).
     warnings: tuple[str, ...] = ()
 
@@ -364,6 +367,22 @@ def _auth(template: Template, listen_address: str) -> AuthConfig:
     return auth
 
 
+def _monitoring_retention(template: Template) -> int:
+    """``MONITORING_HISTORY = [ retention = seconds ]``; a day when absent."""
+    if template.get_string("MONITORING_HISTORY") is not None:
+        raise ConfigError(
+            "MONITORING_HISTORY must be a vector: MONITORING_HISTORY = [ retention = 86400 ]"
+        )
+    vector = template.get_vector("MONITORING_HISTORY") or {}
+    unknown = sorted(set(vector) - {"RETENTION"})
+    if unknown:
+        raise ConfigError(f"MONITORING_HISTORY has unknown keys {unknown}; known: ['RETENTION']")
+    text = vector.get("RETENTION", "86400")
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"MONITORING_HISTORY retention must be seconds (0: off), not {text!r}")
+    return int(text)
+
+
 def _command_words(text: str, key: str) -> tuple[str, ...]:
     try:
         words = tuple(shlex.split(text))
@@ -453,6 +472,7 @@ def parse_config(text: str, layout: Layout, source: str = "oned.conf") -> Config
         hook_timeout=_float(hook_manager.get("TIMEOUT"), "HM_MAD timeout", 300.0),
         hook_ssh=_command_words(hook_manager.get("SSH") or "ssh", "HM_MAD ssh"),
         web=_web(template),
+        monitoring_retention=_monitoring_retention(template),
         warnings=warnings,
     )
 

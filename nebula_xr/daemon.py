@@ -49,6 +49,7 @@ from nebula_xr.listing import keep_big_buffers_out_of_the_heap
 from nebula_xr.log import Log
 from nebula_xr.migrate import db_command
 from nebula_xr.model import Host, VirtualMachine
+from nebula_xr.monitoring_history import MonitoringHistory
 from nebula_xr.plugin_manager import PluginError, PluginManager
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.reconciliation import Reconciler
@@ -205,6 +206,7 @@ class Daemon(MultiService):
         self.users = UserPool(self.db)
         for pool in (self.vms, self.hosts, self.networks, self.users):
             pool.load()
+        self.monitoring = MonitoringHistory(self.db, clock, config.monitoring_retention)
         self.access = self._authentication()
 
         drivers = self._make_drivers()
@@ -231,6 +233,7 @@ class Daemon(MultiService):
             log,
             config.vm_polling_interval,
             config.monitoring_concurrency,
+            on_polled=self.monitoring.vm_polled,
         )
         self.dm = DispatchManager(
             self.vms,
@@ -288,6 +291,7 @@ class Daemon(MultiService):
             driver_names=by_kind,
         )
         self._listen_to_pools()
+        self.hosts.listeners.append(self._forget_deleted_host)
         self.hm = self._make_hook_manager()
 
         self.rm14 = RequestManager14(
@@ -304,13 +308,15 @@ class Daemon(MultiService):
             access=self.access,
             fencing=self.fencing,
             driver_names=by_kind,
+            monitoring=self.monitoring,
         )
 
         self.registry = MethodRegistry(config.call_limits)
         self.rm.register(self.registry)
         self.rm14.register(self.registry)
 
-        services: list[Service] = [_DriverService(drivers)]
+        # The history flushes last when the daemon stops, once nothing records any more.
+        services: list[Service] = [self.monitoring, _DriverService(drivers)]
         for tick in (self.im.monitor_due, self.lcm.poll_due):
             timer = TimerService(config.manager_timer, tick)
             timer.clock = clock
@@ -472,7 +478,12 @@ class Daemon(MultiService):
 
             self.hosts.listeners.append(host_changed)
 
+    def _forget_deleted_host(self, host: Host, previous: int) -> None:
+        if self.hosts.get(host.oid) is None:
+            self.monitoring.host_deleted(host.oid)
+
     def _host_monitored(self, host: Host) -> None:
+        self.monitoring.host_monitored(host)
         self.fencing.host_monitored(host)
         if self.web is not None:
             self.web.console.host_monitored(host)

@@ -191,6 +191,27 @@ class UserPoolRow(_Table):
         primary_key = peewee.CompositeKey("oid", "user_name")
 
 
+class MonitoringSampleRow(_Table):
+    """The monitoring history (:mod:`nebula_xr.monitoring_history`): one row per host
+    monitoring or VM poll. An extra table, which 1.2 readers ignore; ``max_*`` are a
+    host's, ``net_*`` a VM's (NULL for the other kind)."""
+
+    kind = _text()  # "host" or "vm"
+    oid = _integer()
+    time = peewee.DoubleField(null=True)
+    cpu = peewee.DoubleField(null=True)
+    memory = peewee.DoubleField(null=True)
+    max_cpu = peewee.DoubleField(null=True)
+    max_memory = peewee.DoubleField(null=True)
+    net_tx = peewee.DoubleField(null=True)
+    net_rx = peewee.DoubleField(null=True)
+
+    class Meta:
+        table_name = "nebula_xr_monitoring"
+        primary_key = False
+        indexes = ((("time",), False),)  # the purge finds the oldest rows by it
+
+
 class PluginTable(_Table):
     """Base of a table a plugin keeps in one.db (declared with ``nebula_xr_tables``).
 
@@ -250,7 +271,19 @@ class Update:
     where: tuple[tuple[str, Any], ...]
 
 
-Operation = Replace | Insert | Delete | Update
+@dataclass(frozen=True)
+class DeleteOldest:
+    """``DELETE`` of the ``limit`` oldest rows whose ``column`` is below ``before`` (and
+    of those sharing the last one's value): a purge in bounded batches, so no commit
+    holds the file for long."""
+
+    table: type[_Table]
+    column: str
+    before: Any
+    limit: int
+
+
+Operation = Replace | Insert | Delete | Update | DeleteOldest
 
 
 def _where(where: tuple[tuple[str, Any], ...], mark: str) -> tuple[str, list[Any]]:
@@ -258,10 +291,20 @@ def _where(where: tuple[tuple[str, Any], ...], mark: str) -> tuple[str, list[Any
     return condition, [value for _, value in where]
 
 
-def _statement(operation: Delete | Update, mark: str) -> tuple[str, list[Any]]:
+def _statement(operation: Delete | Update | DeleteOldest, mark: str) -> tuple[str, list[Any]]:
     # Plain SQL built from the peewee models' metadata: the schema has one definition,
     # and the writer avoids a query builder per row. Values are always parameters.
     name = operation.table._meta.table_name
+    if isinstance(operation, DeleteOldest):
+        # The limit-th oldest value bounds the batch (rows sharing it go with it): the
+        # same SQL for both backends, with neither SQLite's rowid nor PostgreSQL's ctid.
+        column, before = operation.column, operation.before
+        batch = (
+            f"SELECT {column} FROM {name} WHERE {column} < {mark} ORDER BY {column} LIMIT {mark}"
+        )
+        bound = f"SELECT max({column}) FROM ({batch}) AS oldest"
+        sql = f"DELETE FROM {name} WHERE {column} < {mark} AND {column} <= ({bound})"
+        return sql, [before, before, operation.limit]
     condition, arguments = _where(operation.where, mark)
     if isinstance(operation, Delete):
         return f"DELETE FROM {name} WHERE {condition}", arguments
@@ -514,12 +557,13 @@ class Database:
     # -- lifecycle --
 
     def open(self, plugin_tables: Sequence[type[PluginTable]] = ()) -> None:
-        """Open the file and create the 1.2 tables (and 1.4's user table, and the
-        ``plugin_tables``) that are missing."""
+        """Open the file and create the 1.2 tables (and 1.4's user table, the monitoring
+        history and the ``plugin_tables``) that are missing."""
         database_proxy.initialize(self._db)
         try:
             self._db.connect(reuse_if_open=True)
-            self._db.create_tables((*TABLES, UserPoolRow, *plugin_tables), safe=True)
+            tables = (*TABLES, UserPoolRow, MonitoringSampleRow, *plugin_tables)
+            self._db.create_tables(tables, safe=True)
         except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
             raise DatabaseError(f"Can not open database {self.location}: {error}") from error
         self._writer = threading.Thread(target=self._write_loop, name="one.db writer", daemon=True)
@@ -541,6 +585,20 @@ class Database:
         key order, or where the rows are for tables without a key)."""
         order = peewee.SQL("rowid") if self.postgresql is None else row_order(table)
         return list(table.select().order_by(order).tuples())
+
+    def rows_since(self, table: type[_Table], column: str, since: Any) -> list[tuple]:
+        """The rows of ``table`` whose ``column`` is at least ``since``, in no set order,
+        as the database returns them: without peewee's conversions, a large table (the
+        monitoring history) loads several times faster."""
+        name, mark = table._meta.table_name, self._db.param
+        query = f"SELECT * FROM {name} WHERE {column} >= {mark}"
+        return list(self._db.execute_sql(query, (since,)).fetchall())
+
+    def count_before(self, table: type[_Table], column: str, before: Any) -> int:
+        """How many rows of ``table`` have ``column`` below ``before``."""
+        name, mark = table._meta.table_name, self._db.param
+        query = f"SELECT count(*) FROM {name} WHERE {column} < {mark}"
+        return self._db.execute_sql(query, (before,)).fetchone()[0]
 
     # -- writes --
 

@@ -66,6 +66,7 @@ class LifeCycleManager:
         log: Log,
         polling_interval: int,
         polling_concurrency: int = 32,
+        on_polled: Callable[[VirtualMachine], None] | None = None,
     ) -> None:
         self.vms = vms
         self.hosts = hosts
@@ -84,6 +85,8 @@ class LifeCycleManager:
             "VM polling",
             lambda message: log.warning("LCM", message),
         )
+        #: Told of every poll answer applied (the monitoring history records it).
+        self.on_polled = on_polled
         #: Bumped at every LCM state change: an answer asked in an older phase is stale.
         self._phases: dict[int, int] = {}
 
@@ -227,6 +230,8 @@ class LifeCycleManager:
         if vm is None:
             return
         state = record_usage(self.vms, vm, info)
+        if self.on_polled is not None:
+            self.on_polled(vm)
         # The state letter only matters while the VM is meant to be running.
         if vm.lcm_state in POLLED:
             event = {

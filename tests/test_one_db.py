@@ -100,8 +100,9 @@ def one(tmp_path):
 def test_schema_is_exactly_1_2(one: OneDaemon) -> None:
     with one.db() as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        # Plus 1.4's user table (api-1.4.md §2.5), which 1.2 readers never look at.
-        assert tables == {*SCHEMA, "user_pool"}
+        # Plus 1.4's user table (api-1.4.md §2.5) and the monitoring history, which 1.2
+        # readers never look at.
+        assert tables == {*SCHEMA, "user_pool", "nebula_xr_monitoring"}
         for table, columns in SCHEMA.items():
             info = db.execute(f"PRAGMA table_info({table})").fetchall()
             assert [(row[1], row[2], row[5]) for row in info] == columns, table

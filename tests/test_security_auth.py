@@ -1,13 +1,13 @@
 """Attack suite, part 1: who may call what.
 
 Every XML-RPC method of the daemon (the twelve 1.2 methods, the nineteen 1.4 ``one.*``
-methods, the ``nebula_xr.*`` methods, plus ``system.listMethods`` and a
-``system.multicall`` smuggling a 1.2 call) is called with five kinds of session, from
-loopback and from another address, against a real daemon. The other address is a network
-namespace of this test, joined to the host by a veth pair (10.77.9.1/30 on the host side,
-10.77.9.2/30 inside): the client runs there with ``ip netns exec``, the daemon listens on
-0.0.0.0 with the shipped authentication. Nothing is sent anywhere but loopback and that
-namespace.
+methods, 3.x's ``one.*.monitoring``, the ``nebula_xr.*`` methods, plus
+``system.listMethods`` and a ``system.multicall`` smuggling a 1.2 call) is called with five
+kinds of session, from loopback and from another address, against a real daemon. The other
+address is a network namespace of this test, joined to the host by a veth pair
+(10.77.9.1/30 on the host side, 10.77.9.2/30 inside): the client runs there with
+``ip netns exec``, the daemon listens on 0.0.0.0 with the shipped authentication. Nothing
+is sent anywhere but loopback and that namespace.
 
 Each call is allowed exactly when :data:`ALLOWED` says so. The table is written out by
 hand from the rules in README "Security" (1.4's ownership rules, and 1.2 clients on the
@@ -79,11 +79,13 @@ ALLOWED: dict[str, dict[str, frozenset[str]]] = {
     "one.vm.info": same_everywhere(OWNERS),
     "one.vm.recover": same_everywhere(ADMIN_ONLY),  # 4.2: administrator rights on the VM
     "one.vmpool.info": same_everywhere(USERS),
+    "one.vm.monitoring": same_everywhere(OWNERS),  # 3.x; the VM's own polls
     "one.host.allocate": same_everywhere(ADMIN_ONLY),
     "one.host.info": same_everywhere(USERS),
     "one.host.delete": same_everywhere(ADMIN_ONLY),
     "one.host.enable": same_everywhere(ADMIN_ONLY),
     "one.hostpool.info": same_everywhere(USERS),
+    "one.host.monitoring": same_everywhere(USERS),  # 3.x; readable as one.host.info
     "one.vn.allocate": same_everywhere(USERS),
     "one.vn.info": same_everywhere(OWNERS),
     "one.vn.delete": same_everywhere(OWNERS),
@@ -345,6 +347,7 @@ CASES: dict[str, Case] = {
     "one.vm.info": Case(lambda w: (w.pending_vm(),)),
     "one.vm.recover": Case(lambda w: (w.running_vm(), True)),
     "one.vmpool.info": Case(lambda w: (-2,)),
+    "one.vm.monitoring": Case(lambda w: (w.pending_vm(),)),
     "one.host.allocate": Case(
         lambda w: (w.fresh("newhost"), "im_xen", "vmm_xen", "tm_nfs"),
         lambda w, a: a[0] in w.host_names(),
@@ -355,6 +358,7 @@ CASES: dict[str, Case] = {
         lambda w: (w.spare_host(), False), lambda w, a: w.host_state(a[0]) == 4
     ),
     "one.hostpool.info": Case(lambda w: ()),
+    "one.host.monitoring": Case(lambda w: (0,)),
     "one.vn.allocate": Case(_vn_template, _vn_named),
     "one.vn.info": Case(lambda w: (w.network(),)),
     "one.vn.delete": Case(lambda w: (w.network(),), lambda w, a: not w.network_exists(a[0])),

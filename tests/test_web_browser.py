@@ -1,7 +1,7 @@
 """The web console in a real browser: Debian's chromium driven by Playwright.
 
-The daemon is the real one with the dummy drivers (and the stand-in monitoring history of
-tests/web_daemon.py). Screenshots of every page go to a directory printed at the start
+The daemon is the real one with the dummy drivers, plots drawn from its monitoring
+history. Screenshots of every page go to a directory printed at the start
 (``$NEBULA_XR_WEB_ARTEFACTS``, else a temporary one); with ``NEBULA_XR_DOC_IMAGES=1`` the
 dashboard and VM page are also written to docs/img for the README.
 """

@@ -20,12 +20,12 @@ def free_port() -> int:
 
 
 def start_web_daemon(location: Path, extra: str = "", **drivers: str) -> tuple[OneDaemon, str]:
-    """The daemon (with the stand-in monitoring history) and its web console's base URL;
+    """The daemon and its web console's base URL;
     ``drivers`` are write_conf's ``*_extra`` driver options."""
     port = free_port()
     web = f'WEB = [ port = {port}, listen_address = "127.0.0.1" ]'
     write_conf(location, extra=f"{web}\n{extra}", **drivers)
-    daemon = OneDaemon(location, module="tests.web_daemon").start()
+    daemon = OneDaemon(location).start()
     assert f"web console on http://127.0.0.1:{port}/" in daemon.startup[-1]
     return daemon, f"http://127.0.0.1:{port}"
 
