@@ -352,11 +352,17 @@ def running(tmp_path: Path) -> Iterator[tuple[OneDaemon, int, int]]:
         one.stop()
 
 
+def spans_two_seconds(samples: list[dict[str, int]], time_tag: str) -> list[dict[str, int]]:
+    """``samples`` if they were taken in at least two different seconds, else []."""
+    return samples if len({sample[time_tag] for sample in samples}) >= 2 else []
+
+
 def test_polls_and_monitorings_are_read_through_the_api(
     running: tuple[OneDaemon, int, int],
 ) -> None:
     one, hid, vid = running
-    polls = wait_for(lambda: len(vm_samples(one, vid)) >= 2 and vm_samples(one, vid))
+    # Samples a second apart (times are whole seconds; the tests poll every second).
+    polls = wait_for(lambda: spans_two_seconds(vm_samples(one, vid), "LAST_POLL"))
     # vmm_dummy's poll: all of MEMORY (64 MB, in KB) and a tenth of the CPU.
     assert {(s["ID"], s["CPU"], s["MEMORY"], s["NET_TX"], s["NET_RX"]) for s in polls} == {
         (vid, 10, 65536, 0, 0)
@@ -364,7 +370,7 @@ def test_polls_and_monitorings_are_read_through_the_api(
     times = [sample["LAST_POLL"] for sample in polls]
     assert times == sorted(times) and times[0] < times[-1] <= time.time() + 1
 
-    monitorings = wait_for(lambda: len(host_samples(one, hid)) >= 2 and host_samples(one, hid))
+    monitorings = wait_for(lambda: spans_two_seconds(host_samples(one, hid), "LAST_MON_TIME"))
     # im_dummy's host: 2 CPUs (200 %), 2 GB, 10 % and 256 MB of it used.
     assert {
         (s["ID"], s["USED_CPU"], s["MAX_CPU"], s["USED_MEM"], s["MAX_MEM"]) for s in monitorings
