@@ -1,6 +1,6 @@
 """The pool documents written as text directly are exactly what lxml writes.
 
-The reference builders below are the lxml ones the pool documents were made with before
+The reference is the lxml element builders the pool documents were made with before
 (one element at a time); the direct writer must give the same string for any content,
 hostile text included (markup characters, ``]]>``, control characters and lone
 surrogates that XML cannot carry, non-BMP characters, one.db's vector separator), and the
@@ -16,7 +16,6 @@ from unittest.mock import patch
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lxml import etree
 
 from nebula_xr import xmldoc
 from nebula_xr.model import History, Host, HostState, LCMState, VirtualMachine, VMState
@@ -25,112 +24,32 @@ from nebula_xr.transport.xmlrpc import EncodedString, MethodRegistry, dump_respo
 from nebula_xr.vnet import Lease, NetworkType, VirtualNetwork
 
 # -- the lxml reference -------------------------------------------------------------------
-
-
-def _element(parent: etree._Element, tag: str, value: object = None) -> etree._Element:
-    element = etree.SubElement(parent, tag)
-    element.text = "" if value is None else xmldoc._text(value)
-    return element
-
-
-def _root(tag: str) -> etree._Element:
-    root = etree.Element(tag)
-    root.text = ""
-    return root
-
-
-def _fields(parent: etree._Element, fields: list[tuple[str, object]]) -> None:
-    for tag, value in fields:
-        _element(parent, tag, value)
+# The pool documents used to be built with the element builders the single-object
+# documents still use (one lxml element at a time); those are the reference.
 
 
 def reference_vm_pool(vms: list[VirtualMachine], username) -> str:
-    root = _root("VM_POOL")
+    root = xmldoc._root("VM_POOL")
     for vm in vms:
-        element = _element(root, "VM")
-        _fields(element, [("ID", vm.oid), ("UID", vm.uid), ("USERNAME", username(vm.uid))])
-        _fields(
-            element,
-            [
-                ("NAME", vm.name),
-                ("LAST_POLL", vm.last_poll),
-                ("STATE", int(vm.state)),
-                ("LCM_STATE", int(vm.lcm_state)),
-                ("STIME", vm.stime),
-                ("ETIME", vm.etime),
-                ("DEPLOY_ID", vm.deploy_id),
-                ("MEMORY", vm.memory),
-                ("CPU", vm.cpu),
-                ("NET_TX", vm.net_tx),
-                ("NET_RX", vm.net_rx),
-            ],
-        )
-        record = vm.current
-        if record is not None:
-            _fields(
-                _element(element, "HISTORY"),
-                [
-                    ("SEQ", record.seq),
-                    ("HOSTNAME", record.host_name),
-                    ("HID", record.hid),
-                    ("STIME", record.stime),
-                    ("ETIME", record.etime),
-                    ("PSTIME", record.pstime),
-                    ("PETIME", record.petime),
-                    ("RSTIME", record.rstime),
-                    ("RETIME", record.retime),
-                    ("ESTIME", record.estime),
-                    ("EETIME", record.eetime),
-                    ("REASON", int(record.reason)),
-                ],
-            )
-    return etree.tostring(root, encoding="unicode")
+        element = xmldoc._add(root, "VM")
+        xmldoc._vm(element, vm, username(vm.uid))
+        if vm.current is not None:
+            xmldoc._history(element, vm.current)
+    return xmldoc._serialize(root)
 
 
 def reference_host_pool(hosts: list[Host]) -> str:
-    root = _root("HOST_POOL")
+    root = xmldoc._root("HOST_POOL")
     for host in hosts:
-        element = _element(root, "HOST")
-        _fields(
-            element,
-            [
-                ("ID", host.oid),
-                ("NAME", host.name),
-                ("STATE", int(host.state)),
-                ("IM_MAD", host.im_mad),
-                ("VM_MAD", host.vm_mad),
-                ("TM_MAD", host.tm_mad),
-                ("LAST_MON_TIME", host.last_mon_time),
-            ],
-        )
-        shares, monitored = host.shares, host.attributes.get
-        _fields(
-            _element(element, "HOST_SHARE"),
-            [
-                ("HID", host.oid),
-                ("DISK_USAGE", shares.disk_usage),
-                ("MEM_USAGE", shares.mem_usage),
-                ("CPU_USAGE", shares.cpu_usage),
-                ("MAX_DISK", shares.max_disk),
-                ("MAX_MEM", shares.max_mem),
-                ("MAX_CPU", shares.max_cpu),
-                ("FREE_DISK", 0),
-                ("FREE_MEM", xmldoc.leading_int(monitored("FREEMEMORY"))),
-                ("FREE_CPU", xmldoc.leading_int(monitored("FREECPU"))),
-                ("USED_DISK", 0),
-                ("USED_MEM", xmldoc.leading_int(monitored("USEDMEMORY"))),
-                ("USED_CPU", xmldoc.leading_int(monitored("USEDCPU"))),
-                ("RUNNING_VMS", shares.running_vms),
-            ],
-        )
-    return etree.tostring(root, encoding="unicode")
+        xmldoc._host(xmldoc._add(root, "HOST"), host)
+    return xmldoc._serialize(root)
 
 
 def reference_vnet_pool(networks: list[VirtualNetwork], username) -> str:
-    root = _root("VNET_POOL")
+    root = xmldoc._root("VNET_POOL")
     for network in networks:
-        _fields(
-            _element(root, "VNET"),
+        xmldoc._fields(
+            xmldoc._add(root, "VNET"),
             [
                 ("ID", network.oid),
                 ("UID", network.uid),
@@ -141,7 +60,7 @@ def reference_vnet_pool(networks: list[VirtualNetwork], username) -> str:
                 ("TOTAL_LEASES", sum(lease.used for lease in network.leases.values())),
             ],
         )
-    return etree.tostring(root, encoding="unicode")
+    return xmldoc._serialize(root)
 
 
 # -- hostile content ----------------------------------------------------------------------
