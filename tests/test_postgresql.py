@@ -33,6 +33,19 @@ def _rows(postgres: PostgresServer, db_name: str, sql: str, *args: object) -> li
         return connection.execute(sql, args).fetchall()
 
 
+def _terminate(postgres: PostgresServer, db_name: str, application: str) -> None:
+    """End the daemon's one server connection named ``application``, as a crash would."""
+    terminated = _rows(
+        postgres,
+        db_name,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = %s AND datname = %s",
+        application,
+        db_name,
+    )
+    assert terminated == [(True,)]
+
+
 @pytest.fixture
 def db_name(postgres: PostgresServer) -> str:
     return postgres.create_database()
@@ -153,14 +166,7 @@ def test_a_lost_database_connection_is_reopened_and_the_change_acknowledged(
     one: OneDaemon, postgres: PostgresServer, db_name: str
 ) -> None:
     assert one.call("one.vmallocate", "NAME = first\n") == [True, 0]
-    terminated = _rows(
-        postgres,
-        db_name,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE application_name = 'nebula-xr writer' AND datname = %s",
-        db_name,
-    )
-    assert terminated == [(True,)]
+    _terminate(postgres, db_name, "nebula-xr writer")
     assert one.call("one.vmallocate", "NAME = second\n") == [True, 1]
     assert _rows(postgres, db_name, "SELECT oid FROM vm_pool ORDER BY oid") == [(0,), (1,)]
 
@@ -431,14 +437,7 @@ def test_an_active_daemon_that_loses_its_lock_stops_at_once(
     one: OneDaemon, postgres: PostgresServer, db_name: str
 ) -> None:
     assert one.call("one.vmallocate", "NAME = before\n") == [True, 0]
-    terminated = _rows(
-        postgres,
-        db_name,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE application_name = 'nebula-xr lock' AND datname = %s",
-        db_name,
-    )
-    assert terminated == [(True,)]
+    _terminate(postgres, db_name, "nebula-xr lock")
     # Another daemon may hold the lock now: this one must not go on writing.
     assert one.process is not None
     assert one.process.wait(10) == 1
