@@ -353,17 +353,25 @@ def _start_standby(location: Path) -> tuple[subprocess.Popen[bytes], _Stderr]:
     return process, _Stderr(process)
 
 
+def _two_front_ends(
+    tmp_path: Path, postgres: PostgresServer, db_name: str, tm_extras: tuple[str, str] = ("", "")
+) -> tuple[list[Path], int]:
+    """Two daemons' locations on one database and one port of one address (clients never
+    change their URL), with the TM settings given; and that port."""
+    port = _free_port()
+    sites = [tmp_path / "a", tmp_path / "b"]
+    for site, tm_extra in zip(sites, tm_extras, strict=True):
+        site.mkdir()
+        conf = write_conf(site, extra=postgres.oned_conf(db_name), tm_extra=tm_extra)
+        conf.write_text(conf.read_text().replace("PORT = 0\n", f"PORT = {port}\n"))
+        (site / "one_auth").write_text("oneadmin:test-admin-password\n")
+    return sites, port
+
+
 def test_the_standby_takes_over_when_the_active_daemon_is_killed(
     tmp_path: Path, postgres: PostgresServer, db_name: str
 ) -> None:
-    # Both front-ends on one port of one address: clients never change their URL.
-    port = _free_port()
-    sites = [tmp_path / "a", tmp_path / "b"]
-    for site in sites:
-        site.mkdir()
-        conf = _pg_conf(site, postgres, db_name)
-        conf.write_text(conf.read_text().replace("PORT = 0\n", f"PORT = {port}\n"))
-        (site / "one_auth").write_text("oneadmin:test-admin-password\n")
+    sites, port = _two_front_ends(tmp_path, postgres, db_name)
     active = OneDaemon(sites[0]).start()
     standby, standby_err = _start_standby(sites[1])
     try:
@@ -448,13 +456,7 @@ def test_an_active_daemon_that_loses_its_lock_stops_at_once(
 def test_the_standby_reconciles_a_vm_the_dead_daemon_left_mid_deploy(
     tmp_path: Path, postgres: PostgresServer, db_name: str
 ) -> None:
-    port = _free_port()
-    sites = [tmp_path / "a", tmp_path / "b"]
-    for site, tm_extra in zip(sites, (", DELAY = 3600", ""), strict=True):
-        site.mkdir()
-        conf = write_conf(site, extra=postgres.oned_conf(db_name), tm_extra=tm_extra)
-        conf.write_text(conf.read_text().replace("PORT = 0\n", f"PORT = {port}\n"))
-        (site / "one_auth").write_text("oneadmin:test-admin-password\n")
+    sites, _port = _two_front_ends(tmp_path, postgres, db_name, (", DELAY = 3600", ""))
     active = OneDaemon(sites[0]).start()
     standby, standby_err = _start_standby(sites[1])
     try:
