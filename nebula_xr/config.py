@@ -213,6 +213,18 @@ def _int(template: Template, key: str, default: int) -> int:
         raise ConfigError(f"{key} must be an integer, not {value!r}") from error
 
 
+def _port(value: str | None, key: str, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        port = int(value)
+    except ValueError as error:
+        raise ConfigError(f"{key} must be an integer, not {value!r}") from error
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key} must be a TCP port, not {port}")
+    return port
+
+
 def _float(value: str | None, key: str, default: float) -> float:
     if value is None:
         return default
@@ -277,13 +289,7 @@ def _web(template: Template) -> WebConfig | None:
     vector = template.get_vector("WEB")
     if vector is None:
         return None
-    text = vector.get("PORT", "0")
-    try:
-        port = int(text)
-    except ValueError as error:
-        raise ConfigError(f"WEB port must be an integer, not {text!r}") from error
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"WEB port must be a TCP port, not {port}")
+    port = _port(vector.get("PORT"), "WEB port", 0)
     if port == 0:
         return None
     return WebConfig(port, vector.get("LISTEN_ADDRESS") or "127.0.0.1")
@@ -433,9 +439,7 @@ def parse_config(text: str, layout: Layout, source: str = "oned.conf") -> Config
     debug_level = _int(template, "DEBUG_LEVEL", 1)
     if not 0 <= debug_level <= 3:
         debug_level = 0  # 1.2: out of range means ERROR only
-    port = _int(template, "PORT", 2633)
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"PORT must be a TCP port, not {port}")
+    port = _port(template.get_string("PORT"), "PORT", 2633)
     limits, call_limits = _limits(template)
     listen_address = template.get_string("LISTEN_ADDRESS") or "127.0.0.1"
     threshold = _int(template, "HOST_ERROR_THRESHOLD", 1)
@@ -487,13 +491,7 @@ def _database(template: Template) -> PostgresSettings | None:
     if backend != "postgresql":
         raise ConfigError(f"DB backend must be sqlite or postgresql, not {backend!r}")
     defaults = PostgresSettings()
-    port_text = vector.get("PORT") or "0"
-    try:
-        port = int(port_text)
-    except ValueError as error:
-        raise ConfigError(f"DB port must be an integer, not {port_text!r}") from error
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"DB port must be a TCP port, not {port}")
+    port = _port(vector.get("PORT") or None, "DB port", 0)
     try:
         import psycopg  # noqa: F401
     except ImportError as error:
