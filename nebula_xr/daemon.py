@@ -361,8 +361,9 @@ class Daemon(MultiService):
             return None
         from nebula_xr.web import WebService
 
-        # The plots read ``self.monitoring`` (the monitoring history) when there is one.
-        web = WebService(self, None, self.config.web.port, self.config.web.listen_address)
+        web = WebService(
+            self, self.monitoring, self.config.web.port, self.config.web.listen_address
+        )
         self.vms.listeners.append(web.console.vm_changed)
         self.hosts.listeners.append(web.console.host_changed)
         return web

@@ -95,7 +95,7 @@ def _peer(request: Request) -> str:
 class WebConsole:
     """Everything the console needs from the daemon, and the signed-in sessions."""
 
-    def __init__(self, daemon: Any, history: History | None, clock: Any) -> None:
+    def __init__(self, daemon: Any, history: History, clock: Any) -> None:
         self.daemon = daemon
         self.history = history
         self.clock = clock
@@ -261,13 +261,8 @@ class WebConsole:
         }
 
     def samples(self, kind: str, oid: int) -> list[dict[str, float]]:
-        # The daemon's history (``daemon.monitoring``) is looked up when read, so the
-        # order in which the daemon builds it and the console does not matter.
-        history = self.history or getattr(self.daemon, "monitoring", None)
-        if history is None:
-            return []
         try:
-            return history.samples(kind, oid)
+            return self.history.samples(kind, oid)
         except Exception:  # a plot is not worth a broken page
             _log.failure(
                 "Reading the monitoring history of {kind} {oid} failed", kind=kind, oid=oid
@@ -568,7 +563,7 @@ def make_site(console: WebConsole, websocket: Resource | None) -> Site:
 class WebService(MultiService):
     """The web console's listener and heartbeat, a child service of the daemon."""
 
-    def __init__(self, daemon: Any, history: History | None, port: int, interface: str) -> None:
+    def __init__(self, daemon: Any, history: History, port: int, interface: str) -> None:
         super().__init__()
         self.console = WebConsole(daemon, history, daemon.clock)
         from nebula_xr.web.console import console_resource
