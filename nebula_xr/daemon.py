@@ -59,6 +59,7 @@ from nebula_xr.sessions import Authenticator, FailureThrottle
 from nebula_xr.standby import ActiveLock, Standby
 from nebula_xr.template import Template, TemplateSyntaxError
 from nebula_xr.transfer_manager import TransferManager
+from nebula_xr.transport.http import listen_tcp
 from nebula_xr.transport.tls import TLSSetupError, server_options
 from nebula_xr.transport.xmlrpc import MethodRegistry, make_factory
 from nebula_xr.users import BootstrapError, UserPool
@@ -102,8 +103,8 @@ class _ListenerService(Service):
         # A deep accept queue: with Twisted's default of 50, a burst of connections
         # (a flood the limits would sort out) makes clients wait for SYN retries.
         if self.tls is None:
-            self.listening = self.reactor.listenTCP(
-                self.requested_port, self.factory, backlog=_BACKLOG, interface=self.interface
+            self.listening = listen_tcp(
+                self.reactor, self.requested_port, self.factory, _BACKLOG, self.interface
             )
         else:
             self.listening = self.reactor.listenSSL(

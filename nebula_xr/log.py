@@ -39,6 +39,9 @@ _LETTERS = "EWID"
 _TWISTED_LEVELS = {ERROR: LogLevel.error, WARNING: LogLevel.warn, INFO: LogLevel.info}
 #: Per-VM log files kept open at once (least recently written closed first).
 VM_LOGS_OPEN = 64
+#: Seconds a line below ERROR may wait in the buffer. At DEBUG_LEVEL 3 every call writes
+#: an access line: a flush per reactor turn was a write(2) per call.
+FLUSH_DELAY = 0.2
 _NAMESPACE = "nebula_xr"
 
 
@@ -247,7 +250,7 @@ class Log:
         if reactor is None:
             from twisted.internet import reactor
         self._flush_scheduled = True
-        reactor.callLater(0, self.flush)
+        reactor.callLater(FLUSH_DELAY, self.flush)
 
     def _from_twisted(self, event: LogEvent) -> None:
         if event.get("log_namespace") == _NAMESPACE:

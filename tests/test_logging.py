@@ -42,13 +42,14 @@ def test_lines_keep_the_1_2_format_and_files_stay_open(one: OneDaemon, tmp_path:
     assert one.call("one.vmdeploy", 0, 0) == [True]
     wait_state(one, 0, 3, 3)
     var = tmp_path / "var"
+    # Lines below ERROR reach the files within log.FLUSH_DELAY.
+    wait_for(lambda: "[DiM][I]: New VM state is PENDING" in (var / "0" / "vm.log").read_text())
     for path in (var / "oned.log", var / "0" / "vm.log"):
         lines = path.read_text().splitlines()
         assert lines
         assert [line for line in lines if not LINE.match(line)] == []
         # Opened once and kept open: not opened and closed for each line.
         assert str(path) in _open_files(one)
-    assert "[DiM][I]: New VM state is PENDING" in (var / "0" / "vm.log").read_text()
 
 
 def test_sighup_reopens_the_logs_after_rotation(one: OneDaemon, tmp_path: Path) -> None:

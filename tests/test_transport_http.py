@@ -17,7 +17,13 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-from nebula_xr.transport.http import LOCAL, CallContext, HTTPServerFactory, Limits
+from nebula_xr.transport.http import (
+    LOCAL,
+    CallContext,
+    HTTPServerFactory,
+    Limits,
+    listen_tcp,
+)
 
 
 async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
@@ -113,7 +119,8 @@ def request(
 class Server:
     def __init__(self, handler: Callable[[bytes], Any], **options: Any) -> None:
         self.factory = HTTPServerFactory(lambda body, _context: handler(body), **options)
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        # As the daemon listens: answers sent at once when the socket takes them.
+        self.port = listen_tcp(reactor, 0, self.factory, 50, "127.0.0.1")
         self.address = ("127.0.0.1", self.port.getHost().port)
 
     async def talk(self, conversation: Callable[[Client], Any]) -> Any:
@@ -304,6 +311,67 @@ async def test_a_client_that_does_not_read_stops_the_server_reading() -> None:
         answers = await in_thread(lambda: [client.response() for _ in range(60)])
         assert [len(a.body) for a in answers] == [1_000_000] * 60
         assert len(calls) == 60
+        client.close()
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_that_fit_the_socket_are_sent_without_a_turn_waiting_to_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Twisted's own transport registers for writability and sends on the next turn,
+    # for every answer; the daemon's sends at once when nothing is queued before it.
+    registered: list[object] = []
+    add_writer = reactor.addWriter  # type: ignore[attr-defined]
+
+    def recording(writer: object) -> None:
+        registered.append(writer)
+        add_writer(writer)
+
+    monkeypatch.setattr(reactor, "addWriter", recording)
+    server = Server(echo)
+    try:
+
+        def conversation(client: Client) -> tuple[list[bytes], list[object]]:
+            answers = []
+            for i in range(50):
+                client.send(request(b"%d" % i))
+                answers.append(client.response().body)
+            # Before the client closes (the server's half-close then waits to write).
+            return answers, list(registered)
+
+        answers, writers = await server.talk(conversation)
+        assert answers == [b"echo:%d" % i for i in range(50)]
+        assert writers == []
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_after_a_partial_send_waits_behind_what_was_queued() -> None:
+    server = Server(echo)
+    try:
+        client = await in_thread(Client, server.address)
+        await wait_until(lambda: bool(server.factory.channels))
+        transport = next(iter(server.factory.channels)).transport
+        first = bytes(range(256)) * 40_000  # 10 MB: more than the socket takes at once
+        transport.write(first)
+        # The client reads part of it now, in this reactor turn: the socket has room
+        # again while the rest of ``first`` still waits in the transport's queue.
+        client.sock.settimeout(5)
+        received = bytearray()
+        while len(received) < 1_000_000:
+            received += client.sock.recv(1_000_000 - len(received))
+        transport.write(b"second")
+
+        def rest() -> bytes:
+            data = bytes(received)
+            while len(data) < len(first) + len(b"second"):
+                data += client.sock.recv(1 << 20)
+            return data
+
+        assert await in_thread(rest) == first + b"second"
         client.close()
     finally:
         await server.stop()

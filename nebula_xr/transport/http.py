@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
@@ -43,6 +44,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ISSLTransport,
 )
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -776,6 +778,56 @@ class _Refusal(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+
+
+class _EagerServer(tcp.Server):
+    """A TCP server transport that sends at once when it has nothing queued.
+
+    Twisted's transport queues every write until the reactor's next turn: a turn and
+    two ``epoll_ctl`` calls per reply, which was a third of the server's time per info
+    call. An answer to a request that just arrived almost always fits in the socket's
+    buffer; what does not is queued as before, behind which later writes wait.
+    """
+
+    def write(self, data: bytes) -> None:
+        if (
+            self._tempDataLen
+            or self.offset != len(self.dataBuffer)
+            or not self.connected
+            or self.disconnecting
+            or self._writeDisconnecting
+            or self._writeDisconnected
+            or type(data) is not bytes
+        ):
+            super().write(data)
+            return
+        try:
+            sent = self.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            super().write(data)  # the queued write meets the error and reports the loss
+            return
+        if sent < len(data):
+            super().write(data[sent:])
+
+
+class _EagerPort(tcp.Port):
+    transport = _EagerServer
+
+
+def listen_tcp(
+    reactor: Any, port: int, factory: ServerFactory, backlog: int, interface: str
+) -> Any:
+    """``reactor.listenTCP`` whose connections send answers without waiting a turn.
+
+    A reactor that is not a real one (a test's) listens its own way.
+    """
+    if not isinstance(reactor, PosixReactorBase):
+        return reactor.listenTCP(port, factory, backlog=backlog, interface=interface)
+    listening = _EagerPort(port, factory, backlog, interface, reactor)
+    listening.startListening()
+    return listening
 
 
 class HTTPServerFactory(ServerFactory):
