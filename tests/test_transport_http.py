@@ -377,6 +377,64 @@ async def test_a_write_after_a_partial_send_waits_behind_what_was_queued() -> No
         await server.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_repeated_head_is_checked_once_and_acted_on_the_same_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nebula_xr.transport import http
+
+    read: list[int] = []
+    request_head = http.HTTPChannel._request_head
+
+    def counting(self: http.HTTPChannel, *args: Any) -> Any:
+        read.append(1)
+        return request_head(self, *args)
+
+    monkeypatch.setattr(http.HTTPChannel, "_request_head", counting)
+    lines: list[str] = []
+    server = Server(echo, access_log=lines.append)
+    try:
+        polling = request(b"same")
+        closing = request(b"same", headers="Host: localhost\r\nConnection: close\r\n")
+        http10 = request(b"same", version="HTTP/1.0", headers="Connection: keep-alive\r\n")
+        expecting = request(b"same", headers="Host: localhost\r\nExpect: 100-continue\r\n")
+
+        def conversation(client: Client) -> list[tuple[int, str | None, bytes]]:
+            answers = []
+            for data in [polling] * 3 + [http10] * 2:
+                client.send(data)
+                answer = client.response()
+                answers.append((answer.status, answer.headers.get("connection"), answer.body))
+            return answers
+
+        assert (
+            await server.talk(conversation)
+            == [(200, None, b"echo:same")] * 3 + [(200, "keep-alive", b"echo:same")] * 2
+        )
+        assert len(read) == 2  # each different head once
+        assert (
+            lines
+            == ['127.0.0.1 "POST /RPC2 HTTP/1.1" 200 9'] * 3
+            + ['127.0.0.1 "POST /RPC2 HTTP/1.0" 200 9'] * 2
+        )
+        # Heads that differ only in Connection or Expect are not taken for the polling one.
+        answer, closed = await exchange(server, closing)
+        assert (answer.status, answer.headers["connection"], closed) == (200, "close", True)
+
+        def expect_twice(client: Client) -> list[int]:
+            statuses = []
+            for _ in range(2):
+                client.send(expecting[: -len(b"same")])
+                statuses.append(client.response().status)  # asked for the body each time
+                client.send(b"same")
+                statuses.append(client.response().status)
+            return statuses
+
+        assert await server.talk(expect_twice) == [100, 200, 100, 200]
+    finally:
+        await server.stop()
+
+
 # -- bodies -----------------------------------------------------------------------------
 
 

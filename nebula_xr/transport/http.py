@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -144,6 +144,20 @@ class HTTPError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class _KnownHead(NamedTuple):
+    """What a valid POST head with a Content-Length decided: enough to act on it again."""
+
+    conn: bytes  # the Connection field of the answer
+    line: str  # the request line, for the access log
+    size: int  # the body's length
+
+
+#: Heads remembered per server, of at most KNOWN_HEAD_BYTES each: a polling client's
+#: head is read and checked once.
+KNOWN_HEADS = 256
+KNOWN_HEAD_BYTES = 1024
 
 
 class _Pending:
@@ -499,6 +513,12 @@ class HTTPChannel(Protocol):
             return end
         stop = pos + limits.header_bytes
         crlf = data.find(b"\r\n\r\n", pos, stop + 4)
+        if crlf >= 0:
+            # A client polling the same call sends the same head each time.
+            known = self.factory.known_heads.get(data[pos : crlf + 4])
+            if known is not None:
+                self._start_body(known, data, crlf + 4)
+                return crlf + 4
         lf = data.find(b"\n\n", pos, crlf if crlf >= 0 else stop + 2)
         if lf >= 0:
             head = data[pos:lf]
@@ -519,10 +539,13 @@ class HTTPChannel(Protocol):
                 raise HTTPError(431, "Request head too large")
             self._buf = data[pos:]
             return -1
-        self._request_head(lines, data, after)
+        known = self._request_head(lines, data, after)
+        if known is not None and lf < 0 and after - pos <= KNOWN_HEAD_BYTES:
+            self.factory.remember_head(data[pos:after], known)
         return after
 
-    def _request_head(self, lines: list[bytes], data: bytes, after: int) -> None:
+    def _request_head(self, lines: list[bytes], data: bytes, after: int) -> _KnownHead | None:
+        """Act on a request head; what a byte-identical head would do, if it can be reused."""
         factory = self.factory
         limits = factory.limits
         self._heads += 1
@@ -622,10 +645,23 @@ class HTTPChannel(Protocol):
         if chunked:
             self._body_len = 0
             self._state = _CHUNK_SIZE
-        elif size:
-            self._remaining = size
+            return None
+        known = _KnownHead(self._conn, self._line, size)
+        self._start_body(known, data, after, counted=True)
+        return None if expect is not None else known
+
+    def _start_body(self, head: _KnownHead, data: bytes, after: int, counted: bool = False) -> None:
+        """Begin reading the Content-Length body of a request whose head was read."""
+        if not counted:
+            self._heads += 1
+            self._phase_started = self.factory.clock.seconds()
+            self._head_only = False
+            self._conn = head.conn
+            self._line = head.line
+        if head.size:
+            self._remaining = head.size
             self._state = _BODY
-            self._reserve(size - limits.body_allowance)
+            self._reserve(head.size - self.factory.limits.body_allowance)
         else:
             self._complete(b"")
 
@@ -867,6 +903,8 @@ class HTTPServerFactory(ServerFactory):
         self._budget_waiters: deque[HTTPChannel] = deque()
         self._refused = 0
         self._refusal_logged = float("-inf")
+        #: Raw request heads already read and found valid, and what they decided.
+        self.known_heads: dict[bytes, _KnownHead] = {}
 
     # -- connection limits --------------------------------------------------------------
 
@@ -927,6 +965,12 @@ class HTTPServerFactory(ServerFactory):
             same_peer.discard(channel)
             if not same_peer:
                 del self.by_address[channel._peer]
+
+    def remember_head(self, raw: bytes, head: _KnownHead) -> None:
+        """Reuse what ``raw`` decided the next time a connection sends it."""
+        if len(self.known_heads) >= KNOWN_HEADS:
+            self.known_heads.clear()  # many different clients: start over
+        self.known_heads[raw] = head
 
     # -- the shared budget of unfinished bodies -------------------------------------------
 
