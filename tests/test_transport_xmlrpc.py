@@ -474,6 +474,35 @@ def test_common_clients_take_the_fast_path() -> None:
     assert _parse_fast(ruby) == ("one.vmget_info", ["sessionID", 5])
 
 
+def test_a_repeated_call_is_parsed_once_and_each_caller_gets_its_own_params(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nebula_xr.transport import xmlrpc as module
+
+    parsed: list[bytes] = []
+
+    def counting(data: bytes) -> Any:
+        parsed.append(data)
+        return _parse_fast(data)
+
+    monkeypatch.setattr(module, "_parse_fast", counting)
+    monkeypatch.setattr(module, "_KNOWN_CALLS", {})
+    poll = xmlrpc.client.dumps(("sessionID", 7), "one.hostinfo").encode()
+    first = parse_call(poll)
+    first[1].append("changed by its handler")
+    assert parse_call(poll) == parse_call(poll) == ("one.hostinfo", ["sessionID", 7])
+    assert parsed == [poll]
+    # Another document, even one that differs only in white space, is parsed itself.
+    assert parse_call(poll.replace(b"<params>", b"<params> ")) == ("one.hostinfo", ["sessionID", 7])
+    assert len(parsed) == 2
+    # Documents the fast parser leaves to the full one are not remembered, faults included.
+    bad = b"<methodCall><methodName>x</methodName><params><param><value><i4>1"
+    for _ in range(2):
+        with pytest.raises(Fault):
+            parse_call(bad)
+    assert module._KNOWN_CALLS.keys() == {poll, poll.replace(b"<params>", b"<params> ")}
+
+
 def typed(call: tuple[str, list[Any]]) -> tuple[str, list[tuple[type, Any]]]:
     return call[0], [(type(value), value) for value in call[1]]
 

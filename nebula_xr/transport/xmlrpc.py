@@ -418,9 +418,26 @@ def _parse_incremental(data: bytes) -> Deferred[tuple[str, list[Any]]]:
     return task.coiterate(slices()).addCallback(lambda _: builder.call)
 
 
+#: Small flat calls already parsed, by their exact bytes: a client polling one call sends
+#: the same document each time. Their params are immutable scalars, shared safely.
+_KNOWN_CALLS: dict[bytes, tuple[str, tuple[Any, ...]]] = {}
+KNOWN_CALLS = 1024
+KNOWN_CALL_BYTES = 512
+
+
 def parse_call(data: bytes) -> tuple[str, list[Any]]:
     """``(method name, params)`` of a methodCall document; raises :class:`Fault` (-503)."""
-    return _parse_fast(data) or _parse_full(data)
+    known = _KNOWN_CALLS.get(data)
+    if known is not None:
+        return known[0], list(known[1])
+    call = _parse_fast(data)
+    if call is None:
+        return _parse_full(data)
+    if len(data) <= KNOWN_CALL_BYTES:
+        if len(_KNOWN_CALLS) >= KNOWN_CALLS:
+            _KNOWN_CALLS.clear()  # many different calls: start over
+        _KNOWN_CALLS[data] = (call[0], tuple(call[1]))
+    return call
 
 
 # -- serialisation ----------------------------------------------------------------------
