@@ -61,7 +61,7 @@ class CallContext:
     peer: str  # the client's IP address ("" for calls made inside the process)
     secure: bool = False  # the connection is TLS
 
-    @property
+    @functools.cached_property
     def loopback(self) -> bool:
         """The request came from this machine (a loopback address), or from inside."""
         return _is_loopback(self.peer)
