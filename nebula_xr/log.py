@@ -4,11 +4,11 @@
 DEBUG_LEVEL (0 ERROR, 1 WARNING, 2 INFO, 3 DEBUG), VM logs keep everything.
 
 :class:`Log` is the facade the managers call (``log.info("VMM", ...)``,
-``log.vm(vid, ...)``). Each call becomes one ``twisted.logger`` event on the Log's own
-publisher; two observers turn events into lines: one appends to oned.log, the other to
+``log.vm(vid, ...)``). Each call becomes one ``twisted.logger`` event, handed to one of
+two observers that turn events into lines: one appends to oned.log, the other to
 ``$VAR/<vid>/vm.log``. Twisted's own events (an unhandled error in a Deferred...) reach
 oned.log too once :meth:`Log.observe_twisted` is called. Files stay open and buffered;
-buffers are flushed at the end of the reactor turn that wrote them (errors at once), and
+buffers are flushed within :data:`FLUSH_DELAY` of a write (errors at once), and
 ``SIGHUP`` reopens every file, so logrotate can rename them away.
 """
 
@@ -26,9 +26,7 @@ from typing import Any, TextIO
 from twisted.logger import (
     ILogObserver,
     LogEvent,
-    Logger,
     LogLevel,
-    LogPublisher,
     formatEvent,
     globalLogPublisher,
 )
@@ -164,8 +162,6 @@ class Log:
             if vm_log_path is not None
             else None
         )
-        self.publisher = LogPublisher(self._daemon, *([self._vms] if self._vms else []))
-        self._logger = Logger(namespace=_NAMESPACE, observer=self.publisher)
         self._flush_scheduled = False
 
     # -- the facade ---------------------------------------------------------------------
@@ -223,10 +219,11 @@ class Log:
     # -- internals ----------------------------------------------------------------------
 
     def _emit(self, module: str, level: int, message: str, vid: int | None) -> None:
-        # The event Logger.emit would make, without its per-call check of the level.
-        self.publisher(
+        # The event Logger.emit would make, without its per-call check of the level,
+        # handed straight to the one observer that takes it (a line per call at DEBUG).
+        observer = self._daemon if vid is None else self._vms
+        observer(  # type: ignore[misc]
             {
-                "log_logger": self._logger,
                 "log_level": _TWISTED_LEVELS.get(level, LogLevel.debug),
                 "log_namespace": _NAMESPACE,
                 "log_source": None,
