@@ -47,6 +47,7 @@ class Server:
     url: str
     pid: int | None
     rates: dict[tuple[str, int], list[tuple[float, float, float]]] = field(default_factory=dict)
+    reconnects: int = 0  # keep-alive connections the server ended (Abyss: every 30 calls)
 
     def measure(self, call: str, clients: int, seconds: float) -> None:
         before = _cpu_times(self.pid) if self.pid else None
@@ -59,6 +60,7 @@ class Server:
         self.rates.setdefault((call, clients), []).append(
             (stats["rps"], server_us, stats["client_cpu_us"])
         )
+        self.reconnects += int(stats["reconnects"])
 
     def median(self, key: tuple[str, int]) -> tuple[float, float, float]:
         runs = self.rates[key]
@@ -122,6 +124,9 @@ def main() -> None:
                     f"  {server.name:17s} {rate:7.0f} req/s (runs {runs}){ratio}; CPU per call: "
                     f"server {server_us:.0f} µs, clients {client_us:.0f} µs"
                 )
+    for server in servers:
+        if server.reconnects:
+            print(f"{server.name} ended keep-alive connections {server.reconnects} times")
     print(f"load average after: {_load()}")
 
 
