@@ -8,7 +8,8 @@ DEBUG_LEVEL (0 ERROR, 1 WARNING, 2 INFO, 3 DEBUG), VM logs keep everything.
 two observers that turn events into lines: one appends to oned.log, the other to
 ``$VAR/<vid>/vm.log``. Twisted's own events (an unhandled error in a Deferred...) reach
 oned.log too once :meth:`Log.observe_twisted` is called. Files stay open and buffered;
-buffers are flushed within :data:`FLUSH_DELAY` of a write (errors at once), and
+oned.log is flushed within :data:`FLUSH_DELAY` of a write, VM logs at the end of the
+reactor turn that wrote them, both at once on an error; and
 ``SIGHUP`` reopens every file, so logrotate can rename them away.
 """
 
@@ -37,8 +38,8 @@ _LETTERS = "EWID"
 _TWISTED_LEVELS = {ERROR: LogLevel.error, WARNING: LogLevel.warn, INFO: LogLevel.info}
 #: Per-VM log files kept open at once (least recently written closed first).
 VM_LOGS_OPEN = 64
-#: Seconds a line below ERROR may wait in the buffer. At DEBUG_LEVEL 3 every call writes
-#: an access line: a flush per reactor turn was a write(2) per call.
+#: Seconds a line of oned.log below ERROR may wait in the buffer. At DEBUG_LEVEL 3 every
+#: call writes an access line: a flush per reactor turn was a write(2) per call.
 FLUSH_DELAY = 0.2
 _NAMESPACE = "nebula_xr"
 
@@ -162,7 +163,10 @@ class Log:
             if vm_log_path is not None
             else None
         )
-        self._flush_scheduled = False
+        # Pending flushes: oned.log's waits FLUSH_DELAY, as at DEBUG_LEVEL 3 every call
+        # writes a line there; a VM's lines (a few per state change) go at the turn's end.
+        self._daemon_flush: Any = None
+        self._vms_flush: Any = None
 
     # -- the facade ---------------------------------------------------------------------
 
@@ -190,8 +194,15 @@ class Log:
     # -- files --------------------------------------------------------------------------
 
     def flush(self) -> None:
-        self._flush_scheduled = False
         self._daemon.flush()
+        self._flush_vms()
+
+    def _flush_daemon(self) -> None:
+        self._daemon_flush = None
+        self._daemon.flush()
+
+    def _flush_vms(self) -> None:
+        self._vms_flush = None
         if self._vms is not None:
             self._vms.flush()
 
@@ -203,6 +214,10 @@ class Log:
             self._vms.close()  # reopened on their next line
 
     def close(self) -> None:
+        for pending in (self._daemon_flush, self._vms_flush):
+            if pending is not None and pending.active():
+                pending.cancel()
+        self._daemon_flush = self._vms_flush = None
         self.flush()
         self._daemon.close()
         if self._vms is not None:
@@ -237,17 +252,17 @@ class Log:
         )
         if level == ERROR:
             self.flush()
-        else:
-            self._flush_soon()
+        elif vid is None:
+            if self._daemon_flush is None:
+                self._daemon_flush = self._call_later(FLUSH_DELAY, self._flush_daemon)
+        elif self._vms_flush is None:
+            self._vms_flush = self._call_later(0, self._flush_vms)
 
-    def _flush_soon(self) -> None:
-        if self._flush_scheduled:
-            return
+    def _call_later(self, delay: float, function: Callable[[], None]) -> Any:
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
-        self._flush_scheduled = True
-        reactor.callLater(FLUSH_DELAY, self.flush)
+        return reactor.callLater(delay, function)
 
     def _from_twisted(self, event: LogEvent) -> None:
         if event.get("log_namespace") == _NAMESPACE:
