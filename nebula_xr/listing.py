@@ -2,8 +2,8 @@
 
 A listing is a sequence of text pieces (:func:`nebula_xr.xmldoc.vm_pool_pieces`...),
 each escaped and encoded for XML-RPC as soon as it is written, one piece per step of a
-Twisted cooperator (which runs steps for a few milliseconds, then lets the reactor serve
-other calls). So no API call waits for a listing more than a step or two, and the
+Twisted cooperator (:mod:`nebula_xr.transport.slices`: it runs steps for 2 ms, then lets
+the reactor serve other calls). So no API call waits for a listing more than a step or two, and the
 document never exists whole as a Python string: only its encoded bytes do.
 
 Each object is written in one step, from its state at that moment; a listing of a pool
@@ -20,6 +20,7 @@ from typing import Any
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
+from nebula_xr.transport import slices
 from nebula_xr.transport.xmlrpc import EncodedString
 
 #: glibc's mallopt parameter, and its default value (128 KiB).
@@ -31,7 +32,7 @@ Cooperate = Callable[[Iterator[Any]], task.CooperativeTask]
 
 
 def answer_in_slices(
-    pieces: Iterable[str], cooperate: Cooperate = task.cooperate
+    pieces: Iterable[str], cooperate: Cooperate = slices.cooperate
 ) -> Deferred[list[Any]]:
     """``[True, document]`` with the document made of ``pieces``, built cooperatively;
     the pieces are written escaped for XML-RPC already (``xmlrpc=True``)."""

@@ -18,7 +18,7 @@ Faults use xmlrpc-c's codes and wording (``src/cpp/param_list.cpp``,
   Nothing a request can contain ends in anything but a fault (never an HTTP 500).
 
 A system.multicall runs its calls and writes their answers a slice at a time
-(:func:`twisted.internet.task.coiterate`), each answer serialised as soon as it is
+(:mod:`nebula_xr.transport.slices`), each answer serialised as soon as it is
 known, and stops at the reply cap: a multicall costs the reactor no long stretch and
 holds no more than the cap in memory.
 
@@ -47,12 +47,12 @@ from typing import Any
 from xml.parsers import expat
 from xmlrpc.client import DateTime
 
-from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from nebula_xr.transport.http import LOCAL, CallContext, HTTPServerFactory, Limits
+from nebula_xr.transport.slices import coiterate
 
 _log = logging.getLogger(__name__)
 
@@ -415,7 +415,7 @@ def _parse_incremental(data: bytes) -> Deferred[tuple[str, list[Any]]]:
             yield None
         _feed(parser, b"", True)
 
-    return task.coiterate(slices()).addCallback(lambda _: builder.call)
+    return coiterate(slices()).addCallback(lambda _: builder.call)
 
 
 #: Small flat calls already parsed, by their exact bytes: a client polling one call sends
@@ -861,7 +861,7 @@ class _Multicall:
         self.waiting: list[Deferred[None]] = []
 
     def run(self) -> Deferred[_Serialized]:
-        ran = task.coiterate(self._steps())
+        ran = coiterate(self._steps())
         ran.addCallback(lambda _: DeferredList(self.waiting))
         return ran.addCallback(self._finish)
 
