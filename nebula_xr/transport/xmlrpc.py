@@ -515,8 +515,9 @@ class EncodedString:
         self._pieces.append(piece)
         self.size += len(piece)
 
-    def encoded(self) -> bytes:
-        return b"".join(self._pieces)
+    def encoded(self, before: bytes = b"", after: bytes = b"") -> bytes:
+        """The encoded string, between ``before`` and ``after`` (one copy of megabytes)."""
+        return b"".join([before, *self._pieces, after])
 
     def __str__(self) -> str:
         return self.encoded().decode()
@@ -584,12 +585,8 @@ def _dump(value: Any, out: list[str]) -> None:
 def dump_response(value: Any) -> bytes:
     """The methodResponse document carrying ``value``."""
     if type(value) is list and len(value) == 2 and type(value[1]) is EncodedString:
-        return b"".join(
-            (
-                _ENCODED_HEAD_TRUE if value[0] is True else _ENCODED_HEAD_FALSE,
-                value[1].encoded(),
-                _ENCODED_TAIL,
-            )
+        return value[1].encoded(
+            _ENCODED_HEAD_TRUE if value[0] is True else _ENCODED_HEAD_FALSE, _ENCODED_TAIL
         )
     out = [_RESPONSE_HEAD]
     _dump(value, out)
