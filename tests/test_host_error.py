@@ -85,6 +85,41 @@ def log_text(location: Path) -> str:
     return (location / "var" / "oned.log").read_text()
 
 
+def test_the_host_error_command_waits_for_a_monitoring_under_way(tmp_path: Path) -> None:
+    """A host in ERROR is monitored again, MONITORING meanwhile: the hook command, asked
+    just then, waits for that monitoring to end instead of doing nothing."""
+    # Each monitoring takes 3 s, every 6 s: MONITORING and ERROR 3 s each in turn.
+    slow = DRIVERS.replace('fail_hosts = "gone*"', 'fail_hosts = "gone*", delay = 3')
+    conf = write_conf(tmp_path, drivers=slow, extra="HOST_ERROR_THRESHOLD = 1\n")
+    text = conf.read_text().replace(
+        "HOST_MONITORING_INTERVAL = 1\n", "HOST_MONITORING_INTERVAL = 6\n"
+    )
+    conf.write_text(text)
+    one = OneDaemon(tmp_path).start()
+    try:
+        ok, gone = one.call("one.hostallocate", "gone01", "im_xen", "vmm_xen", "tm_nfs", True)
+        assert ok
+        assert one.call("one.hostenable", gone, False) == [True]
+        assert one.call("one.vmallocate", "NAME = v\nCPU = 0.5\nMEMORY = 64\n") == [True, 0]
+        assert one.call("one.vmdeploy", 0, gone) == [True]
+        wait_state(one, 0, *RUNNING)
+        assert one.call("one.hostenable", gone, True) == [True]
+        wait_for(lambda: f"Error monitoring host {gone} :" in log_text(tmp_path), what="ERROR")
+        wait_for(lambda: host_state(one, gone) == 1, what="gone01 monitored again")
+        env = dict(os.environ, ONE_XMLRPC=one.url, ONE_AUTH=str(one.one_auth))
+        run = subprocess.run(
+            [installed("nebula-xr-host-error"), str(gone), "-r", "n"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (run.returncode, run.stdout) == (0, "VM 0: resubmitted\n"), run.stderr
+        wait_state(one, 0, *PENDING)
+    finally:
+        one.stop()
+
+
 def test_host_error_hook_resubmits_the_vms_of_a_failed_host(tmp_path: Path) -> None:
     """gone01's monitoring fails; after HOST_ERROR_THRESHOLD failures it is in ERROR, the
     HOST_HOOK runs nebula-xr-host-error, which resubmits its VMs: their domains are

@@ -13,12 +13,14 @@ It talks to the daemon over XML-RPC (``$ONE_XMLRPC``, set by the daemon for its 
 with the session of the ONE_AUTH file (``$ONE_AUTH``, else ``~/.one/one_auth``): run as a
 local hook it inherits the daemon's environment, so that is the administrator's file the
 daemon was started with (``nebula_xr.vm.resubmit`` is oneadmin's). It does nothing unless
-the host is in ERROR. The daemon
+the host is in ERROR (one being monitored again is waited for). The daemon
 fences: a VM is resubmitted only once its domain is destroyed, or its host is in
 ERROR and unreachable (the domain is then destroyed as soon as the host answers again).
 """
 
 from __future__ import annotations
+
+import time
 
 import click
 
@@ -26,7 +28,10 @@ from nebula_xr import __version__
 from nebula_xr.cli.common import FAILURE, Client, CliError, client
 
 ACTIVE, SUSPENDED = 3, 5
-HOST_ERROR = 3
+HOST_MONITORING, HOST_ERROR = 1, 3
+#: Seconds to wait for a monitoring under way to end: a host in ERROR is monitored again
+#: (MONITORING meanwhile), and the hook may ask just then.
+MONITORING_WAIT = 60.0
 
 
 def vms_on_host(one: Client, hid: int, states: tuple[int, ...]) -> list[int]:
@@ -49,6 +54,10 @@ def main(hid: int, mode: str, force: str) -> None:
     includes its SUSPENDED VMs."""
     one = client()
     host = one.data("one.host.info", hid)
+    deadline = time.monotonic() + MONITORING_WAIT
+    while host["STATE"] == HOST_MONITORING and time.monotonic() < deadline:
+        time.sleep(0.2)
+        host = one.data("one.host.info", hid)
     if host["STATE"] != HOST_ERROR:
         raise CliError(f"host {hid} ({host['NAME']}) is not in ERROR: nothing done")
     states = (ACTIVE, SUSPENDED) if force == "y" else (ACTIVE,)
