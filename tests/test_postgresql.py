@@ -3,9 +3,11 @@ PostgreSQL server (tests/postgres.py) and real daemon processes."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +22,7 @@ import pytest
 
 from nebula_xr.config import ConfigError, Layout, parse_config
 from tests.oned import OneDaemon, wait_for, write_conf
-from tests.postgres import PostgresServer
+from tests.postgres import CommitCutter, PostgresServer
 from tests.test_tutorial import TUTORIAL, add_hosts, wait_state
 
 
@@ -169,6 +171,81 @@ def test_a_lost_database_connection_is_reopened_and_the_change_acknowledged(
     _terminate(postgres, db_name, "nebula-xr writer")
     assert one.call("one.vmallocate", "NAME = second\n") == [True, 1]
     assert _rows(postgres, db_name, "SELECT oid FROM vm_pool ORDER BY oid") == [(0,), (1,)]
+
+
+@pytest.fixture
+def cutter(postgres: PostgresServer) -> Iterator[CommitCutter]:
+    proxy = CommitCutter(postgres.port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def one_via_cutter(
+    tmp_path: Path, postgres: PostgresServer, db_name: str, cutter: CommitCutter
+) -> Iterator[OneDaemon]:
+    """A daemon whose database connections all go through ``cutter``."""
+    conf = postgres.oned_conf(db_name).replace(f"port = {postgres.port}", f"port = {cutter.port}")
+    write_conf(tmp_path, extra=conf)
+    daemon = OneDaemon(tmp_path).start()
+    yield daemon
+    daemon.stop()
+
+
+def _allocate_within(one: OneDaemon, template: str, seconds: float = 30) -> object:
+    """one.vmallocate's answer, failing (instead of hanging) if none comes in time."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(one.call, "one.vmallocate", template).result(seconds)
+    finally:
+        pool.shutdown(wait=False)  # a call still waiting ends with the daemon
+
+
+def _template_rows(postgres: PostgresServer, db_name: str, vid: int) -> list[tuple]:
+    return _rows(
+        postgres,
+        db_name,
+        "SELECT name, count(*) FROM vm_attributes WHERE id = %s GROUP BY name ORDER BY name",
+        vid,
+    )
+
+
+def test_a_commit_whose_answer_is_lost_is_acknowledged_once(
+    one_via_cutter: OneDaemon, postgres: PostgresServer, db_name: str, cutter: CommitCutter
+) -> None:
+    one = one_via_cutter
+    assert one.call("one.vmallocate", "NAME = before\nCPU = 1\n") == [True, 0]
+    cutter.arm(b"reply-lost", "reply-lost")
+    assert _allocate_within(one, "NAME = reply-lost\nCPU = 1\n") == [True, 1]
+    assert cutter.cut.is_set()
+    # The server committed before the connection went: the writer asked it, by the
+    # transaction's id, instead of inserting the template rows a second time.
+    assert _template_rows(postgres, db_name, 1) == _template_rows(postgres, db_name, 0)
+    assert _rows(postgres, db_name, "SELECT count(*) FROM vm_pool WHERE oid = 1") == [(1,)]
+    log = (one.location / "var" / "oned.log").read_text()
+    assert re.search(r"lost during COMMIT .*: transaction \d+ was committed", log)
+    assert one.call("one.vmallocate", "NAME = after\n") == [True, 2]
+
+
+@pytest.mark.parametrize("mode", ["never-sent", "half-open"])
+def test_a_commit_cut_before_the_server_got_it_is_retried(
+    one_via_cutter: OneDaemon,
+    postgres: PostgresServer,
+    db_name: str,
+    cutter: CommitCutter,
+    mode: str,
+) -> None:
+    one = one_via_cutter
+    assert one.call("one.vmallocate", "NAME = before\nCPU = 1\n") == [True, 0]
+    cutter.arm(b"not-committed", mode)
+    # half-open: the server still holds the transaction, and its lock on the new VM's
+    # row, until the writer ends that server process; only then can the retry commit.
+    assert _allocate_within(one, "NAME = not-committed\nCPU = 1\n") == [True, 1]
+    assert cutter.cut.is_set()
+    assert _template_rows(postgres, db_name, 1) == _template_rows(postgres, db_name, 0)
+    log = (one.location / "var" / "oned.log").read_text()
+    assert re.search(r"lost during COMMIT .*: transaction \d+ was not committed; retrying", log)
+    assert one.call("one.vmget_info", 1)[0] is True
 
 
 #: Values a client controls, which reach PostgreSQL only as parameters.
