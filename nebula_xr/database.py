@@ -233,6 +233,9 @@ TABLES: tuple[type[_Table], ...] = (
     VNTemplateRow,
     LeaseRow,
 )
+#: Every table of the core: 1.2's, 1.4's user table and the monitoring history (the
+#: scheduler plugin's own tables come on top, from ``nebula_xr_tables``).
+CORE_TABLES: tuple[type[_Table], ...] = (*TABLES, UserPoolRow, MonitoringSampleRow)
 
 
 # --- write operations ------------------------------------------------------------------
@@ -651,8 +654,7 @@ class Database:
         database_proxy.initialize(self._db)
         try:
             self._db.connect(reuse_if_open=True)
-            tables = (*TABLES, UserPoolRow, MonitoringSampleRow, *plugin_tables)
-            self._db.create_tables(tables, safe=True)
+            self._db.create_tables((*CORE_TABLES, *plugin_tables), safe=True)
         except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
             raise DatabaseError(f"Can not open database {self.location}: {error}") from error
         self._writer = threading.Thread(target=self._write_loop, name="one.db writer", daemon=True)

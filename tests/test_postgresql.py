@@ -10,6 +10,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,11 +19,18 @@ import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
 
+import peewee
 import pytest
+from lxml import etree
 
 from nebula_xr.config import ConfigError, Layout, parse_config
+from nebula_xr.database import Database, PluginTable
+from nebula_xr.migrate import migrate
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.postgres import CommitCutter, PostgresServer
+from tests.test_haizea_daemon import SCHEDULER as HAIZEA
+from tests.test_haizea_daemon import _vm as haizea_vm
+from tests.test_haizea_daemon import lease_field, lease_state
 from tests.test_tutorial import TUTORIAL, add_hosts, wait_state
 
 
@@ -353,6 +361,129 @@ def test_a_1_2_one_db_is_migrated_and_served(
         assert served.call14("one.vm.info", 1)[0] is True
     finally:
         served.stop()
+
+
+def _monitoring_times(one: OneDaemon, hid: int) -> list[str]:
+    ok, document = one.call14("one.host.monitoring", hid)
+    assert ok, document
+    return [host.findtext("LAST_MON_TIME") for host in etree.fromstring(document)]
+
+
+BEST_EFFORT = 'START = best_effort, DURATION = "01:00:00", PREEMPTIBLE = yes'
+
+
+def test_every_table_of_a_daemon_and_its_scheduler_plugin_is_migrated(
+    tmp_path: Path, postgres: PostgresServer, db_name: str
+) -> None:
+    """A one.db written by a daemon with Haizea as its scheduler: the plugin's finished
+    leases and the monitoring history move to PostgreSQL with the 1.2 tables."""
+    sqlite_site, pg_site = tmp_path / "sqlite", tmp_path / "pg"
+    sqlite_site.mkdir()
+    pg_site.mkdir()
+    write_conf(sqlite_site, scheduler=HAIZEA)
+    one = OneDaemon(sqlite_site).start()
+    try:
+        add_hosts(one, "node01", "node02")
+        ok, running = one.call("one.vmallocate", haizea_vm("batch", BEST_EFFORT))
+        assert ok
+        wait_for(lambda: one.vm_state(running) == (3, 3), what="the best-effort VM running")
+        # Three whole-host nodes on two hosts: rejected at once, kept as a finished lease.
+        gang = "START = now, DURATION = unlimited, PREEMPTIBLE = no, GROUP = three"
+        rejected = [one.call("one.vmallocate", haizea_vm("gang", gang))[1] for _ in range(3)]
+        wait_for(lambda: lease_state(one, rejected[0]) == "rejected", what="the gang rejected")
+        wait_for(lambda: len(_monitoring_times(one, 0)) >= 2, what="monitoring samples")
+        infos = {vid: one.call("one.vmget_info", vid) for vid in (running, *rejected)}
+    finally:
+        assert one.stop() == 0
+    with one.db() as source:
+        tables = [
+            name
+            for (name,) in source.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        counts = {
+            name: source.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in tables
+        }
+        finished = source.execute("SELECT * FROM haizea_finished ORDER BY lid").fetchall()
+        samples = source.execute("SELECT * FROM nebula_xr_monitoring ORDER BY time").fetchall()
+    # What a daemon with Haizea keeps besides the 1.2 tables, each with rows to copy.
+    assert {"user_pool", "nebula_xr_monitoring", "haizea_finished"} <= set(tables)
+    assert all(counts[name] > 0 for name in ("history", "user_pool", "haizea_finished"))
+    assert counts["nebula_xr_monitoring"] >= 2
+
+    url = postgres.url(db_name)
+    done = _nebula_xr("db", "migrate", "--from", f"sqlite:{one.db_path}", "--to", url)
+    assert done.returncode == 0, done.stderr
+    for name, count in counts.items():
+        assert _rows(postgres, db_name, f"SELECT count(*) FROM {name}") == [(count,)], name
+    assert _rows(postgres, db_name, "SELECT * FROM haizea_finished ORDER BY lid") == finished
+    assert _rows(postgres, db_name, "SELECT * FROM nebula_xr_monitoring ORDER BY time") == samples
+
+    write_conf(pg_site, scheduler=HAIZEA, extra=postgres.oned_conf(db_name))
+    served = OneDaemon(pg_site).start()
+    try:
+        for vid, info in infos.items():
+            assert (
+                served.call("one.vmget_info", vid)[1].split("MEMORY")[0]
+                == info[1].split("MEMORY")[0]
+            )
+        # The plugin's table: the rejected lease is listed again, with its VMs.
+        assert lease_state(served, rejected[0]) == "rejected"
+        assert lease_field(served, rejected[0], "VMS") == ",".join(map(str, rejected))
+        # The monitoring history: every sample taken before the move is served.
+        times = {str(int(row[2])) for row in samples if row[0] == "host" and row[1] == 0}
+        assert times <= set(_monitoring_times(served, 0))
+        assert served.call("one.vmallocate", "NAME = next\n") == [True, rejected[-1] + 1]
+    finally:
+        served.stop()
+
+
+class _NoteRow(PluginTable):
+    """A plugin table whose key PostgreSQL draws from a sequence."""
+
+    id = peewee.AutoField()
+    note = peewee.TextField()
+
+    class Meta:
+        table_name = "notes_plugin_notes"
+
+
+def test_a_plugin_table_s_sequence_continues_after_the_copied_ids(
+    tmp_path: Path, postgres: PostgresServer, db_name: str
+) -> None:
+    path = tmp_path / "one.db"
+    database = Database(path)
+    database.open([_NoteRow])
+    database.close()
+    with sqlite3.connect(path) as source:
+        source.executemany("INSERT INTO notes_plugin_notes VALUES (?, ?)", [(3, "a"), (7, "b")])
+    copied = migrate(path, postgres.settings(db_name), [_NoteRow])
+    assert copied["notes_plugin_notes"] == 2
+    assert _rows(
+        postgres, db_name, "INSERT INTO notes_plugin_notes (note) VALUES ('c') RETURNING id"
+    ) == [(8,)]
+
+
+def test_migrate_refuses_a_table_no_installed_plugin_declares(
+    tmp_path: Path, postgres: PostgresServer, db_name: str
+) -> None:
+    write_conf(tmp_path)
+    one = OneDaemon(tmp_path).start()
+    assert one.call("one.vmallocate", "NAME = kept\n") == [True, 0]
+    assert one.stop() == 0
+    with one.db() as source:
+        source.execute("CREATE TABLE gone_plugin_state (x INTEGER)")
+        source.execute("INSERT INTO gone_plugin_state VALUES (1)")
+    done = _nebula_xr(
+        "db", "migrate", "--from", f"sqlite:{one.db_path}", "--to", postgres.url(db_name)
+    )
+    assert done.returncode == 1
+    assert "an installed plugin declares: gone_plugin_state" in done.stderr
+    # Nothing was written: not even the tables.
+    assert _rows(
+        postgres, db_name, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+    ) == [(0,)]
 
 
 def test_migrate_refuses_what_is_not_a_one_db(tmp_path: Path, postgres: PostgresServer) -> None:
