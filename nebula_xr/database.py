@@ -373,6 +373,10 @@ class _SqliteWriter:
             self._busy_timeout(_ROLLBACK_RETRY_BUSY_MS)
 
 
+#: The transaction's id, asked before COMMIT (xid8: never wraps around).
+_TRANSACTION_ID = "SELECT pg_current_xact_id()"
+
+
 class CommitOutcomeUnknown(Exception):
     """The connection was lost during COMMIT and the daemon stops before the server could
     say whether the transaction committed: it must not be tried again blindly."""
@@ -427,21 +431,23 @@ class _PostgresWriter:
                 for change in group:
                     for operation in change.operations:
                         self.apply(operation)
+                transaction = self.connection.execute(_TRANSACTION_ID)
         except self.errors as error:
             if is_transient(error):
                 raise
             self.rollback()
             return False
-        self.commit()
+        self.commit(transaction.fetchone()[0])
         return True
 
-    def commit(self) -> None:
-        """COMMIT the open transaction. The transaction id is learnt first, in a round trip
-        of its own: if the connection is lost during COMMIT, the server may have committed
-        and only the answer be lost, so the server is asked, on a new connection, what
-        became of it. Returns once it is known committed; raises if it was not (the group
-        is then tried again)."""
-        xid = self.connection.execute("SELECT pg_current_xact_id()").fetchone()[0]
+    def commit(self, xid: int | str | None = None) -> None:
+        """COMMIT the open transaction, whose id is ``xid`` (asked first if not given).
+        The id is known before COMMIT is sent: if the connection is lost during COMMIT,
+        the server may have committed and only the answer be lost, so the server is
+        asked, on a new connection, what became of it. Returns once it is known
+        committed; raises if it was not (the group is then tried again)."""
+        if xid is None:
+            xid = self.connection.execute(_TRANSACTION_ID).fetchone()[0]
         backend = self.connection.info.backend_pid
         try:
             self.connection.execute("COMMIT")
