@@ -375,6 +375,8 @@ class _SqliteWriter:
 
 #: The transaction's id, asked before COMMIT (xid8: never wraps around).
 _TRANSACTION_ID = "SELECT pg_current_xact_id()"
+#: pg_xact_status's SQLSTATE for a transaction id the server has not reached.
+_INVALID_PARAMETER_VALUE = "22023"
 
 
 class CommitOutcomeUnknown(Exception):
@@ -490,7 +492,15 @@ class _PostgresWriter:
                     "WHERE pid = %s AND backend_xid = %s::text::xid",
                     (backend, str(xid & 0xFFFFFFFF)),
                 )
-            except self.errors:
+            except self.errors as error:
+                if getattr(error, "sqlstate", None) == _INVALID_PARAMETER_VALUE:
+                    # "transaction ID ... is in the future": this server (a promoted
+                    # replica, a restored backup) never had the transaction at all.
+                    self.report(
+                        f"Connection to {self.settings.describe()} lost during COMMIT "
+                        f"({lost}): transaction {xid} is unknown to the server; retrying"
+                    )
+                    return False
                 if self.connection is not None:
                     self.connection.close()  # the server is unreachable: ask again
             if self.stopping.is_set() and give_up_at is None:

@@ -24,7 +24,7 @@ import pytest
 from lxml import etree
 
 from nebula_xr.config import ConfigError, Layout, parse_config
-from nebula_xr.database import Database, PluginTable
+from nebula_xr.database import Database, PluginTable, _PostgresWriter
 from nebula_xr.migrate import migrate
 from tests.oned import OneDaemon, wait_for, write_conf
 from tests.postgres import CommitCutter, PostgresServer
@@ -254,6 +254,27 @@ def test_a_commit_cut_before_the_server_got_it_is_retried(
     log = (one.location / "var" / "oned.log").read_text()
     assert re.search(r"lost during COMMIT .*: transaction \d+ was not committed; retrying", log)
     assert one.call("one.vmget_info", 1)[0] is True
+
+
+def test_a_transaction_the_server_never_had_counts_as_not_committed(
+    postgres: PostgresServer, db_name: str
+) -> None:
+    """After a fail-over to a server that never saw the transaction (a promoted replica),
+    pg_xact_status refuses the id as in its future: the writer retries instead of waiting
+    for an answer that never comes."""
+    reports: list[str] = []
+    stopping = threading.Event()
+    stopping.set()  # were the answer not understood, the writer would give up in 5 s
+    writer = _PostgresWriter(postgres.settings(db_name), reports.append, stopping)
+    future = _rows(postgres, db_name, "SELECT pg_current_xact_id()::text::bigint")[0][0] + 10**6
+    try:
+        assert writer._committed(future, 0, ConnectionError("lost")) is False
+    finally:
+        writer.close()
+    assert reports == [
+        f"Connection to {postgres.settings(db_name).describe()} lost during COMMIT (lost): "
+        f"transaction {future} is unknown to the server; retrying"
+    ]
 
 
 #: Values a client controls, which reach PostgreSQL only as parameters.
