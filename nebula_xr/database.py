@@ -233,6 +233,9 @@ TABLES: tuple[type[_Table], ...] = (
     VNTemplateRow,
     LeaseRow,
 )
+#: Every table of the core: 1.2's, 1.4's user table and the monitoring history (the
+#: scheduler plugin's own tables come on top, from ``nebula_xr_tables``).
+CORE_TABLES: tuple[type[_Table], ...] = (*TABLES, UserPoolRow, MonitoringSampleRow)
 
 
 # --- write operations ------------------------------------------------------------------
@@ -341,6 +344,9 @@ class _SqliteWriter:
     def commit_at_once(self, group: list[_Change]) -> bool:
         return False  # statements cost no round trip: a savepoint per change is cheap
 
+    def commit(self) -> None:
+        self.connection.execute("COMMIT")
+
     def apply(self, operation: Operation) -> None:
         if isinstance(operation, Replace | Insert):
             if operation.rows:
@@ -367,16 +373,44 @@ class _SqliteWriter:
             self._busy_timeout(_ROLLBACK_RETRY_BUSY_MS)
 
 
+#: The transaction's id, asked before COMMIT (xid8: never wraps around).
+_TRANSACTION_ID = "SELECT pg_current_xact_id()"
+#: pg_xact_status's SQLSTATE for a transaction id the server has not reached.
+_INVALID_PARAMETER_VALUE = "22023"
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection was lost during COMMIT and the daemon stops before the server could
+    say whether the transaction committed: it must not be tried again blindly."""
+
+
 class _PostgresWriter:
     """The writer thread's own PostgreSQL connection (reopened when it is lost)."""
 
-    def __init__(self, settings: PostgresSettings) -> None:
+    def __init__(
+        self,
+        settings: PostgresSettings,
+        report: Callable[[str], None],
+        stopping: threading.Event,
+    ) -> None:
         import psycopg
 
-        self.errors: tuple[type[BaseException], ...] = (psycopg.Error, ValueError)
+        self.errors: tuple[type[BaseException], ...] = (
+            psycopg.Error,
+            ValueError,
+            CommitOutcomeUnknown,
+        )
         self.settings = settings
         self.connection: Any = None
         self._replace: dict[type[_Table], list[tuple[str, tuple[int, ...] | None]]] = {}
+        #: Called (from this thread) with a line for oned.log.
+        self.report = report
+        #: Set when the daemon stops: an unknown commit outcome is then no longer awaited.
+        self.stopping = stopping
+
+    def _connect(self) -> None:
+        # A reply waits for COMMIT, which returns once the WAL is flushed.
+        self.connection = self.settings.connect("writer", options="-c synchronous_commit=on")
 
     def execute(self, sql: str) -> None:
         self.connection.execute(sql)
@@ -388,25 +422,95 @@ class _PostgresWriter:
         self.connection.execute("BEGIN")
 
     def commit_at_once(self, group: list[_Change]) -> bool:
-        """The whole group in one round trip (a pipeline, no savepoints); False, with
-        nothing written, if a change is refused: the caller then isolates it with a
+        """The whole group in one round trip (a pipeline, no savepoints), then COMMIT; False,
+        with nothing written, if a change is refused: the caller then isolates it with a
         savepoint per change. A transient failure is raised, as from :meth:`begin`."""
         if self.connection is None or self.connection.closed:
-            # A reply waits for COMMIT, which returns once the WAL is flushed.
-            self.connection = self.settings.connect("writer", options="-c synchronous_commit=on")
+            self._connect()
         try:
             with self.connection.pipeline():
                 self.connection.execute("BEGIN")
                 for change in group:
                     for operation in change.operations:
                         self.apply(operation)
-                self.connection.execute("COMMIT")
+                transaction = self.connection.execute(_TRANSACTION_ID)
         except self.errors as error:
             if is_transient(error):
                 raise
             self.rollback()
             return False
+        self.commit(transaction.fetchone()[0])
         return True
+
+    def commit(self, xid: int | str | None = None) -> None:
+        """COMMIT the open transaction, whose id is ``xid`` (asked first if not given).
+        The id is known before COMMIT is sent: if the connection is lost during COMMIT,
+        the server may have committed and only the answer be lost, so the server is
+        asked, on a new connection, what became of it. Returns once it is known
+        committed; raises if it was not (the group is then tried again)."""
+        if xid is None:
+            xid = self.connection.execute(_TRANSACTION_ID).fetchone()[0]
+        backend = self.connection.info.backend_pid
+        try:
+            self.connection.execute("COMMIT")
+        except self.errors as error:
+            if not self.connection.broken:
+                raise  # the server answered: it refused the COMMIT
+            self.connection.close()
+            if not self._committed(int(xid), backend, error):
+                raise
+            self.report(
+                f"Connection to {self.settings.describe()} lost during COMMIT ({error}): "
+                f"transaction {xid} was committed"
+            )
+
+    def _committed(self, xid: int, backend: int, lost: BaseException) -> bool:
+        """Whether transaction ``xid``, whose COMMIT was sent on the lost connection of
+        server process ``backend``, committed. While the server still counts it in progress
+        (its process has not noticed the loss yet, or holds a half-open connection), that
+        process is ended: then the COMMIT either happened or never will."""
+        pause = _BACKOFF_SECONDS[0]
+        give_up_at: float | None = None  # once the daemon stops
+        while True:
+            try:
+                if self.connection is None or self.connection.closed:
+                    self._connect()
+                status = self.connection.execute(
+                    "SELECT pg_xact_status(%s::text::xid8)", (str(xid),)
+                ).fetchone()[0]
+                if status == "committed":
+                    return True
+                if status == "aborted":
+                    self.report(
+                        f"Connection to {self.settings.describe()} lost during COMMIT "
+                        f"({lost}): transaction {xid} was not committed; retrying"
+                    )
+                    return False
+                # In progress (NULL is never the answer for a transaction this recent).
+                self.connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE pid = %s AND backend_xid = %s::text::xid",
+                    (backend, str(xid & 0xFFFFFFFF)),
+                )
+            except self.errors as error:
+                if getattr(error, "sqlstate", None) == _INVALID_PARAMETER_VALUE:
+                    # "transaction ID ... is in the future": this server (a promoted
+                    # replica, a restored backup) never had the transaction at all.
+                    self.report(
+                        f"Connection to {self.settings.describe()} lost during COMMIT "
+                        f"({lost}): transaction {xid} is unknown to the server; retrying"
+                    )
+                    return False
+                if self.connection is not None:
+                    self.connection.close()  # the server is unreachable: ask again
+            if self.stopping.is_set() and give_up_at is None:
+                give_up_at = time.monotonic() + _STOPPING_OUTCOME_WAIT
+            if give_up_at is not None and time.monotonic() > give_up_at:
+                raise CommitOutcomeUnknown(
+                    f"stopping without knowing whether transaction {xid} was committed"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, _BACKOFF_SECONDS[1])
 
     def apply(self, operation: Operation) -> None:
         cursor = self.connection.cursor()
@@ -469,6 +573,9 @@ _ROLLBACK_FIRST_BUSY_MS, _ROLLBACK_RETRY_BUSY_MS = 500, 20
 _REPORT_BUSY_AFTER = 0.5
 #: Pause between two commit attempts: doubles from the first to the last value.
 _BACKOFF_SECONDS = (0.01, 0.25)
+#: Seconds a stopping daemon still asks PostgreSQL whether a COMMIT cut off by a lost
+#: connection happened (while running, it asks until it knows).
+_STOPPING_OUTCOME_WAIT = 5.0
 
 
 def _is_busy(error: BaseException) -> bool:
@@ -553,6 +660,7 @@ class Database:
         self._since = 0  # first change not yet covered by a committed() call
         self._refused: set[int] = set()  # changes undone or refused by the file
         self._waiters: list[_Waiter] = []
+        self._stopping = threading.Event()
 
     # -- lifecycle --
 
@@ -562,8 +670,7 @@ class Database:
         database_proxy.initialize(self._db)
         try:
             self._db.connect(reuse_if_open=True)
-            tables = (*TABLES, UserPoolRow, MonitoringSampleRow, *plugin_tables)
-            self._db.create_tables(tables, safe=True)
+            self._db.create_tables((*CORE_TABLES, *plugin_tables), safe=True)
         except (peewee.DatabaseError, sqlite3.DatabaseError) as error:
             raise DatabaseError(f"Can not open database {self.location}: {error}") from error
         self._writer = threading.Thread(target=self._write_loop, name="one.db writer", daemon=True)
@@ -573,6 +680,7 @@ class Database:
         """Commit what is queued, stop the writer and close the file (blocking: at exit)."""
         self._flush()
         if self._writer is not None:
+            self._stopping.set()
             self._queue.put(None)
             self._writer.join()
             self._writer = None
@@ -677,7 +785,7 @@ class Database:
         if self.postgresql is None:
             writer = _SqliteWriter(self._db.connection(), self.wal)
         else:
-            writer = _PostgresWriter(self.postgresql)
+            writer = _PostgresWriter(self.postgresql, self._report_from_writer, self._stopping)
         carried: list[_Change] = []  # failed changes without undo, retried first
         backoff = _BACKOFF_SECONDS[0]
         stopping = False
@@ -750,7 +858,7 @@ class Database:
                         writer.execute("ROLLBACK TO change")
                         refused.append((change, error))
                     writer.execute("RELEASE change")
-                writer.execute("COMMIT")
+                writer.commit()
                 return None, refused
             except writer.errors as error:
                 writer.rollback()
@@ -763,6 +871,10 @@ class Database:
             # Randomised, so that the writer and polling readers do not keep colliding.
             time.sleep(pause * random.uniform(0.5, 1.5))
             pause = min(pause * 2, _BACKOFF_SECONDS[1])
+
+    def _report_from_writer(self, message: str) -> None:
+        if self.on_error is not None:
+            self.reactor.callFromThread(self.on_error, message)
 
     def _report_busy(self) -> None:
         if self.on_error is not None:

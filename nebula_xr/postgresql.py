@@ -1,7 +1,8 @@
 """The PostgreSQL backend: connection settings, and the SQL that differs from SQLite's.
 
 The tables are the 1.2 ones (same names, columns and order), with INTEGER as BIGINT
-(SQLite's integers are 64-bit: a lease's IP or a VM's traffic counters do not fit 32 bits).
+(SQLite's integers are 64-bit: a lease's IP or a VM's traffic counters do not fit 32 bits)
+and a float as DOUBLE PRECISION (SQLite's REAL).
 ``INSERT OR REPLACE`` becomes ``INSERT ... ON CONFLICT DO UPDATE`` on the table's key, or a
 delete on each unique key then an insert where a table has more than one (SQLite's REPLACE
 removes every row any unique key conflicts with). Start-up reads order rows by their key,
@@ -109,7 +110,13 @@ class PostgresSettings:
 
 
 class _Postgresql(peewee.PostgresqlDatabase):
-    field_types = {**peewee.PostgresqlDatabase.field_types, "INT": "BIGINT"}
+    # SQLite's REAL is 8 bytes: peewee's FloatField would be PostgreSQL's 4-byte REAL,
+    # which keeps 7 digits of a plugin's epoch times (Haizea's lease times).
+    field_types = {
+        **peewee.PostgresqlDatabase.field_types,
+        "INT": "BIGINT",
+        "FLOAT": "DOUBLE PRECISION",
+    }
 
 
 def unique_keys(table: type[peewee.Model]) -> list[tuple[str, ...]]:

@@ -13,10 +13,12 @@ import glob
 import itertools
 import os
 import pwd
+import selectors
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,3 +130,101 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+class CommitCutter:
+    """A TCP proxy between the daemon and the server that, once armed, cuts the writer's
+    connection at its COMMIT: the one after a statement carrying ``marker``.
+
+    The writer's connection is the one whose start-up message names the application
+    ``nebula-xr writer``; the others pass untouched. How the COMMIT is cut:
+
+    * ``"reply-lost"``: the COMMIT reaches the server, which commits and answers; the
+      answer is dropped with the connection;
+    * ``"never-sent"``: both connections close before the COMMIT is passed on: the server
+      sees its client go and aborts the transaction;
+    * ``"half-open"``: the daemon's side closes, but the server's stays open, silent, as
+      after a partition: the transaction stays in progress until someone ends it.
+    """
+
+    _WRITER = b"nebula-xr writer\x00"
+    _COMMIT = b"COMMIT\x00"  # the query's text, in a Query or a Parse message
+
+    def __init__(self, server_port: int) -> None:
+        self.server_port = server_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._plan: tuple[bytes, str] | None = None
+        #: Set once a COMMIT was cut as planned.
+        self.cut = threading.Event()
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, marker: bytes, mode: str) -> None:
+        assert mode in ("reply-lost", "never-sent", "half-open")
+        with self._lock:
+            self._plan = (marker, mode)
+            self.cut.clear()
+
+    def close(self) -> None:
+        self._listener.close()
+        for held in self._held:
+            held.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _address = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.server_port))
+            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
+
+    def _take_plan(self, seen: bytes) -> str | None:
+        """The cut to make now, if this data (from the writer) is the planned COMMIT."""
+        with self._lock:
+            if self._plan is None or self._COMMIT not in seen:
+                return None
+            marker, mode = self._plan
+            if marker not in seen:
+                return None
+            self._plan = None
+            return mode
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        is_writer = False
+        since_commit = b""  # what the writer sent since its last COMMIT
+        with selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ, server)
+            selector.register(server, selectors.EVENT_READ, client)
+            while True:
+                for key, _events in selector.select():
+                    source, destination = key.fileobj, key.data
+                    data = source.recv(65536)
+                    if not data:
+                        client.close()
+                        server.close()
+                        return
+                    if source is client:
+                        is_writer = is_writer or self._WRITER in data
+                        since_commit = (since_commit + data) if is_writer else b""
+                        mode = self._take_plan(since_commit) if is_writer else None
+                        if self._COMMIT in since_commit:
+                            since_commit = b""
+                        if mode is not None:
+                            self._cut(mode, data, client, server)
+                            return
+                    destination.sendall(data)
+
+    def _cut(self, mode: str, commit: bytes, client: socket.socket, server: socket.socket) -> None:
+        if mode == "reply-lost":
+            server.sendall(commit)
+            server.recv(65536)  # the server's answer: it committed
+            server.close()
+        elif mode == "never-sent":
+            server.close()
+        else:
+            self._held.append(server)
+        client.close()
+        self.cut.set()

@@ -3,11 +3,14 @@ PostgreSQL server (tests/postgres.py) and real daemon processes."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import os
 import random
+import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,11 +19,18 @@ import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
 
+import peewee
 import pytest
+from lxml import etree
 
 from nebula_xr.config import ConfigError, Layout, parse_config
+from nebula_xr.database import Database, PluginTable, _PostgresWriter
+from nebula_xr.migrate import migrate
 from tests.oned import OneDaemon, wait_for, write_conf
-from tests.postgres import PostgresServer
+from tests.postgres import CommitCutter, PostgresServer
+from tests.test_haizea_daemon import SCHEDULER as HAIZEA
+from tests.test_haizea_daemon import _vm as haizea_vm
+from tests.test_haizea_daemon import lease_field, lease_state
 from tests.test_tutorial import TUTORIAL, add_hosts, wait_state
 
 
@@ -171,6 +181,102 @@ def test_a_lost_database_connection_is_reopened_and_the_change_acknowledged(
     assert _rows(postgres, db_name, "SELECT oid FROM vm_pool ORDER BY oid") == [(0,), (1,)]
 
 
+@pytest.fixture
+def cutter(postgres: PostgresServer) -> Iterator[CommitCutter]:
+    proxy = CommitCutter(postgres.port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def one_via_cutter(
+    tmp_path: Path, postgres: PostgresServer, db_name: str, cutter: CommitCutter
+) -> Iterator[OneDaemon]:
+    """A daemon whose database connections all go through ``cutter``."""
+    conf = postgres.oned_conf(db_name).replace(f"port = {postgres.port}", f"port = {cutter.port}")
+    write_conf(tmp_path, extra=conf)
+    daemon = OneDaemon(tmp_path).start()
+    yield daemon
+    daemon.stop()
+
+
+def _allocate_within(one: OneDaemon, template: str, seconds: float = 30) -> object:
+    """one.vmallocate's answer, failing (instead of hanging) if none comes in time."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(one.call, "one.vmallocate", template).result(seconds)
+    finally:
+        pool.shutdown(wait=False)  # a call still waiting ends with the daemon
+
+
+def _template_rows(postgres: PostgresServer, db_name: str, vid: int) -> list[tuple]:
+    return _rows(
+        postgres,
+        db_name,
+        "SELECT name, count(*) FROM vm_attributes WHERE id = %s GROUP BY name ORDER BY name",
+        vid,
+    )
+
+
+def test_a_commit_whose_answer_is_lost_is_acknowledged_once(
+    one_via_cutter: OneDaemon, postgres: PostgresServer, db_name: str, cutter: CommitCutter
+) -> None:
+    one = one_via_cutter
+    assert one.call("one.vmallocate", "NAME = before\nCPU = 1\n") == [True, 0]
+    cutter.arm(b"reply-lost", "reply-lost")
+    assert _allocate_within(one, "NAME = reply-lost\nCPU = 1\n") == [True, 1]
+    assert cutter.cut.is_set()
+    # The server committed before the connection went: the writer asked it, by the
+    # transaction's id, instead of inserting the template rows a second time.
+    assert _template_rows(postgres, db_name, 1) == _template_rows(postgres, db_name, 0)
+    assert _rows(postgres, db_name, "SELECT count(*) FROM vm_pool WHERE oid = 1") == [(1,)]
+    log = (one.location / "var" / "oned.log").read_text()
+    assert re.search(r"lost during COMMIT .*: transaction \d+ was committed", log)
+    assert one.call("one.vmallocate", "NAME = after\n") == [True, 2]
+
+
+@pytest.mark.parametrize("mode", ["never-sent", "half-open"])
+def test_a_commit_cut_before_the_server_got_it_is_retried(
+    one_via_cutter: OneDaemon,
+    postgres: PostgresServer,
+    db_name: str,
+    cutter: CommitCutter,
+    mode: str,
+) -> None:
+    one = one_via_cutter
+    assert one.call("one.vmallocate", "NAME = before\nCPU = 1\n") == [True, 0]
+    cutter.arm(b"not-committed", mode)
+    # half-open: the server still holds the transaction, and its lock on the new VM's
+    # row, until the writer ends that server process; only then can the retry commit.
+    assert _allocate_within(one, "NAME = not-committed\nCPU = 1\n") == [True, 1]
+    assert cutter.cut.is_set()
+    assert _template_rows(postgres, db_name, 1) == _template_rows(postgres, db_name, 0)
+    log = (one.location / "var" / "oned.log").read_text()
+    assert re.search(r"lost during COMMIT .*: transaction \d+ was not committed; retrying", log)
+    assert one.call("one.vmget_info", 1)[0] is True
+
+
+def test_a_transaction_the_server_never_had_counts_as_not_committed(
+    postgres: PostgresServer, db_name: str
+) -> None:
+    """After a fail-over to a server that never saw the transaction (a promoted replica),
+    pg_xact_status refuses the id as in its future: the writer retries instead of waiting
+    for an answer that never comes."""
+    reports: list[str] = []
+    stopping = threading.Event()
+    stopping.set()  # were the answer not understood, the writer would give up in 5 s
+    writer = _PostgresWriter(postgres.settings(db_name), reports.append, stopping)
+    future = _rows(postgres, db_name, "SELECT pg_current_xact_id()::text::bigint")[0][0] + 10**6
+    try:
+        assert writer._committed(future, 0, ConnectionError("lost")) is False
+    finally:
+        writer.close()
+    assert reports == [
+        f"Connection to {postgres.settings(db_name).describe()} lost during COMMIT (lost): "
+        f"transaction {future} is unknown to the server; retrying"
+    ]
+
+
 #: Values a client controls, which reach PostgreSQL only as parameters.
 _HOSTILE = [
     "'; DROP TABLE vm_pool; --",
@@ -276,6 +382,129 @@ def test_a_1_2_one_db_is_migrated_and_served(
         assert served.call14("one.vm.info", 1)[0] is True
     finally:
         served.stop()
+
+
+def _monitoring_times(one: OneDaemon, hid: int) -> list[str]:
+    ok, document = one.call14("one.host.monitoring", hid)
+    assert ok, document
+    return [host.findtext("LAST_MON_TIME") for host in etree.fromstring(document)]
+
+
+BEST_EFFORT = 'START = best_effort, DURATION = "01:00:00", PREEMPTIBLE = yes'
+
+
+def test_every_table_of_a_daemon_and_its_scheduler_plugin_is_migrated(
+    tmp_path: Path, postgres: PostgresServer, db_name: str
+) -> None:
+    """A one.db written by a daemon with Haizea as its scheduler: the plugin's finished
+    leases and the monitoring history move to PostgreSQL with the 1.2 tables."""
+    sqlite_site, pg_site = tmp_path / "sqlite", tmp_path / "pg"
+    sqlite_site.mkdir()
+    pg_site.mkdir()
+    write_conf(sqlite_site, scheduler=HAIZEA)
+    one = OneDaemon(sqlite_site).start()
+    try:
+        add_hosts(one, "node01", "node02")
+        ok, running = one.call("one.vmallocate", haizea_vm("batch", BEST_EFFORT))
+        assert ok
+        wait_for(lambda: one.vm_state(running) == (3, 3), what="the best-effort VM running")
+        # Three whole-host nodes on two hosts: rejected at once, kept as a finished lease.
+        gang = "START = now, DURATION = unlimited, PREEMPTIBLE = no, GROUP = three"
+        rejected = [one.call("one.vmallocate", haizea_vm("gang", gang))[1] for _ in range(3)]
+        wait_for(lambda: lease_state(one, rejected[0]) == "rejected", what="the gang rejected")
+        wait_for(lambda: len(_monitoring_times(one, 0)) >= 2, what="monitoring samples")
+        infos = {vid: one.call("one.vmget_info", vid) for vid in (running, *rejected)}
+    finally:
+        assert one.stop() == 0
+    with one.db() as source:
+        tables = [
+            name
+            for (name,) in source.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        counts = {
+            name: source.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in tables
+        }
+        finished = source.execute("SELECT * FROM haizea_finished ORDER BY lid").fetchall()
+        samples = source.execute("SELECT * FROM nebula_xr_monitoring ORDER BY time").fetchall()
+    # What a daemon with Haizea keeps besides the 1.2 tables, each with rows to copy.
+    assert {"user_pool", "nebula_xr_monitoring", "haizea_finished"} <= set(tables)
+    assert all(counts[name] > 0 for name in ("history", "user_pool", "haizea_finished"))
+    assert counts["nebula_xr_monitoring"] >= 2
+
+    url = postgres.url(db_name)
+    done = _nebula_xr("db", "migrate", "--from", f"sqlite:{one.db_path}", "--to", url)
+    assert done.returncode == 0, done.stderr
+    for name, count in counts.items():
+        assert _rows(postgres, db_name, f"SELECT count(*) FROM {name}") == [(count,)], name
+    assert _rows(postgres, db_name, "SELECT * FROM haizea_finished ORDER BY lid") == finished
+    assert _rows(postgres, db_name, "SELECT * FROM nebula_xr_monitoring ORDER BY time") == samples
+
+    write_conf(pg_site, scheduler=HAIZEA, extra=postgres.oned_conf(db_name))
+    served = OneDaemon(pg_site).start()
+    try:
+        for vid, info in infos.items():
+            assert (
+                served.call("one.vmget_info", vid)[1].split("MEMORY")[0]
+                == info[1].split("MEMORY")[0]
+            )
+        # The plugin's table: the rejected lease is listed again, with its VMs.
+        assert lease_state(served, rejected[0]) == "rejected"
+        assert lease_field(served, rejected[0], "VMS") == ",".join(map(str, rejected))
+        # The monitoring history: every sample taken before the move is served.
+        times = {str(int(row[2])) for row in samples if row[0] == "host" and row[1] == 0}
+        assert times <= set(_monitoring_times(served, 0))
+        assert served.call("one.vmallocate", "NAME = next\n") == [True, rejected[-1] + 1]
+    finally:
+        served.stop()
+
+
+class _NoteRow(PluginTable):
+    """A plugin table whose key PostgreSQL draws from a sequence."""
+
+    id = peewee.AutoField()
+    note = peewee.TextField()
+
+    class Meta:
+        table_name = "notes_plugin_notes"
+
+
+def test_a_plugin_table_s_sequence_continues_after_the_copied_ids(
+    tmp_path: Path, postgres: PostgresServer, db_name: str
+) -> None:
+    path = tmp_path / "one.db"
+    database = Database(path)
+    database.open([_NoteRow])
+    database.close()
+    with sqlite3.connect(path) as source:
+        source.executemany("INSERT INTO notes_plugin_notes VALUES (?, ?)", [(3, "a"), (7, "b")])
+    copied = migrate(path, postgres.settings(db_name), [_NoteRow])
+    assert copied["notes_plugin_notes"] == 2
+    assert _rows(
+        postgres, db_name, "INSERT INTO notes_plugin_notes (note) VALUES ('c') RETURNING id"
+    ) == [(8,)]
+
+
+def test_migrate_refuses_a_table_no_installed_plugin_declares(
+    tmp_path: Path, postgres: PostgresServer, db_name: str
+) -> None:
+    write_conf(tmp_path)
+    one = OneDaemon(tmp_path).start()
+    assert one.call("one.vmallocate", "NAME = kept\n") == [True, 0]
+    assert one.stop() == 0
+    with one.db() as source:
+        source.execute("CREATE TABLE gone_plugin_state (x INTEGER)")
+        source.execute("INSERT INTO gone_plugin_state VALUES (1)")
+    done = _nebula_xr(
+        "db", "migrate", "--from", f"sqlite:{one.db_path}", "--to", postgres.url(db_name)
+    )
+    assert done.returncode == 1
+    assert "an installed plugin declares: gone_plugin_state" in done.stderr
+    # Nothing was written: not even the tables.
+    assert _rows(
+        postgres, db_name, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+    ) == [(0,)]
 
 
 def test_migrate_refuses_what_is_not_a_one_db(tmp_path: Path, postgres: PostgresServer) -> None:
