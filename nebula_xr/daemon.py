@@ -48,12 +48,13 @@ from nebula_xr.lifecycle_manager import LifeCycleManager
 from nebula_xr.listing import keep_big_buffers_out_of_the_heap
 from nebula_xr.log import Log
 from nebula_xr.migrate import db_command
-from nebula_xr.model import Host, VirtualMachine
+from nebula_xr.model import Host
 from nebula_xr.monitoring_history import MonitoringHistory
 from nebula_xr.plugin_manager import PluginError, PluginManager
 from nebula_xr.pools import HostPool, VirtualMachinePool, VirtualNetworkPool
 from nebula_xr.reconciliation import Reconciler
 from nebula_xr.request_manager import RequestManager
+from nebula_xr.scheduler_service import SchedulerService
 from nebula_xr.scheduling import Scheduler
 from nebula_xr.sessions import Authenticator, FailureThrottle
 from nebula_xr.standby import ActiveLock, Standby
@@ -63,7 +64,7 @@ from nebula_xr.transport.http import listen_tcp
 from nebula_xr.transport.tls import TLSSetupError, server_options
 from nebula_xr.transport.xmlrpc import MethodRegistry, make_factory
 from nebula_xr.users import BootstrapError, UserPool
-from nebula_xr.views import DaemonSchedulerContext, host_view, vm_view
+from nebula_xr.views import DaemonSchedulerContext
 from nebula_xr.virtual_machine_manager import VirtualMachineManager
 
 
@@ -114,19 +115,6 @@ class _ListenerService(Service):
     def stopService(self) -> Deferred | None:
         super().stopService()
         return self.listening.stopListening() if self.listening is not None else None
-
-
-class _SchedulerService(Service):
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-
-    def startService(self) -> None:
-        super().startService()
-        self.scheduler.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.scheduler.stop()
 
 
 class _DriverService(Service):
@@ -291,7 +279,7 @@ class Daemon(MultiService):
             access=self.access,
             driver_names=by_kind,
         )
-        self._listen_to_pools()
+        self.scheduling = self._scheduling()
         self.hosts.listeners.append(self._forget_deleted_host)
         self.hm = self._make_hook_manager()
 
@@ -323,15 +311,9 @@ class Daemon(MultiService):
             timer.clock = clock
             services.append(timer)
         scheduler: Scheduler | None = None
-        if config.scheduler is not None:
-            context = DaemonSchedulerContext(
-                self.dm, self.vms, self.hosts, clock, log, store=self.plugin_store
-            )
-            try:
-                scheduler = self.plugins.make_scheduler(config.scheduler, context)
-            except PluginError as error:
-                raise StartupError(str(error)) from error
-            services.append(_SchedulerService(scheduler))
+        if self.scheduling is not None:
+            scheduler = self.scheduling.scheduler
+            services.append(self.scheduling)
         try:
             self.plugins.add_xmlrpc_methods(self.registry, scheduler, self.access.guard_uid)
         except PluginError as error:
@@ -461,24 +443,20 @@ class Daemon(MultiService):
             raise ConfigError(f"timeout of driver {entry.name} must be a number") from error
         return replace(config, defaults=defaults, timeout=seconds)
 
-    def _listen_to_pools(self) -> None:
-        # Events are snapshots delivered on the next turn, so a plugin acting on one
-        # (a scheduler deploying a new VM) never re-enters the manager that caused it.
-        plugins, clock = self.plugins, self.clock
-        if plugins.has_listeners("nebula_xr_vm_state_changed"):
-
-            def vm_changed(vm: VirtualMachine, state: int, lcm: int) -> None:
-                clock.callLater(0, plugins.vm_state_changed, vm_view(vm), state, lcm)
-
-            self.vms.listeners.append(vm_changed)
-        if plugins.has_listeners("nebula_xr_host_state_changed"):
-
-            def host_changed(host: Host, previous: int) -> None:
-                deleted = self.hosts.get(host.oid) is None
-                view = host_view(host, -1 if deleted else None)
-                clock.callLater(0, plugins.host_state_changed, view, previous)
-
-            self.hosts.listeners.append(host_changed)
+    def _scheduling(self) -> SchedulerService | None:
+        """The scheduler oned.conf selects, told of the pools' changes; None when off."""
+        if self.config.scheduler is None:
+            return None
+        context = DaemonSchedulerContext(
+            self.dm, self.vms, self.hosts, self.clock, self.log, store=self.plugin_store
+        )
+        try:
+            scheduler = self.plugins.make_scheduler(self.config.scheduler, context)
+        except PluginError as error:
+            raise StartupError(str(error)) from error
+        scheduling = SchedulerService(scheduler, self.clock)
+        scheduling.watch(self.vms, self.hosts)
+        return scheduling
 
     def _forget_deleted_host(self, host: Host, previous: int) -> None:
         if self.hosts.get(host.oid) is None:
@@ -489,7 +467,8 @@ class Daemon(MultiService):
         self.fencing.host_monitored(host)
         if self.web is not None:
             self.web.console.host_monitored(host)
-        self.clock.callLater(0, self.plugins.host_monitored, host_view(host))
+        if self.scheduling is not None:
+            self.scheduling.host_monitored(host)
 
     def _make_hook_manager(self) -> HookManager:
         config = self.config

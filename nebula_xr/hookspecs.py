@@ -6,17 +6,16 @@ its entry-point name is what oned.conf names in ``executable`` (drivers) or in
 ``from nebula_xr import hookimpl``. The drivers shipped with nebula-xr are plugins
 like any other (``nebula-xr --list-plugins`` shows what is installed).
 
-Two families of hooks:
+Most hooks are *builders*: the daemon calls the implementation of the one plugin
+oned.conf names (by its entry-point name) to build that driver or scheduler; no other
+plugin is asked, so no plugin can take over another's driver. The plugin returns the
+object, or None when it cannot build it (a clear start-up error). Only
+``nebula_xr_xmlrpc_methods`` is asked of every plugin, once at start-up.
 
-* *Builders*: the daemon calls the implementation of the one plugin oned.conf names
-  (by its entry-point name) to build that driver or scheduler; no other plugin is asked,
-  so no plugin can take over another's driver. The plugin returns the object, or None
-  when it cannot build it (a clear start-up error).
-* *Events* (broadcast): every plugin that implements them is told, in registration
-  order, that something happened. Each event carries a snapshot taken when it happened
-  and is delivered on the next reactor turn, in order, so a plugin may act on it (call
-  the scheduler context's actions) safely. Implementations must return quickly and
-  never block. A lease scheduler (Haizea-style) follows the cluster through them.
+There are no event hooks: VM and host changes go to the one scheduler oned.conf
+configured, through the event methods of :class:`~nebula_xr.scheduling.Scheduler`
+(``vm_changed``, ``host_changed``, ``host_monitored``), so a plugin keeps its state in
+the objects it built, never in its module.
 
 This module is the reference: ``docs/plugins.md`` repeats each signature, and a test
 fails when the two disagree.
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
         VirtualMachineDriver,
     )
     from nebula_xr.plugin_manager import XmlRpcMethod
-    from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
+    from nebula_xr.scheduling import Scheduler, SchedulerConfig, SchedulerContext
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -125,25 +124,3 @@ def nebula_xr_xmlrpc_methods(scheduler: Scheduler | None) -> list[XmlRpcMethod]:
     session, then the parameters of ``signature``. Names must be new (prefix them with
     the plugin's name); every plugin's list is registered.
     """
-
-
-# --- events --------------------------------------------------------------------------
-
-
-@hookspec
-def nebula_xr_vm_state_changed(vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
-    """A VM changed ``state`` or ``lcm_state`` (a new VM arrives with previous state INIT).
-
-    ``vm`` is a snapshot taken right after the change.
-    """
-
-
-@hookspec
-def nebula_xr_host_state_changed(host: HostView, previous_state: int) -> None:
-    """A host changed state (INIT, MONITORING, MONITORED, ERROR, DISABLED), or was
-    added (previous state -1) or deleted (``host.state`` is -1)."""
-
-
-@hookspec
-def nebula_xr_host_monitored(host: HostView) -> None:
-    """A host's monitoring succeeded: ``host.attributes`` and its capacity are fresh."""

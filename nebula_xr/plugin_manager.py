@@ -25,7 +25,7 @@ from nebula_xr.drivers.base import (
     DriverConfig,
     DriverContext,
 )
-from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
+from nebula_xr.scheduling import Scheduler, SchedulerConfig, SchedulerContext
 
 _KIND_NAMES = {
     INFORMATION: "information (IM)",
@@ -242,21 +242,3 @@ class PluginManager:
                 accepted = {name: arguments[name] for name in implementation.argnames}
                 return implementation.function(**accepted)
         return None
-
-    # -- events ---------------------------------------------------------------------------
-
-    def vm_state_changed(self, vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
-        self.pm.hook.nebula_xr_vm_state_changed(
-            vm=vm, previous_state=previous_state, previous_lcm_state=previous_lcm_state
-        )
-
-    def host_state_changed(self, host: HostView, previous_state: int) -> None:
-        self.pm.hook.nebula_xr_host_state_changed(host=host, previous_state=previous_state)
-
-    def host_monitored(self, host: HostView) -> None:
-        self.pm.hook.nebula_xr_host_monitored(host=host)
-
-    def has_listeners(self, hook_name: str) -> bool:
-        """Whether any plugin implements an event hook (views are skipped otherwise)."""
-        caller: Any = getattr(self.pm.hook, hook_name)
-        return bool(caller.get_hookimpls())

@@ -8,7 +8,8 @@ should its commit fail for good (the request is then refused, see database.py).
 Ids are never re-handed to a new object while anything of an old one with the same id
 remains (a VM directory, a history record naming a deleted host).
 State changes go through :meth:`VirtualMachinePool.transition` and
-:meth:`HostPool.set_state` so that listeners (the event hooks) hear about each one.
+:meth:`HostPool.set_state` so that listeners (the scheduler, the hooks, the web console)
+hear about each one.
 """
 
 from __future__ import annotations

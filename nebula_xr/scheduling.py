@@ -2,8 +2,9 @@
 
 A scheduler gets a :class:`SchedulerContext`: the reactor clock, frozen views of VMs
 and hosts, and the same user actions the XML-RPC API offers (answered exactly as the
-API answers them). It is told about changes through the event hooks of
-:mod:`nebula_xr.hookspecs`. A placement scheduler (``sched_rank``) places VMs as those
+API answers them). The daemon tells it of changes by calling its event methods
+(:meth:`Scheduler.vm_changed`, :meth:`Scheduler.host_changed`,
+:meth:`Scheduler.host_monitored`). A placement scheduler (``sched_rank``) places VMs as those
 events come and runs a safety-net cycle every ``interval`` seconds; a lease scheduler can
 also suspend, resume and shut VMs down at planned times using ``context.clock.callLater``,
 and resume a suspended VM on another host (:meth:`SchedulerContext.resume_on`).
@@ -139,7 +140,16 @@ class SchedulerContext(Protocol):
 
 
 class Scheduler:
-    """Base class of scheduler plugins: ``start`` and ``stop`` bracket its life."""
+    """Base class of scheduler plugins: ``start`` and ``stop`` bracket its life.
+
+    Between the two, the daemon calls the event methods of the scheduler oned.conf
+    configured, and of no other: each event carries a snapshot taken when the change
+    happened and is delivered on the next reactor turn, in order, so the scheduler may act
+    on it (call its context's actions) safely. The methods here do nothing; the daemon
+    takes snapshots only for the events a subclass overrides (:func:`handles`), so a
+    scheduler pays for no event it ignores. They run on the reactor: return quickly and
+    never block.
+    """
 
     def __init__(self, config: SchedulerConfig, context: SchedulerContext) -> None:
         self.config = config
@@ -150,3 +160,24 @@ class Scheduler:
 
     def stop(self) -> None:
         """Stop scheduling; cancel any pending timers."""
+
+    # -- events -------------------------------------------------------------------------
+
+    def vm_changed(self, vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
+        """A VM changed ``state`` or ``lcm_state`` (a new VM arrives with previous state
+        INIT); ``vm`` is a snapshot taken right after the change."""
+
+    def host_changed(self, host: HostView, previous_state: int) -> None:
+        """A host changed state (INIT, MONITORING, MONITORED, ERROR, DISABLED), or was
+        added (``previous_state`` -1) or deleted (``host.state`` is -1)."""
+
+    def host_monitored(self, host: HostView) -> None:
+        """A host's monitoring succeeded: ``host.attributes`` and ``host.shares`` are fresh."""
+
+
+def handles(scheduler: object, event: str) -> bool:
+    """Whether ``scheduler`` wants ``event`` (``"vm_changed"``, ``"host_changed"`` or
+    ``"host_monitored"``): its class defines that method, and not as :class:`Scheduler`'s
+    no-op."""
+    method = getattr(type(scheduler), event, None)
+    return callable(method) and method is not getattr(Scheduler, event)

@@ -49,8 +49,7 @@ def cluster(hosts: int = 4, **options: str) -> tuple[FakeSchedulerContext, Haize
         context.add_host(f"node{number}", cpu=100, memory_mb=1024, NODE=str(number))
     config = SchedulerConfig("haizea", options={k.upper(): v for k, v in options.items()})
     scheduler = HaizeaScheduler(config, context)
-    context.on_vm_changed = scheduler.vm_changed
-    context.on_host_changed = scheduler.host_changed
+    context.deliver_to(scheduler)
     scheduler.start()
     return context, scheduler
 
@@ -495,7 +494,7 @@ def test_a_restarted_scheduler_rebuilds_its_leases_from_the_vms() -> None:
     before.stop()  # the daemon goes down, and its timers with it
 
     after = HaizeaScheduler(before.config, context)
-    context.on_vm_changed = after.vm_changed
+    context.deliver_to(after)
     after.start()
     assert after.leases[running[0]].state is LeaseState.ACTIVE
     advance_to(context, 2 * HOUR + 5)
@@ -515,7 +514,7 @@ def test_a_restart_after_a_preemption_keeps_the_work_already_done() -> None:
     before.stop()
 
     after = HaizeaScheduler(before.config, context)
-    context.on_vm_changed = after.vm_changed
+    context.deliver_to(after)
     after.start()
     advance_to(context, 4 * HOUR)
     # It ran 0 → ar_start-63 (suspended), then again from its resume: 2 h in all.

@@ -21,9 +21,7 @@ ROOMY = {"FREECPU": "200", "FREEMEMORY": str(2048 * 1024)}
 def started(context: FakeSchedulerContext) -> RankScheduler:
     scheduler = RankScheduler(SchedulerConfig("sched_rank", INTERVAL), context)
     scheduler.pause_ratio = 0.0  # slices follow each other on the next turns
-    context.on_vm_changed = scheduler.vm_changed
-    context.on_host_changed = lambda host: scheduler.host_changed(host, monitored=False)
-    context.on_host_monitored = lambda host: scheduler.host_changed(host, monitored=True)
+    context.deliver_to(scheduler)
     scheduler.start()
     context.clock.advance(0)
     return scheduler

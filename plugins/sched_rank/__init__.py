@@ -50,9 +50,6 @@ HOSTS_PER_STEP = 64
 #: Distinct expressions whose results a host keeps (beyond: forgotten, recomputed).
 EXPRESSIONS_PER_HOST = 256
 
-#: The schedulers started in this process: the event hooks are module functions.
-RUNNING: set[RankScheduler] = set()
-
 
 @dataclass
 class _Capacity:
@@ -166,14 +163,12 @@ class RankScheduler(Scheduler):
         self.passes = 0
 
     def start(self) -> None:
-        RUNNING.add(self)
         # Like mm_sched, the periodic cycle runs one period after start-up; VMs left
         # PENDING by a previous run are placed at once.
         self._loop.start(self.config.interval, now=False)
         self.context.clock.callLater(0, self.cycle)
 
     def stop(self) -> None:
-        RUNNING.discard(self)
         if self._loop.running:
             self._loop.stop()
         if self._scheduled is not None and self._scheduled.active():
@@ -201,9 +196,16 @@ class RankScheduler(Scheduler):
         if freed and self._pending:
             self.request_pass()
 
-    def host_changed(self, host: HostView, monitored: bool) -> None:
-        if monitored or host.state == -1:
+    def host_changed(self, host: HostView, previous_state: int) -> None:
+        if host.state == -1:  # deleted
             self._monitored.pop(host.hid, None)
+        self._host_news(host)
+
+    def host_monitored(self, host: HostView) -> None:
+        self._monitored.pop(host.hid, None)
+        self._host_news(host)
+
+    def _host_news(self, host: HostView) -> None:
         if self._pending and host.state != HostState.MONITORING:
             self.request_pass(HOST_EVENTS_DELAY)
 
@@ -355,21 +357,3 @@ def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> S
     if config.plugin == "sched_rank":
         return RankScheduler(config, context)
     return None
-
-
-@hookimpl
-def nebula_xr_vm_state_changed(vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
-    for scheduler in list(RUNNING):
-        scheduler.vm_changed(vm, previous_state, previous_lcm_state)
-
-
-@hookimpl
-def nebula_xr_host_state_changed(host: HostView, previous_state: int) -> None:
-    for scheduler in list(RUNNING):
-        scheduler.host_changed(host, monitored=False)
-
-
-@hookimpl
-def nebula_xr_host_monitored(host: HostView) -> None:
-    for scheduler in list(RUNNING):
-        scheduler.host_changed(host, monitored=True)

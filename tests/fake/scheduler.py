@@ -5,9 +5,11 @@ for the states they need, changes VM states after ``delay`` (deploy → RUNNING,
 SUSPENDED, resume → RUNNING, resume on another host → PROLOG_MIGRATE, BOOT, RUNNING,
 shutdown and cancel → DONE) and delivers each change to ``on_vm_changed`` on the next
 clock turn, as the daemon does. A deploy charges the VM's CPU and memory to its host's
-shares and leaving the host gives them back; a monitoring (``monitor_host``) is told to
-``on_host_monitored``. ``actions`` records
-``(time, action, vid, hid)`` for the tests to read.
+shares and leaving the host gives them back; a host's state change (``set_host_state``) is
+told to ``on_host_changed`` and a monitoring (``monitor_host``) to ``on_host_monitored``.
+:meth:`FakeSchedulerContext.deliver_to` points the three at a scheduler's event methods, as
+the daemon's ``SchedulerService`` does. ``actions`` records ``(time, action, vid, hid)`` for
+the tests to read.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import replace
 from twisted.internet import task
 
 from nebula_xr.model import HostState, LCMState, VMState, cpu_reservation
-from nebula_xr.scheduling import HostShares, HostView, RequestResult, VMView
+from nebula_xr.scheduling import HostShares, HostView, RequestResult, Scheduler, VMView
 from nebula_xr.template import Template
 
 OK = RequestResult(True)
@@ -36,10 +38,16 @@ class FakeSchedulerContext:
         self._vms: dict[int, VMView] = {}
         self._hosts: dict[int, HostView] = {}
         self.on_vm_changed: Callable[[VMView, int, int], None] = lambda vm, s, lcm: None
-        self.on_host_changed: Callable[[HostView], None] = lambda host: None
+        self.on_host_changed: Callable[[HostView, int], None] = lambda host, previous: None
         self.on_host_monitored: Callable[[HostView], None] = lambda host: None
         #: Shutdowns fail back to RUNNING after ``delay`` (a guest ignoring ACPI), as in 1.2.
         self.shutdown_fails = False
+
+    def deliver_to(self, scheduler: Scheduler) -> None:
+        """Tell ``scheduler`` of every VM change, host state change and monitoring."""
+        self.on_vm_changed = scheduler.vm_changed
+        self.on_host_changed = scheduler.host_changed
+        self.on_host_monitored = scheduler.host_monitored
 
     # -- building the world -----------------------------------------------------------
 
@@ -53,8 +61,9 @@ class FakeSchedulerContext:
         return hid
 
     def set_host_state(self, hid: int, state: HostState) -> None:
+        previous = self._hosts[hid].state
         self._hosts[hid] = replace(self._hosts[hid], state=int(state))
-        self.clock.callLater(0, self.on_host_changed, self._hosts[hid])
+        self.clock.callLater(0, self.on_host_changed, self._hosts[hid], previous)
 
     def monitor_host(self, hid: int, **attributes: str) -> None:
         """A monitoring of host ``hid`` answered ``attributes`` (merged into its own)."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 from nebula_xr import hookimpl
 from nebula_xr.database import PluginTable
 from nebula_xr.plugin_manager import XmlRpcMethod
-from nebula_xr.scheduling import HostView, Scheduler, SchedulerConfig, SchedulerContext, VMView
+from nebula_xr.scheduling import Scheduler, SchedulerConfig, SchedulerContext
 from nebula_xr_haizea import api, store
-from nebula_xr_haizea.scheduler import RUNNING, HaizeaScheduler
+from nebula_xr_haizea.scheduler import HaizeaScheduler
 
 PLUGIN_NAME = "haizea"
 
@@ -28,24 +28,6 @@ def nebula_xr_scheduler(config: SchedulerConfig, context: SchedulerContext) -> S
 @hookimpl
 def nebula_xr_tables(config: SchedulerConfig) -> list[type[PluginTable]]:
     return list(store.TABLES) if config.plugin == PLUGIN_NAME else []
-
-
-@hookimpl
-def nebula_xr_vm_state_changed(vm: VMView, previous_state: int, previous_lcm_state: int) -> None:
-    for scheduler in list(RUNNING):
-        scheduler.vm_changed(vm, previous_state, previous_lcm_state)
-
-
-@hookimpl
-def nebula_xr_host_state_changed(host: HostView, previous_state: int) -> None:
-    for scheduler in list(RUNNING):
-        scheduler.host_changed(host)
-
-
-@hookimpl
-def nebula_xr_host_monitored(host: HostView) -> None:
-    for scheduler in list(RUNNING):
-        scheduler.host_changed(host)
 
 
 @hookimpl

@@ -46,9 +46,6 @@ _OVER = (VMState.DONE, VMState.FAILED)
 #: How many finished leases the API still shows.
 FINISHED_KEPT = 1000
 
-#: Started schedulers: the plugin's event hooks are module functions and tell them.
-RUNNING: list[HaizeaScheduler] = []
-
 
 @dataclass
 class _Forming:
@@ -140,7 +137,6 @@ class HaizeaScheduler(Scheduler):
     # -- life -------------------------------------------------------------------------
 
     def start(self) -> None:
-        RUNNING.append(self)
         self._load_stored()
         for host in self.context.hosts():
             node = node_of(host)
@@ -188,8 +184,6 @@ class HaizeaScheduler(Scheduler):
                 self._add(replace(lease, running_since=since), group, LeaseState.ACTIVE)
 
     def stop(self) -> None:
-        if self in RUNNING:
-            RUNNING.remove(self)
         self._cancel_timers()
         pending = [*self._grace.values(), *(f.timer for f in self._forming.values())]
         for timer in [*pending, self._replan_call]:
@@ -222,7 +216,13 @@ class HaizeaScheduler(Scheduler):
                 # Its shutdown failed after the grace time: nothing else will end it.
                 self.context.action("cancel", vm.vid)
 
-    def host_changed(self, host: HostView) -> None:
+    def host_changed(self, host: HostView, previous_state: int) -> None:
+        self._host_seen(host)
+
+    def host_monitored(self, host: HostView) -> None:
+        self._host_seen(host)
+
+    def _host_seen(self, host: HostView) -> None:
         node = node_of(host) if host.state != -1 else None
         known = self.nodes.get(host.hid)
         if node is None:

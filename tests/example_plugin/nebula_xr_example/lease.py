@@ -2,21 +2,20 @@
 
 A VM asking for ``HAIZEA = [ DURATION = <seconds> ]`` is deployed on the first monitored
 host as soon as it is submitted, and shut down when its lease ends: it needs VM events,
-host views, the clock and the user actions, which is what a lease scheduler uses.
+host views, the clock and the user actions, which is what a lease scheduler uses. The
+daemon calls ``vm_changed`` of the scheduler it built; the plugin keeps no state of its own.
 """
 
 from nebula_xr import hookimpl
 from nebula_xr.scheduling import Scheduler
 
-_schedulers = []
-
 
 class LeaseScheduler(Scheduler):
-    def start(self):
-        _schedulers.append(self)
-
-    def stop(self):
-        _schedulers.remove(self)
+    def vm_changed(self, vm, previous_state, previous_lcm_state):
+        if previous_state == 0 and vm.state == 1:
+            self.submitted(vm)
+        elif vm.state == 3 and vm.lcm_state == 3 and previous_lcm_state != 3:
+            self.running(vm)
 
     def submitted(self, vm):
         lease = vm.template.get_vector("HAIZEA") or {}
@@ -42,12 +41,3 @@ def nebula_xr_scheduler(config, context):
     if config.plugin == "sched_lease":
         return LeaseScheduler(config, context)
     return None
-
-
-@hookimpl
-def nebula_xr_vm_state_changed(vm, previous_state, previous_lcm_state):
-    for scheduler in list(_schedulers):
-        if previous_state == 0 and vm.state == 1:
-            scheduler.submitted(vm)
-        elif vm.state == 3 and vm.lcm_state == 3 and previous_lcm_state != 3:
-            scheduler.running(vm)
