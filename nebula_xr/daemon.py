@@ -41,6 +41,7 @@ from nebula_xr.drivers.base import (
     DriverError,
 )
 from nebula_xr.drivers.remote import RemoteRunner
+from nebula_xr.file_writer import FileWriter
 from nebula_xr.hook_manager import HookManager, hooks_directory
 from nebula_xr.host_failure import Fencing
 from nebula_xr.information_manager import InformationManager
@@ -217,11 +218,12 @@ class Daemon(MultiService):
             by_kind[driver.config.kind][driver.config.name] = driver
             timeouts[driver.config.kind][driver.config.name] = driver.config.timeout
 
+        self.files = FileWriter(self.reactor)
         self.vmm = VirtualMachineManager(
-            by_kind[VIRTUAL_MACHINE], timeouts[VIRTUAL_MACHINE], self.vms, clock, log
+            by_kind[VIRTUAL_MACHINE], timeouts[VIRTUAL_MACHINE], self.vms, clock, log, self.files
         )
         self.tm = TransferManager(
-            by_kind[TRANSFER], timeouts[TRANSFER], self.vms, clock, log, self.frontend
+            by_kind[TRANSFER], timeouts[TRANSFER], self.vms, clock, log, self.frontend, self.files
         )
         self.states = VMStates(self.vms, self.networks, clock, log)
         self.lcm = LifeCycleManager(
@@ -534,6 +536,7 @@ class Daemon(MultiService):
         stopped = super().stopService()
 
         def close(result: object) -> object:
+            self.files.close()
             self.db.close()
             self.log.close()
             return result

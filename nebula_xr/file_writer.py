@@ -1,0 +1,132 @@
+"""Writing the files a driver reads (deployment files, transfer scripts) off the reactor.
+
+Creating a file costs a millisecond or more on a busy disk, and a placement of 1,000 VMs
+creates 2,000 of them in bursts: written on the reactor thread they stalled every
+concurrent request (issue #10). :class:`FileWriter` writes them on one thread of its
+own, in the order asked, and reports each outcome to the reactor in that order (one
+wake-up per batch). The managers send a driver command only once the file it reads is
+written, and, through :meth:`FileWriter.after_writes`, any other command for the same VM
+only after the files asked for before it: a VM's commands reach the drivers in the order
+the managers asked, as when the files were written at once.
+
+:class:`SynchronousFileWriter` writes at once on the calling thread, for tests on a
+``task.Clock``; the daemon uses :class:`FileWriter`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+@dataclass
+class _Job:
+    vid: int
+    work: Callable[[], None] | None  # None: only waits for the jobs queued before it
+    done: Deferred[None]
+
+
+class FileWriter:
+    """Writes VM files on its own thread; each Deferred fires on the reactor thread, in
+    the order the writes were asked, or fails with the write's error (an OSError)."""
+
+    def __init__(self, reactor: Any, *, on_write: Callable[[Path], None] | None = None) -> None:
+        self.reactor = reactor
+        #: Called on the writer thread before each write (tests observe the thread).
+        self.on_write = on_write
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._pending: dict[int, int] = {}  # vid -> jobs queued and not yet reported
+        self._thread = threading.Thread(target=self._loop, name="VM file writer", daemon=True)
+        self._thread.start()
+
+    def write(self, vid: int, path: Path, text: str) -> Deferred[None]:
+        """Write ``text`` (UTF-8) to ``path`` for VM ``vid``, after its earlier files."""
+
+        def work() -> None:
+            if self.on_write is not None:
+                self.on_write(path)
+            _write(path, text)
+
+        return self._queue(vid, work)
+
+    def after_writes(self, vid: int) -> Deferred[None]:
+        """Fires once every file asked for ``vid`` so far is written (at once if none)."""
+        if not self._pending.get(vid):
+            return succeed(None)
+        return self._queue(vid, None)
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread (blocking: at exit)."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def _queue(self, vid: int, work: Callable[[], None] | None) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+        self._pending[vid] = self._pending.get(vid, 0) + 1
+        self._jobs.put(_Job(vid, work, done))
+        return done
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while True:  # what was queued meanwhile goes back in one call
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            outcomes: list[tuple[_Job, Exception | None]] = []
+            for job in batch:
+                try:
+                    if job.work is not None:
+                        job.work()
+                except Exception as error:  # reported to the asker; the thread goes on
+                    outcomes.append((job, error))
+                else:
+                    outcomes.append((job, None))
+            self.reactor.callFromThread(self._report, outcomes)
+
+    def _report(self, outcomes: list[tuple[_Job, Exception | None]]) -> None:
+        for job, error in outcomes:
+            left = self._pending[job.vid] - 1
+            if left:
+                self._pending[job.vid] = left
+            else:
+                del self._pending[job.vid]
+            if error is None:
+                job.done.callback(None)
+            else:
+                job.done.errback(error)
+
+
+class SynchronousFileWriter:
+    """Writes at once on the calling thread (tests on a ``task.Clock``; never the daemon,
+    whose reactor it would stall)."""
+
+    def write(self, vid: int, path: Path, text: str) -> Deferred[None]:
+        try:
+            _write(path, text)
+        except OSError as error:
+            return fail(error)
+        return succeed(None)
+
+    def after_writes(self, vid: int) -> Deferred[None]:
+        return succeed(None)
