@@ -166,11 +166,13 @@ class Daemon(MultiService):
         for directory in (layout.var_dir, layout.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.vm_dir = lambda vid: layout.var_dir / str(vid)
+        self.files = FileWriter(reactor)
         self.log = log or Log(
             layout.log_dir / "oned.log",
             config.debug_level,
             lambda vid: self.vm_dir(vid) / "vm.log",
             reactor=reactor,
+            background=self.files,
         )
         self.frontend = frontend or socket.gethostname()
         self.db = Database(
@@ -218,7 +220,6 @@ class Daemon(MultiService):
             by_kind[driver.config.kind][driver.config.name] = driver
             timeouts[driver.config.kind][driver.config.name] = driver.config.timeout
 
-        self.files = FileWriter(self.reactor)
         self.vmm = VirtualMachineManager(
             by_kind[VIRTUAL_MACHINE], timeouts[VIRTUAL_MACHINE], self.vms, clock, log, self.files
         )

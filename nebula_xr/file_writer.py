@@ -1,13 +1,15 @@
-"""Writing the files a driver reads (deployment files, transfer scripts) off the reactor.
+"""The daemon's file I/O off the reactor: the files drivers read, and the per-VM logs.
 
 Creating a file costs a millisecond or more on a busy disk, and a placement of 1,000 VMs
-creates 2,000 of them in bursts: written on the reactor thread they stalled every
-concurrent request (issue #10). :class:`FileWriter` writes them on one thread of its
-own, in the order asked, and reports each outcome to the reactor in that order (one
-wake-up per batch). The managers send a driver command only once the file it reads is
-written, and, through :meth:`FileWriter.after_writes`, any other command for the same VM
-only after the files asked for before it: a VM's commands reach the drivers in the order
-the managers asked, as when the files were written at once.
+creates 2,000 of them (deployment files, transfer scripts) in bursts, and opens 1,000
+vm.log files: done on the reactor thread, that stalled every concurrent request (issue
+#10). :class:`FileWriter` does it on one thread of its own, in the order asked, and
+reports each outcome to the reactor in that order (one wake-up per batch).
+
+The managers send a driver command only once the file it reads is written, and, through
+:meth:`FileWriter.after_writes`, any other command for the same VM only after the files
+asked for before it: a VM's commands reach the drivers in the order the managers asked,
+as when the files were written at once.
 
 :class:`SynchronousFileWriter` writes at once on the calling thread, for tests on a
 ``task.Clock``; the daemon uses :class:`FileWriter`.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python import log
 
 
 def _write(path: Path, text: str) -> None:
@@ -31,9 +34,9 @@ def _write(path: Path, text: str) -> None:
 
 @dataclass
 class _Job:
-    vid: int
+    vid: int | None  # None: work for no VM (vm.log lines), nobody waits for it
     work: Callable[[], None] | None  # None: only waits for the jobs queued before it
-    done: Deferred[None]
+    done: Deferred[None] | None
 
 
 class FileWriter:
@@ -65,6 +68,10 @@ class FileWriter:
             return succeed(None)
         return self._queue(vid, None)
 
+    def call(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the thread after what is queued (it reports its own errors)."""
+        self._jobs.put(_Job(None, work, None))
+
     def close(self) -> None:
         """Write what is queued and stop the thread (blocking: at exit)."""
         if self._thread.is_alive():
@@ -95,17 +102,23 @@ class FileWriter:
                 batch.append(more)
             outcomes: list[tuple[_Job, Exception | None]] = []
             for job in batch:
+                error = None
                 try:
                     if job.work is not None:
                         job.work()
-                except Exception as error:  # reported to the asker; the thread goes on
+                except Exception as exception:  # reported on the reactor; the thread goes on
+                    error = exception
+                if job.done is not None or error is not None:
                     outcomes.append((job, error))
-                else:
-                    outcomes.append((job, None))
-            self.reactor.callFromThread(self._report, outcomes)
+            if outcomes:
+                self.reactor.callFromThread(self._report, outcomes)
 
     def _report(self, outcomes: list[tuple[_Job, Exception | None]]) -> None:
         for job, error in outcomes:
+            if job.done is None:
+                log.err(error, "Error in background file work")
+                continue
+            assert job.vid is not None
             left = self._pending[job.vid] - 1
             if left:
                 self._pending[job.vid] = left

@@ -8,8 +8,9 @@ DEBUG_LEVEL (0 ERROR, 1 WARNING, 2 INFO, 3 DEBUG), VM logs keep everything.
 publisher; two observers turn events into lines: one appends to oned.log, the other to
 ``$VAR/<vid>/vm.log``. Twisted's own events (an unhandled error in a Deferred...) reach
 oned.log too once :meth:`Log.observe_twisted` is called. Files stay open and buffered;
-buffers are flushed at the end of the reactor turn that wrote them (errors at once), and
-``SIGHUP`` reopens every file, so logrotate can rename them away.
+lines are written within FLUSH_DELAY (errors at once), VM logs on the daemon's file writer
+thread (a placement opens a thousand of them), and ``SIGHUP`` reopens every file, so
+logrotate can rename them away.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from twisted.logger import (
     ILogObserver,
@@ -94,25 +96,75 @@ class _DaemonLogObserver:
 
 @implementer(ILogObserver)
 class _VMLogObserver:
-    """``$VAR/<vid>/vm.log``: every event of a VM, files kept open (a bounded number)."""
+    """``$VAR/<vid>/vm.log``: every event of a VM. Lines wait in memory until a flush
+    appends them, on the file writer's thread (``background``) or, for ERROR lines and
+    explicit flushes, on the caller's: the files (a bounded number kept open) are written
+    under a lock, and each flush takes every line waiting, so lines stay in order."""
 
-    def __init__(self, vm_log_path: Callable[[int], Path], report: Callable[[str], None]):
+    def __init__(
+        self,
+        vm_log_path: Callable[[int], Path],
+        report: Callable[[str], None],
+        background: BackgroundIO | None,
+        reactor: Any,
+    ) -> None:
         self.vm_log_path = vm_log_path
         self.report = report
+        self.background = background
+        self.reactor = reactor
         self.streams: OrderedDict[int, TextIO] = OrderedDict()
+        self._lines: dict[int, list[str]] = {}
+        self._lines_lock = threading.Lock()  # held for a line or a swap only
+        self._files_lock = threading.Lock()  # held while writing
 
     def __call__(self, event: LogEvent) -> None:
         vid = event.get("one_vid")
-        if vid is None:
+        if vid is not None:
+            line = _event_line(event)
+            with self._lines_lock:
+                self._lines.setdefault(vid, []).append(line)
+
+    def flush(self) -> None:
+        """Append every waiting line now, on this thread."""
+        self._append(self.report)
+
+    def flush_soon(self) -> None:
+        """Append every waiting line on the background thread (now without one)."""
+        if not self._lines:
             return
-        try:
-            self._stream(vid).write(_event_line(event))
-        except OSError as error:
-            self.report(f"Can not write {self.vm_log_path(vid)}: {error.strerror}")
+        if self.background is None:
+            self.flush()
+        else:
+            report = functools.partial(self.reactor.callFromThread, self.report)
+            self.background.call(functools.partial(self._append, report))
+
+    def close(self) -> None:
+        """Append what waits and close the files (reopened on their next line)."""
+        with self._files_lock:
+            self._append_locked(self.report)
+            for stream in self.streams.values():
+                _close_quietly(stream)
+            self.streams.clear()
+
+    def _append(self, report: Callable[[str], None]) -> None:
+        with self._files_lock:
+            self._append_locked(report)
+
+    def _append_locked(self, report: Callable[[str], None]) -> None:
+        with self._lines_lock:
+            lines, self._lines = self._lines, {}
+        for vid, text in lines.items():
+            try:
+                stream = self._stream(vid)
+                stream.write("".join(text))
+                stream.flush()
+            except OSError as error:  # no directory (VM deleted), disk full...
+                _close_quietly(self.streams.pop(vid, None))
+                report(f"Can not write {self.vm_log_path(vid)}: {error.strerror}")
 
     def _stream(self, vid: int) -> TextIO:
         stream = self.streams.get(vid)
-        if stream is not None and not stream.closed:
+        if stream is not None:
             self.streams.move_to_end(vid)
             return stream
         stream = _open(self.vm_log_path(vid))
@@ -122,27 +174,20 @@ class _VMLogObserver:
             _close_quietly(oldest)
         return stream
 
-    def flush(self) -> None:
-        for vid, stream in list(self.streams.items()):
-            try:
-                stream.flush()
-            except OSError as error:  # its directory was removed (VM deleted)
-                del self.streams[vid]
-                _close_quietly(stream)
-                self.report(f"Can not write {self.vm_log_path(vid)}: {error.strerror}")
 
-    def close(self) -> None:
-        self.flush()
-        for stream in self.streams.values():
-            _close_quietly(stream)
-        self.streams.clear()
-
-
-def _close_quietly(stream: TextIO) -> None:
+def _close_quietly(stream: TextIO | None) -> None:
     try:
-        stream.close()
+        if stream is not None:
+            stream.close()
     except OSError:
         pass
+
+
+class BackgroundIO(Protocol):
+    """Runs file work on another thread, in the order given
+    (:class:`~nebula_xr.file_writer.FileWriter`)."""
+
+    def call(self, work: Callable[[], None]) -> None: ...
 
 
 class Log:
@@ -155,12 +200,20 @@ class Log:
         vm_log_path: Callable[[int], Path] | None = None,
         *,
         reactor: Any = None,
+        background: BackgroundIO | None = None,
     ) -> None:
+        """``background``: where the vm.log files are written (the daemon's file writer
+        thread); without it, on the calling thread at each flush."""
         self.level = level
         self._reactor = reactor
         self._daemon = _DaemonLogObserver(path, level)
         self._vms = (
-            _VMLogObserver(vm_log_path, lambda message: self.error("VMM", message))
+            _VMLogObserver(
+                vm_log_path,
+                functools.partial(self.error, "VMM"),
+                background,
+                self._reactor_or_global() if background is not None else None,
+            )
             if vm_log_path is not None
             else None
         )
@@ -194,10 +247,16 @@ class Log:
     # -- files --------------------------------------------------------------------------
 
     def flush(self) -> None:
-        self._flush_scheduled = False
+        """Write every waiting line now (errors; a reader about to read a log)."""
         self._daemon.flush()
         if self._vms is not None:
             self._vms.flush()
+
+    def _flush_in_background(self) -> None:
+        self._flush_scheduled = False
+        self._daemon.flush()
+        if self._vms is not None:
+            self._vms.flush_soon()
 
     def reopen(self) -> None:
         """Close and reopen every file (after logrotate renamed them)."""
@@ -246,11 +305,15 @@ class Log:
     def _flush_soon(self) -> None:
         if self._flush_scheduled:
             return
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
         self._flush_scheduled = True
-        reactor.callLater(FLUSH_DELAY, self.flush)
+        self._reactor_or_global().callLater(FLUSH_DELAY, self._flush_in_background)
+
+    def _reactor_or_global(self) -> Any:
+        if self._reactor is not None:
+            return self._reactor
+        from twisted.internet import reactor
+
+        return reactor
 
     def _from_twisted(self, event: LogEvent) -> None:
         if event.get("log_namespace") == _NAMESPACE:

@@ -200,7 +200,8 @@ def test_an_id_re_handed_after_a_crash_gets_a_fresh_directory(location: Path) ->
         one = OneDaemon(location).start()
         ok, vid = one.call("one.vmallocate", "NAME = fresh\n")
         assert ok
-        log = (location / "var" / str(vid) / "vm.log").read_text()
+        log_path = location / "var" / str(vid) / "vm.log"
+        log = wait_for(lambda: "PENDING" in log_path.read_text() and log_path.read_text())
         assert log.count("New VM state is PENDING") == 1
         assert "lost" not in one.call("one.vmget_info", vid)[1]
     finally:
