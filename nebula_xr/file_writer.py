@@ -4,7 +4,9 @@ Creating a file costs a millisecond or more on a busy disk, and a placement of 1
 creates 2,000 of them (deployment files, transfer scripts) in bursts, and opens 1,000
 vm.log files: done on the reactor thread, that stalled every concurrent request (issue
 #10). :class:`FileWriter` does it on one thread of its own, in the order asked, and
-reports each outcome to the reactor in that order (one wake-up per batch).
+reports each outcome to the reactor in that order: REPORTS_PER_TURN at most in a reactor
+turn, since each sets a VM's next step going (a burst of a thousand written files must
+not come back as one long turn).
 
 The managers send a driver command only once the file it reads is written, and, through
 :meth:`FileWriter.after_writes`, any other command for the same VM only after the files
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python import log
+
+#: Outcomes handed to their Deferreds in one reactor turn; the others wait for the next.
+REPORTS_PER_TURN = 16
 
 
 def _write(path: Path, text: str) -> None:
@@ -49,6 +55,7 @@ class FileWriter:
         self.on_write = on_write
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._pending: dict[int, int] = {}  # vid -> jobs queued and not yet reported
+        self._outcomes: deque[tuple[_Job, Exception | None]] = deque()  # back, not reported
         self._thread = threading.Thread(target=self._loop, name="VM file writer", daemon=True)
         self._thread.start()
 
@@ -91,7 +98,7 @@ class FileWriter:
             if job is None:
                 return
             batch = [job]
-            while True:  # what was queued meanwhile goes back in one call
+            while len(batch) < REPORTS_PER_TURN:  # what was queued meanwhile: one call back
                 try:
                     more = self._jobs.get_nowait()
                 except queue.Empty:
@@ -111,10 +118,16 @@ class FileWriter:
                 if job.done is not None or error is not None:
                     outcomes.append((job, error))
             if outcomes:
-                self.reactor.callFromThread(self._report, outcomes)
+                self.reactor.callFromThread(self._outcomes_back, outcomes)
 
-    def _report(self, outcomes: list[tuple[_Job, Exception | None]]) -> None:
-        for job, error in outcomes:
+    def _outcomes_back(self, outcomes: list[tuple[_Job, Exception | None]]) -> None:
+        if not self._outcomes:  # else a report is already on its way
+            self.reactor.callLater(0, self._report)
+        self._outcomes.extend(outcomes)
+
+    def _report(self) -> None:
+        for _ in range(min(REPORTS_PER_TURN, len(self._outcomes))):
+            job, error = self._outcomes.popleft()
             if job.done is None:
                 log.err(error, "Error in background file work")
                 continue
@@ -128,6 +141,8 @@ class FileWriter:
                 job.done.callback(None)
             else:
                 job.done.errback(error)
+        if self._outcomes:
+            self.reactor.callLater(0, self._report)
 
 
 class SynchronousFileWriter:

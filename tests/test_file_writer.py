@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from nebula_xr.file_writer import FileWriter
+from nebula_xr.file_writer import REPORTS_PER_TURN, FileWriter
 from nebula_xr.log import ERROR, FLUSH_DELAY, INFO, Log
 from tests.fake.lifecycle import ThreadedClock
 from tests.oned import OneDaemon, wait_for, write_conf
@@ -279,3 +279,29 @@ def test_vm_log_lines_are_written_in_the_background_errors_at_once(tmp_path: Pat
     background.run()  # the flush handed over meanwhile finds nothing left
     assert vm_log.read_text().splitlines() == lines
     log.close()
+
+
+class HeldClock(ThreadedClock):
+    """Turns as the reactor's: the calls from threads, then the calls due when it began
+    (calls made meanwhile wait for the next turn)."""
+
+    def one_turn(self) -> None:
+        while not self.from_threads.empty():
+            function, args = self.from_threads.get()
+            function(*args)
+        for call in [call for call in self.calls if call.getTime() <= self.seconds()]:
+            self.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+def test_a_burst_of_written_files_is_reported_a_few_per_turn(tmp_path: Path) -> None:
+    clock = HeldClock()
+    writer = FileWriter(clock)
+    reported: list[int] = []
+    for n in range(REPORTS_PER_TURN * 3):
+        writer.write(n, tmp_path / f"file{n}", "x").addCallback(lambda _, n=n: reported.append(n))
+    writer.close()  # everything written, its outcomes waiting for the reactor
+    for turn in range(1, 4):
+        clock.one_turn()
+        assert reported == list(range(REPORTS_PER_TURN * turn))
