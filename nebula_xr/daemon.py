@@ -10,6 +10,7 @@ last thing to open and the first to close.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import resource
 import socket
@@ -733,6 +734,9 @@ def _run(config: Config, plugins: PluginManager) -> None:
         line = _startup_line(daemon)
         click.echo(line, err=True)
         daemon.log.info("ONE", line)
+        # What start-up loaded (pools, templates, plugins) lives as long as the daemon: out
+        # of the collector's sight, a full collection no longer stalls the reactor on it.
+        gc.freeze()
 
     if config.postgresql is None:
         try:
