@@ -10,6 +10,7 @@ last thing to open and the first to close.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import resource
 import socket
@@ -41,6 +42,7 @@ from nebula_xr.drivers.base import (
     DriverError,
 )
 from nebula_xr.drivers.remote import RemoteRunner
+from nebula_xr.file_writer import FileWriter
 from nebula_xr.hook_manager import HookManager, hooks_directory
 from nebula_xr.host_failure import Fencing
 from nebula_xr.information_manager import InformationManager
@@ -153,6 +155,7 @@ class Daemon(MultiService):
         for directory in (layout.var_dir, layout.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.vm_dir = lambda vid: layout.var_dir / str(vid)
+        self.files = FileWriter(reactor)
         self.log = log or Log(
             layout.log_dir / "oned.log",
             config.debug_level,
@@ -206,10 +209,10 @@ class Daemon(MultiService):
             timeouts[driver.config.kind][driver.config.name] = driver.config.timeout
 
         self.vmm = VirtualMachineManager(
-            by_kind[VIRTUAL_MACHINE], timeouts[VIRTUAL_MACHINE], self.vms, clock, log
+            by_kind[VIRTUAL_MACHINE], timeouts[VIRTUAL_MACHINE], self.vms, clock, log, self.files
         )
         self.tm = TransferManager(
-            by_kind[TRANSFER], timeouts[TRANSFER], self.vms, clock, log, self.frontend
+            by_kind[TRANSFER], timeouts[TRANSFER], self.vms, clock, log, self.frontend, self.files
         )
         self.states = VMStates(self.vms, self.networks, clock, log)
         self.lcm = LifeCycleManager(
@@ -513,6 +516,7 @@ class Daemon(MultiService):
         stopped = super().stopService()
 
         def close(result: object) -> object:
+            self.files.close()
             self.db.close()
             self.log.close()
             return result
@@ -708,6 +712,9 @@ def _run(config: Config, plugins: PluginManager) -> None:
         line = _startup_line(daemon)
         click.echo(line, err=True)
         daemon.log.info("ONE", line)
+        # What start-up loaded (pools, templates, plugins) lives as long as the daemon: out
+        # of the collector's sight, a full collection no longer stalls the reactor on it.
+        gc.freeze()
 
     if config.postgresql is None:
         try:

@@ -9,6 +9,7 @@ Twisted's ``IReactorTime`` (a reactor, or ``task.Clock`` in tests).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -67,6 +68,17 @@ class TransferOperations(Protocol):
 
     def delete(self, vm: VirtualMachine, record: History) -> Deferred[None]:
         """Delete the VM directory on ``record``'s host."""
+
+
+class VMFileWriter(Protocol):
+    """Where the VMM and TM write the files their drivers read (:mod:`nebula_xr.file_writer`).
+    A VM's Deferreds fire in the order asked; a failed write fails with its OSError."""
+
+    def write(self, vid: int, path: Path, text: str) -> Deferred[None]:
+        """Write ``text`` (UTF-8) to ``path`` once the files asked before for ``vid`` are."""
+
+    def after_writes(self, vid: int) -> Deferred[None]:
+        """Fires once every file asked so far for ``vid`` is written (at once if none)."""
 
 
 class DispatchEvents(Protocol):

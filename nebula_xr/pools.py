@@ -115,6 +115,8 @@ class VirtualMachinePool:
             directory.rename(directory.with_name(f"{vm.oid}.stale-{now}-{self._next_oid}"))
         # Owner and group only (1.2 used 0777): hosts reach it as the oneadmin group.
         directory.mkdir(mode=0o770, parents=True)
+        # Its log exists from now on, as in 1.2.
+        (directory / "vm.log").touch()
         self.db.write(
             Replace(VMPoolRow, [vm.pool_row()]),
             Insert(VMAttributeRow, vm.template_rows()),

@@ -3,14 +3,16 @@
 For each phase (prolog, prolog of a migration or a resume, epilog, epilog of a stop)
 it builds the command lines of drivers.md §6.1, writes them to
 ``$VAR/<vid>/transfer.<seq>`` exactly as 1.2 did, and asks the driver named by the
-history record's ``tm_mad`` to run them. Each phase returns the Deferred of the
-outcome: it fires when the script ran, or fails with
+history record's ``tm_mad`` to run them, once the script is written (off the reactor,
+through the :class:`~nebula_xr.interfaces.VMFileWriter`). Each phase returns the Deferred
+of the outcome: it fires when the script ran, or fails with
 :class:`~nebula_xr.interfaces.DriverFailure` (already logged to the VM's log).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -18,7 +20,7 @@ from twisted.python.failure import Failure
 
 from nebula_xr.drivers.base import TransferCommand, TransferDriver
 from nebula_xr.drivers.invoke import invoke
-from nebula_xr.interfaces import DriverFailure
+from nebula_xr.interfaces import DriverFailure, VMFileWriter
 from nebula_xr.log import Log
 from nebula_xr.model import History, VirtualMachine
 from nebula_xr.pools import VirtualMachinePool
@@ -39,6 +41,7 @@ class TransferManager:
         clock: IReactorTime,
         log: Log,
         frontend: str,
+        files: VMFileWriter,
     ) -> None:
         self.drivers = drivers
         self.timeouts = timeouts
@@ -46,6 +49,7 @@ class TransferManager:
         self.clock = clock
         self.log = log
         self.frontend = frontend
+        self.files = files
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -129,7 +133,6 @@ class TransferManager:
     def _run(
         self, vm: VirtualMachine, record: History | None, build: Commands, name: str
     ) -> Deferred[None]:
-        outcome: Deferred[None] = Deferred()
         driver = self.drivers.get(record.tm_mad) if record is not None else None
         try:
             if record is None:
@@ -137,13 +140,36 @@ class TransferManager:
             if driver is None:
                 raise TransferError(f"TM driver {record.tm_mad} not loaded")
             commands = build(vm, record)
-            script = self.vms.vm_dir(vm.oid) / name
-            script.write_text("".join(f"{line}\n" for line in commands), encoding="utf-8")
-        except (TransferError, OSError) as error:
-            self.log.vm(vm.oid, "TM", 0, f"Error preparing transfer: {error}")
-            # Reported on the next turn, like a driver reply.
-            self.clock.callLater(0, outcome.errback, DriverFailure(str(error)))
-            return outcome
+        except TransferError as error:
+            return self._unprepared(vm, error)
+        script = self.vms.vm_dir(vm.oid) / name
+        text = "".join(f"{line}\n" for line in commands)
+
+        def unwritten(failure: Failure) -> Deferred[None]:
+            failure.trap(OSError)
+            return self._unprepared(vm, failure.value)
+
+        written = self.files.write(vm.oid, script, text)
+        return written.addCallbacks(
+            lambda _: self._send(vm, record, driver, script, commands), unwritten
+        )
+
+    def _unprepared(self, vm: VirtualMachine, error: Exception) -> Deferred[None]:
+        self.log.vm(vm.oid, "TM", 0, f"Error preparing transfer: {error}")
+        outcome: Deferred[None] = Deferred()
+        # Reported on the next turn, like a driver reply.
+        self.clock.callLater(0, outcome.errback, DriverFailure(str(error)))
+        return outcome
+
+    def _send(
+        self,
+        vm: VirtualMachine,
+        record: History,
+        driver: TransferDriver,
+        script: Path,
+        commands: list[TransferCommand],
+    ) -> Deferred[None]:
+        outcome: Deferred[None] = Deferred()
         self.log.vm(vm.oid, "TM", 2, f"Sending transfer script {script} to {record.tm_mad}")
 
         def failed(message: str, _failure: Failure) -> None:

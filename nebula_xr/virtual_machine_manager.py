@@ -5,7 +5,9 @@ describes the work as a :class:`~nebula_xr.drivers.base.VMAction` and returns th
 Deferred of the driver's outcome (lifecycle.md §4.1): the LCM attaches its callbacks.
 A failure (driver error, timeout, internal error of §4.4) is logged to the VM's log
 and reaches the caller as :class:`~nebula_xr.interfaces.DriverFailure`. It also writes
-the deployment files (``$VAR/<vid>/deployment.<seq>``).
+the deployment files (``$VAR/<vid>/deployment.<seq>``), off the reactor through the
+:class:`~nebula_xr.interfaces.VMFileWriter`: DEPLOY is sent once its file is written, and
+any other command for the VM after the files asked before it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from twisted.python.failure import Failure
 from nebula_xr.deployment import deployment_file
 from nebula_xr.drivers.base import DriverError, VirtualMachineDriver, VMAction
 from nebula_xr.drivers.invoke import invoke
-from nebula_xr.interfaces import DriverFailure
+from nebula_xr.interfaces import DriverFailure, VMFileWriter
 from nebula_xr.log import Log
 from nebula_xr.model import History, VirtualMachine, leading_int
 from nebula_xr.pools import VirtualMachinePool
@@ -37,12 +39,14 @@ class VirtualMachineManager:
         vms: VirtualMachinePool,
         clock: IReactorTime,
         log: Log,
+        files: VMFileWriter,
     ) -> None:
         self.drivers = drivers
         self.timeouts = timeouts
         self.vms = vms
         self.clock = clock
         self.log = log
+        self.files = files
 
     def _action(self, vm: VirtualMachine, record: History) -> VMAction:
         return VMAction(
@@ -66,6 +70,17 @@ class VirtualMachineManager:
         driver = self.drivers.get(record.vm_mad) if record is not None else None
         if record is None or driver is None:
             return self._missing(vm, record, name)
+        ready = self.files.after_writes(vm.oid)
+        return ready.addCallback(lambda _: self._send(vm, record, driver, name, call))
+
+    def _send(
+        self,
+        vm: VirtualMachine,
+        record: History,
+        driver: VirtualMachineDriver,
+        name: str,
+        call: Callable[[VirtualMachineDriver, VMAction], Any],
+    ) -> Deferred[Any]:
         self.log.vm(vm.oid, "VMM", 2, f"Sending {name} to {record.host_name}")
         outcome: Deferred[Any] = Deferred()
 
@@ -107,10 +122,18 @@ class VirtualMachineManager:
         remote = f"{record.remote_dir}/deployment.{record.seq}"
         try:
             text = deployment_file(driver, self._action(vm, record))
-            local.write_text(text, encoding="utf-8")
-        except (DriverError, OSError) as error:
+        except DriverError as error:
             return self._failed(vm.oid, "DEPLOY", f"Can not create deployment file: {error}")
-        return self._run(vm, record, "DEPLOY", lambda d, a: d.deploy(a, local, remote))
+
+        def send(_: None) -> Deferred[str]:
+            return self._send(vm, record, driver, "DEPLOY", lambda d, a: d.deploy(a, local, remote))
+
+        def unwritten(failure: Failure) -> Deferred[str]:
+            failure.trap(OSError)
+            message = f"Can not create deployment file: {failure.value}"
+            return self._failed(vm.oid, "DEPLOY", message)
+
+        return self.files.write(vm.oid, local, text).addCallbacks(send, unwritten)
 
     def save(self, vm: VirtualMachine, record: History | None) -> Deferred[Any]:
         """Save to ``record``'s checkpoint (a cold migration saves on the source host)."""

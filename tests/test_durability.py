@@ -200,8 +200,9 @@ def test_an_id_re_handed_after_a_crash_gets_a_fresh_directory(location: Path) ->
         one = OneDaemon(location).start()
         ok, vid = one.call("one.vmallocate", "NAME = fresh\n")
         assert ok
-        log = (location / "var" / str(vid) / "vm.log").read_text()
-        assert log.count("New VM state is PENDING") == 1
+        log = location / "var" / str(vid) / "vm.log"
+        wait_for(lambda: "New VM state is PENDING" in log.read_text(), what="the PENDING line")
+        assert log.read_text().count("New VM state is PENDING") == 1
         assert "lost" not in one.call("one.vmget_info", vid)[1]
     finally:
         one.stop()

@@ -22,6 +22,7 @@ from nebula_xr.database import Delete
 from nebula_xr.dispatch_manager import DispatchManager, VMStates
 from nebula_xr.drivers.base import DriverError
 from nebula_xr.drivers.remote import CommandResult, run_local
+from nebula_xr.file_writer import SynchronousFileWriter
 from nebula_xr.hook_manager import HOST, VM, HookManager, parse_hook
 from nebula_xr.host_failure import Fencing
 from nebula_xr.information_manager import InformationManager
@@ -86,11 +87,12 @@ class World:
         self.vms = VirtualMachinePool(self.db, tmp_path / "var")  # type: ignore[arg-type]
         self.hosts = HostPool(self.db)  # type: ignore[arg-type]
         networks = VirtualNetworkPool(self.db, 1, 254)  # type: ignore[arg-type]
+        files = SynchronousFileWriter()
         vmm = VirtualMachineManager(
-            {"vmm": FakeHypervisor()}, {"vmm": TIMEOUT}, self.vms, self.clock, self.log
+            {"vmm": FakeHypervisor()}, {"vmm": TIMEOUT}, self.vms, self.clock, self.log, files
         )
         tm = TransferManager(
-            {"tm": FakeTransfers()}, {"tm": TIMEOUT}, self.vms, self.clock, self.log, "front"
+            {"tm": FakeTransfers()}, {"tm": TIMEOUT}, self.vms, self.clock, self.log, "front", files
         )
         states = VMStates(self.vms, networks, self.clock, self.log)
         self.lcm = LifeCycleManager(

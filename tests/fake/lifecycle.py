@@ -31,6 +31,7 @@ from nebula_xr.drivers.base import (
     VirtualMachineDriver,
     VMAction,
 )
+from nebula_xr.file_writer import SynchronousFileWriter
 from nebula_xr.lifecycle_manager import LifeCycleManager
 from nebula_xr.log import Log
 from nebula_xr.model import LCMState, VirtualMachine, VMState
@@ -158,11 +159,12 @@ class World:
         self.log = Log(location / "oned.log", 3, lambda vid: var / str(vid) / "vm.log")
         self.hypervisor = FakeHypervisor()
         self.transfers = FakeTransfers()
+        files = SynchronousFileWriter()
         self.vmm = VirtualMachineManager(
-            {"vmm": self.hypervisor}, {"vmm": TIMEOUT}, self.vms, self.clock, self.log
+            {"vmm": self.hypervisor}, {"vmm": TIMEOUT}, self.vms, self.clock, self.log, files
         )
         self.tm = TransferManager(
-            {"tm": self.transfers}, {"tm": TIMEOUT}, self.vms, self.clock, self.log, "front"
+            {"tm": self.transfers}, {"tm": TIMEOUT}, self.vms, self.clock, self.log, "front", files
         )
         self.states = VMStates(self.vms, self.networks, self.clock, self.log)
         self.lcm = LifeCycleManager(
