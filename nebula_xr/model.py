@@ -1,5 +1,7 @@
 """The domain objects: virtual machines with their history records, hosts with their shares.
 
+A daemon holds tens of thousands of these: the classes have slots (no per-object dict).
+
 Enumerations keep the 1.2 integers (stored in one.db and read by mm_sched, Haizea and the
 CLI). Each object knows how to turn itself into its one.db rows; the pools decide when.
 """
@@ -97,7 +99,7 @@ def leading_int(text: str | None) -> int:
         return 0
 
 
-@dataclass
+@dataclass(slots=True)
 class History:
     """One placement of a VM on a host (a row of ``history``)."""
 
@@ -166,7 +168,7 @@ _VM_LABELS = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class VirtualMachine:
     oid: int
     template: Template
@@ -260,7 +262,7 @@ class VirtualMachine:
         return text
 
 
-@dataclass
+@dataclass(slots=True)
 class HostShares:
     """Capacity bookkeeping of a host (``host_shares``): CPU percent, memory KB."""
 
@@ -300,7 +302,7 @@ class HostShares:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Host:
     oid: int
     name: str
