@@ -9,6 +9,7 @@ CLI). Each object knows how to turn itself into its one.db rows; the pools decid
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -168,6 +169,23 @@ _VM_LABELS = (
 )
 
 
+#: How many VMs keep their info_text between calls. A kept one costs about 1 KB (the
+#: text, its values, a copy of its template's attributes): all 20,000 VMs of a big pool
+#: would add 20 MB, while the VMs asked about again and again are few.
+INFO_KEPT = 2048
+#: The VMs that keep one, oldest first.
+_info_keepers: deque[VirtualMachine] = deque()
+
+
+def _keep_info(vm: VirtualMachine) -> None:
+    """Count ``vm`` among the keepers of an info_text; the oldest beyond INFO_KEPT forget."""
+    _info_keepers.append(vm)
+    while len(_info_keepers) > INFO_KEPT:
+        oldest = _info_keepers.popleft()
+        oldest._info = None
+        oldest.template.forget_info()
+
+
 @dataclass(slots=True)
 class VirtualMachine:
     oid: int
@@ -234,7 +252,8 @@ class VirtualMachine:
 
         Kept with the values it was written from and written again when one differs:
         fields are assigned all over the daemon, so comparing them (a dozen values) is
-        the only invalidation that cannot miss a change."""
+        the only invalidation that cannot miss a change. Only the last INFO_KEPT VMs
+        asked about keep theirs."""
         template = self.template.info_text()
         values = (
             self.oid,
@@ -258,6 +277,8 @@ class VirtualMachine:
             f"{label:<18}: {value}\n" for label, value in zip(_VM_LABELS, values[:-1], strict=True)
         )
         text = f"{lines}Template\n{template}\n"
+        if cached is None:
+            _keep_info(self)
         self._info = (values, text)
         return text
 

@@ -485,6 +485,10 @@ class Template:
         self._info = (snapshot, text)
         return text
 
+    def forget_info(self) -> None:
+        """Drop the kept info_text (memory: see model.INFO_KEPT)."""
+        self._info = None
+
     def to_text(self) -> str:
         """Template syntax that :meth:`parse` reads back to an equal template, one
         attribute per line in template order. An empty template gives ``"\\n"`` (the empty
