@@ -28,6 +28,7 @@ from nebula_xr.drivers.invoke import invoke
 from nebula_xr.log import Log
 from nebula_xr.model import Host, HostState, leading_int
 from nebula_xr.pools import HostPool
+from nebula_xr.template import interned
 
 #: A host stuck in MONITORING this long is given another chance (1.2's value).
 MONITORING_EXPIRY = 600
@@ -149,7 +150,8 @@ class InformationManager:
             self._failures.pop(hid, None)
             self.hosts.remove_attribute(host, ERROR_ATTRIBUTE)
             for name, value in attributes.items():
-                host.attributes[str(name).upper()] = str(value)
+                # Interned: a thousand hosts report the same names and many equal values.
+                host.attributes[interned(str(name).upper())] = interned(str(value))
             host.shares.max_cpu = leading_int(host.attributes.get("TOTALCPU"))
             host.shares.max_mem = leading_int(host.attributes.get("TOTALMEMORY"))
             state = HostState.MONITORED

@@ -1,5 +1,7 @@
 """The domain objects: virtual machines with their history records, hosts with their shares.
 
+A daemon holds tens of thousands of these: the classes have slots (no per-object dict).
+
 Enumerations keep the 1.2 integers (stored in one.db and read by mm_sched, Haizea and the
 CLI). Each object knows how to turn itself into its one.db rows; the pools decide when.
 """
@@ -7,6 +9,7 @@ CLI). Each object knows how to turn itself into its one.db rows; the pools decid
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -97,7 +100,7 @@ def leading_int(text: str | None) -> int:
         return 0
 
 
-@dataclass
+@dataclass(slots=True)
 class History:
     """One placement of a VM on a host (a row of ``history``)."""
 
@@ -166,7 +169,24 @@ _VM_LABELS = (
 )
 
 
-@dataclass
+#: How many VMs keep their info_text between calls. A kept one costs about 1 KB (the
+#: text, its values, a copy of its template's attributes): all 20,000 VMs of a big pool
+#: would add 20 MB, while the VMs asked about again and again are few.
+INFO_KEPT = 2048
+#: The VMs that keep one, oldest first.
+_info_keepers: deque[VirtualMachine] = deque()
+
+
+def _keep_info(vm: VirtualMachine) -> None:
+    """Count ``vm`` among the keepers of an info_text; the oldest beyond INFO_KEPT forget."""
+    _info_keepers.append(vm)
+    while len(_info_keepers) > INFO_KEPT:
+        oldest = _info_keepers.popleft()
+        oldest._info = None
+        oldest.template.forget_info()
+
+
+@dataclass(slots=True)
 class VirtualMachine:
     oid: int
     template: Template
@@ -232,7 +252,8 @@ class VirtualMachine:
 
         Kept with the values it was written from and written again when one differs:
         fields are assigned all over the daemon, so comparing them (a dozen values) is
-        the only invalidation that cannot miss a change."""
+        the only invalidation that cannot miss a change. Only the last INFO_KEPT VMs
+        asked about keep theirs."""
         template = self.template.info_text()
         values = (
             self.oid,
@@ -256,11 +277,13 @@ class VirtualMachine:
             f"{label:<18}: {value}\n" for label, value in zip(_VM_LABELS, values[:-1], strict=True)
         )
         text = f"{lines}Template\n{template}\n"
+        if cached is None:
+            _keep_info(self)
         self._info = (values, text)
         return text
 
 
-@dataclass
+@dataclass(slots=True)
 class HostShares:
     """Capacity bookkeeping of a host (``host_shares``): CPU percent, memory KB."""
 
@@ -300,7 +323,7 @@ class HostShares:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Host:
     oid: int
     name: str

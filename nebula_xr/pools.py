@@ -36,7 +36,7 @@ from nebula_xr.database import (
     VNTemplateRow,
 )
 from nebula_xr.model import History, Host, HostState, LCMState, VirtualMachine, VMState
-from nebula_xr.template import Template
+from nebula_xr.template import Template, interned
 from nebula_xr.vnet import Lease, NetworkType, VirtualNetwork
 
 VMListener = Callable[[VirtualMachine, int, int], None]
@@ -198,7 +198,7 @@ class HostPool:
     def load(self) -> None:
         attributes: dict[int, dict[str, str]] = defaultdict(dict)
         for hid, name, _kind, value in self.db.rows(HostAttributeRow):
-            attributes[hid][name] = value
+            attributes[hid][interned(name)] = interned(value)
         shares = {row[0]: row for row in self.db.rows(HostSharesRow)}
         for oid, name, state, im, vmm, tm, last_mon, managed in self.db.rows(HostPoolRow):
             host = Host(oid, name, im, vmm, tm, bool(managed), last_mon, HostState(state))

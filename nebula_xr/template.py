@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from operator import itemgetter
 
@@ -24,6 +25,7 @@ __all__ = [
     "Vector",
     "decode_vector",
     "encode_vector",
+    "interned",
     "text_position",
 ]
 
@@ -73,6 +75,14 @@ _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRST
 def _upper(s: str) -> str:
     # 1.2 upper-cases with toupper() in the C locale: ASCII letters only.
     return s.upper() if s.isascii() else s.translate(_ASCII_UPPER)
+
+
+def interned(s: str) -> str:
+    """One object for equal names and values: thousands of VM templates repeat the same
+    ones (``MEMORY``, ``64``, an image path). An interned string still goes when its last
+    user does. Anything but a str (a subclass, a number from a database row) is kept as
+    given."""
+    return sys.intern(s) if type(s) is str else s
 
 
 def encode_vector(vector: Mapping[str, str], separator: str = VECTOR_SEPARATOR) -> str:
@@ -196,21 +206,21 @@ def _parse(text: str) -> list[tuple[str, Value]]:
         token = next_token()
         kind = token[0]
         if kind == _STRING:
-            name = _upper(token[1])
+            name = interned(_upper(token[1]))
             expect(_EQUAL)
             token = next_token()
             kind = token[0]
             if kind == _STRING:
                 expect(_NL)
-                attributes.append((name, token[1]))
+                attributes.append((name, interned(token[1])))
             elif kind == _NL:
                 attributes.append((name, ""))
             elif kind == _OBRACKET:
                 vector: Vector = {}
                 while True:
-                    key = _upper(expect(_STRING))
+                    key = interned(_upper(expect(_STRING)))
                     expect(_EQUAL)
-                    vector.setdefault(key, expect(_STRING))
+                    vector.setdefault(key, interned(expect(_STRING)))
                     token = next_token()
                     if token[0] == _CBRACKET:
                         break
@@ -254,14 +264,14 @@ def _normalize(name: str, value: Value) -> tuple[str, Value]:
     if not isinstance(name, str):
         raise TypeError(f"template attribute name must be str, not {type(name).__name__}")
     if isinstance(value, str):
-        return _upper(name), value
+        return interned(_upper(name)), interned(value)
     if isinstance(value, Mapping):
         vector: Vector = {}
         for key, sub in value.items():
             if not isinstance(key, str) or not isinstance(sub, str):
                 raise TypeError(f"vector attribute {name!r} must map str to str")
-            vector.setdefault(_upper(key), sub)
-        return _upper(name), vector
+            vector.setdefault(interned(_upper(key)), interned(sub))
+        return interned(_upper(name)), vector
     raise TypeError(
         f"template attribute value must be str or a mapping, not {type(value).__name__}"
     )
@@ -447,7 +457,7 @@ class Template:
         for name, kind, value in rows:
             kind = int(kind)
             if kind == 0:
-                attributes.append((_upper(name), value))
+                attributes.append((interned(_upper(name)), interned(value)))
             elif kind == 1:
                 attributes.append(_normalize(name, decode_vector(value)))
             else:
@@ -470,9 +480,14 @@ class Template:
             f"\n\t{name}={value if isinstance(value, str) else encode_vector(value, ',')}"
             for name, value in self.sorted_attributes()
         )
-        snapshot = [(n, v if isinstance(v, str) else dict(v)) for n, v in self.attributes]
+        # Single attributes are immutable tuples, shared; only vectors need a copy.
+        snapshot = [a if isinstance(a[1], str) else (a[0], dict(a[1])) for a in self.attributes]
         self._info = (snapshot, text)
         return text
+
+    def forget_info(self) -> None:
+        """Drop the kept info_text (memory: see model.INFO_KEPT)."""
+        self._info = None
 
     def to_text(self) -> str:
         """Template syntax that :meth:`parse` reads back to an equal template, one

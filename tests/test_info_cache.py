@@ -10,6 +10,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nebula_xr import model
 from nebula_xr.model import Host, HostState, LCMState, VirtualMachine, VMState
 from nebula_xr.template import Template
 
@@ -109,3 +110,19 @@ def test_host_info_text_follows_every_change(changes: list[tuple]) -> None:
             setattr(host, name, value)
         assert host.info_text() == fresh_host(host).info_text()
         assert host.info_text() == fresh_host(host).info_text()
+
+
+def test_only_the_last_vms_asked_about_keep_their_info_text(monkeypatch) -> None:
+    monkeypatch.setattr(model, "INFO_KEPT", 3)
+    vms = [
+        VirtualMachine(i, Template.parse(f'NAME = "vm-{i}"\nDISK = [ A = b ]\n'), 5)
+        for i in range(5)
+    ]
+    texts = [vm.info_text() for vm in vms]
+    for _ in range(4):  # asked again: still kept, not counted twice
+        assert vms[4].info_text() == texts[4]
+    assert [vm._info is not None for vm in vms] == [False, False, True, True, True]
+    assert [vm.template._info is not None for vm in vms] == [False, False, True, True, True]
+    assert vms[0].info_text() == texts[0]  # written again, the same, and kept again
+    assert [vm._info is not None for vm in vms] == [True, False, False, True, True]
+    assert texts[0] == fresh_vm(vms[0]).info_text()
