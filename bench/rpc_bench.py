@@ -6,9 +6,10 @@
 * 1000 sequential ``one.vmallocate`` of the tutorial template on one keep-alive
   connection, each acknowledged only once durable in one.db.
 
-Prints rates and p50/p99 latencies, and the ratio to what the C++ oned 1.2 did on the
-same machine kind (vmget_info ~1,900 req/s with 1 client and ~3,600 with 8; 1000
-allocations in 8–11 s)::
+Prints rates and p50/p99 latencies, and the ratio to what the C++ oned 1.2 did once on
+the same machine kind (vmget_info ~1,900 req/s with 1 client and ~3,600 with 8; 1000
+allocations in 8–11 s). For both measured in one run, under the same load, use
+bench/side_by_side.py::
 
     python bench/rpc_bench.py [--seconds 10] [--allocations 1000]
 """
