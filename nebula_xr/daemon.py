@@ -48,7 +48,7 @@ from nebula_xr.host_failure import Fencing
 from nebula_xr.information_manager import InformationManager
 from nebula_xr.lifecycle_manager import LifeCycleManager
 from nebula_xr.listing import keep_big_buffers_out_of_the_heap
-from nebula_xr.log import Log
+from nebula_xr.log import VM_LOGS_OPEN, Log
 from nebula_xr.migrate import db_command
 from nebula_xr.model import Host
 from nebula_xr.monitoring_history import MonitoringHistory
@@ -604,7 +604,7 @@ def main(context: click.Context, conf_path: Path | None, list_plugins: bool) -> 
 
 
 #: Descriptors the daemon needs besides its clients' connections (one.db, logs, drivers).
-_FILE_RESERVE = 256
+_FILE_RESERVE = 256 + VM_LOGS_OPEN  # the daemon's own files, VM logs kept open among them
 
 
 def _raise_file_limit(connections: int) -> str | None:
