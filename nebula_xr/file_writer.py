@@ -1,12 +1,11 @@
-"""The daemon's file I/O off the reactor: the files drivers read, and the per-VM logs.
+"""The daemon's file I/O off the reactor: the files drivers read.
 
 Creating a file costs a millisecond or more on a busy disk, and a placement of 1,000 VMs
-creates 2,000 of them (deployment files, transfer scripts) in bursts, and opens 1,000
-vm.log files: done on the reactor thread, that stalled every concurrent request (issue
-#10). :class:`FileWriter` does it on one thread of its own, in the order asked, and
-reports each outcome to the reactor in that order: REPORTS_PER_TURN at most in a reactor
-turn, since each sets a VM's next step going (a burst of a thousand written files must
-not come back as one long turn).
+creates 2,000 of them (deployment files, transfer scripts) in bursts: done on the reactor
+thread, that stalled every concurrent request (issue #10). :class:`FileWriter` does it
+on one thread of its own, in the order asked, and reports each outcome to the reactor in
+that order: REPORTS_PER_TURN at most in a reactor turn, since each sets a VM's next step
+going (a burst of a thousand written files must not come back as one long turn).
 
 The managers send a driver command only once the file it reads is written, and, through
 :meth:`FileWriter.after_writes`, any other command for the same VM only after the files
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.python import log
 
 #: Outcomes handed to their Deferreds in one reactor turn; the others wait for the next.
 REPORTS_PER_TURN = 16
@@ -40,9 +38,9 @@ def _write(path: Path, text: str) -> None:
 
 @dataclass
 class _Job:
-    vid: int | None  # None: work for no VM (vm.log lines), nobody waits for it
+    vid: int
     work: Callable[[], None] | None  # None: only waits for the jobs queued before it
-    done: Deferred[None] | None
+    done: Deferred[None]
 
 
 class FileWriter:
@@ -74,10 +72,6 @@ class FileWriter:
         if not self._pending.get(vid):
             return succeed(None)
         return self._queue(vid, None)
-
-    def call(self, work: Callable[[], None]) -> None:
-        """Run ``work`` on the thread after what is queued (it reports its own errors)."""
-        self._jobs.put(_Job(None, work, None))
 
     def close(self) -> None:
         """Write what is queued and stop the thread (blocking: at exit)."""
@@ -115,10 +109,8 @@ class FileWriter:
                         job.work()
                 except Exception as exception:  # reported on the reactor; the thread goes on
                     error = exception
-                if job.done is not None or error is not None:
-                    outcomes.append((job, error))
-            if outcomes:
-                self.reactor.callFromThread(self._outcomes_back, outcomes)
+                outcomes.append((job, error))
+            self.reactor.callFromThread(self._outcomes_back, outcomes)
 
     def _outcomes_back(self, outcomes: list[tuple[_Job, Exception | None]]) -> None:
         if not self._outcomes:  # else a report is already on its way
@@ -128,10 +120,6 @@ class FileWriter:
     def _report(self) -> None:
         for _ in range(min(REPORTS_PER_TURN, len(self._outcomes))):
             job, error = self._outcomes.popleft()
-            if job.done is None:
-                log.err(error, "Error in background file work")
-                continue
-            assert job.vid is not None
             left = self._pending[job.vid] - 1
             if left:
                 self._pending[job.vid] = left
