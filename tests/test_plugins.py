@@ -184,7 +184,10 @@ def test_the_shipped_oned_conf_starts_with_every_driver(tmp_path) -> None:
             True,
             0,
         ]
-        log = (tmp_path / "var" / "oned.log").read_text()
+        oned_log = tmp_path / "var" / "oned.log"
+        # Lines below ERROR reach oned.log within log.FLUSH_DELAY.
+        wait_for(lambda: "Loaded driver" in oned_log.read_text(), what="oned.log flushed")
+        log = oned_log.read_text()
         for name, plugin in [
             ("im_xen", "im_xen"),
             ("vmm_xen", "vmm_xen"),
